@@ -1,0 +1,12 @@
+"""asvit-zoo: As-ViT (Auto-scaling Vision Transformers without Training) as a timm model family.
+
+``import asvit_zoo`` registers ``asvit`` (any genotype) and every variant of the registry with timm.
+"""
+from .asvit import AsViT, checkpoint_filter_fn, resolve_genotype
+from .genotype import SEARCH_SPACE, Genotype
+from .registry import RegistryError, VariantCard, load_registry
+
+__version__ = '0.1.0'
+
+__all__ = ['AsViT', 'Genotype', 'SEARCH_SPACE', 'RegistryError', 'VariantCard', 'checkpoint_filter_fn',
+           'load_registry', 'resolve_genotype', '__version__']

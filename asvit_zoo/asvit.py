@@ -1,0 +1,540 @@
+"""As-ViT: Auto-scaling Vision Transformers without Training.
+
+A timm model family for the topologies of Chen et al., "Auto-scaling Vision Transformers without
+Training", ICLR 2022 (https://arxiv.org/abs/2202.11921). The architecture follows the authors'
+public PyTorch code (MIT licence); weights in the authors' state-dict layout load through
+:func:`checkpoint_filter_fn`.
+
+A network is a :class:`~asvit_zoo.genotype.Genotype`: four stages, each with an overlapping
+tokenizer (stage 1: a strided convolution, stages 2-4: unfold-based patch merging), window
+attention over an S x S split of the token grid and an FFN of expansion E. No image size is fixed at
+construction: grids that do not divide evenly are padded (and padded keys masked in attention), so
+the model runs at 224, 800x1333 or 28x28 alike. Where the reference would fail (odd grids) we pad;
+on every input the reference accepts, outputs are equal.
+
+The stage-1 tokenizer is elastic: ``set_tokenizer(stride, dilation)`` changes the token grid without
+touching any weight (progressive re-tokenization).
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import OrderedDict
+from functools import partial
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.jit import Final
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, LayerNorm, Mlp, trunc_normal_, use_fused_attn
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._builder import resolve_pretrained_cfg
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint_seq, named_apply
+
+from .genotype import Genotype
+from .registry import VariantCard, load_registry
+
+__all__ = ['AsViT', 'checkpoint_filter_fn']
+
+STEM_STRIDE = 4
+MERGE_STRIDE = 2
+DEFAULT_DEPTHS = (1, 1, 1, 1)
+
+_LayerNormRef = partial(LayerNorm, eps=1e-5)  # the reference uses torch's default eps
+
+
+# --------------------------------------------------------------------------- helpers
+def _same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> Tuple[int, int]:
+    """(before, after) zero padding of one axis, as the reference pads, extended so that the output
+    has ``ceil(size / stride)`` positions for any size (the reference needs size % stride == 0)."""
+    eff_kernel = dilation * (kernel - 1) + 1
+    before = max(0, (eff_kernel - stride) // 2)
+    after = max(0, (eff_kernel - stride + 1) // 2)
+    needed = eff_kernel + stride * (math.ceil(size / stride) - 1)
+    after += max(0, needed - (size + before + after))
+    return before, after
+
+
+def window_grid(size: int, split: int) -> Tuple[int, int]:
+    """(window side, number of windows) of one axis of ``size`` tokens cut into ``split`` parts.
+
+    The window side is ``ceil(size / split)``; the number of windows is chosen so that every window
+    holds at least one real token. For ``size % split == 0`` this is the reference's ``size // split``.
+    """
+    window = math.ceil(size / split)
+    return window, math.ceil(size / window)
+
+
+# --------------------------------------------------------------------------- modules
+class ElasticPatchEmbed(nn.Module):
+    """Stage-1 tokenizer: zero-pad, Conv2d(kernel K, stride 4), LayerNorm; NCHW image -> NHWC tokens.
+
+    Stride and dilation can be changed at run time (:meth:`set_tokenizer`) without touching weights.
+    """
+
+    def __init__(self, in_chans: int, embed_dim: int, kernel_size: int, norm_layer: Callable = _LayerNormRef):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=kernel_size, stride=STEM_STRIDE)
+        self.norm = norm_layer(embed_dim)
+
+    @property
+    def stride(self) -> int:
+        return self.proj.stride[0]
+
+    @property
+    def dilation(self) -> int:
+        return self.proj.dilation[0]
+
+    def set_tokenizer(self, stride: int = STEM_STRIDE, dilation: int = 1) -> None:
+        if int(stride) < 1 or int(dilation) < 1:
+            raise ValueError(f'tokenizer stride and dilation must be integers >= 1, got stride={stride}, '
+                             f'dilation={dilation}')
+        self.proj.stride = (int(stride), int(stride))
+        self.proj.dilation = (int(dilation), int(dilation))
+
+    def grid_size(self, img_size: Tuple[int, int]) -> Tuple[int, int]:
+        return math.ceil(img_size[0] / self.stride), math.ceil(img_size[1] / self.stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top, bottom = _same_padding(x.shape[-2], self.kernel_size, self.stride, self.dilation)
+        left, right = _same_padding(x.shape[-1], self.kernel_size, self.stride, self.dilation)
+        x = self.proj(F.pad(x, (left, right, top, bottom)))
+        return self.norm(x.permute(0, 2, 3, 1))
+
+
+class PatchMerging(nn.Module):
+    """Stages 2-4 tokenizer: each new token concatenates a K x K neighbourhood (stride 2, channel-major
+    as ``nn.Unfold``), then LayerNorm(K*K*dim) and a bias-free Linear to ``out_dim``. NHWC -> NHWC."""
+
+    def __init__(self, dim: int, out_dim: int, kernel_size: int, norm_layer: Callable = _LayerNormRef):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.norm = norm_layer(kernel_size * kernel_size * dim)
+        self.reduction = nn.Linear(kernel_size * kernel_size * dim, out_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        k = self.kernel_size
+        top, bottom = _same_padding(H, k, MERGE_STRIDE)
+        left, right = _same_padding(W, k, MERGE_STRIDE)
+        x = F.pad(x.permute(0, 3, 1, 2), (left, right, top, bottom))
+        out_h, out_w = math.ceil(H / MERGE_STRIDE), math.ceil(W / MERGE_STRIDE)
+        x = F.unfold(x, kernel_size=k, stride=MERGE_STRIDE)  # B, C*k*k, out_h*out_w
+        x = x.transpose(1, 2).reshape(B, out_h, out_w, C * k * k)
+        return self.reduction(self.norm(x))
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside windows (no relative position bias).
+
+    q, k and v have ``num_heads * (dim // num_heads)`` channels, which can be fewer than ``dim``.
+    """
+    fused_attn: Final[bool]
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.,
+                 proj_drop: float = 0.):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.attn_dim = self.head_dim * num_heads
+        self.scale = self.head_dim ** -0.5
+        self.fused_attn = use_fused_attn()
+        self.qkv = nn.Linear(dim, self.attn_dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(self.attn_dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: (num_windows * B, N, dim); mask: boolean, True where a key may be attended, broadcastable
+        to (num_windows * B, heads, N, N)."""
+        B_, N, _ = x.shape
+        q, k, v = self.qkv(x).reshape(B_, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.attn_drop.p if self.training else 0.)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            if mask is not None:
+                attn = attn.masked_fill(~mask, float('-inf'))
+            attn = self.attn_drop(attn.softmax(dim=-1))
+            x = attn @ v
+        x = x.transpose(1, 2).reshape(B_, N, self.attn_dim)
+        return self.proj_drop(self.proj(x))
+
+
+class AsViTBlock(nn.Module):
+    """Pre-norm block: window attention over an S x S split of the grid, then an MLP. NHWC -> NHWC."""
+
+    def __init__(self, dim: int, num_heads: int, split: int, mlp_ratio: float, qkv_bias: bool = True,
+                 proj_drop: float = 0., attn_drop: float = 0., drop_path: float = 0.,
+                 norm_layer: Callable = _LayerNormRef, act_layer: Callable = nn.GELU):
+        super().__init__()
+        self.split = split
+        self.norm1 = norm_layer(dim)
+        self.attn = WindowAttention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def _attention(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        win_h, n_h = window_grid(H, self.split)
+        win_w, n_w = window_grid(W, self.split)
+        pad_h, pad_w = win_h * n_h - H, win_w * n_w - W
+        mask: Optional[torch.Tensor] = None
+        if pad_h or pad_w:
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+            valid = torch.zeros(n_h * win_h, n_w * win_w, dtype=torch.bool, device=x.device)
+            valid[:H, :W] = True
+            valid = valid.view(n_h, win_h, n_w, win_w).permute(0, 2, 1, 3).reshape(n_h * n_w, 1, 1, win_h * win_w)
+            mask = valid.repeat(B, 1, 1, 1)
+        windows = x.view(B, n_h, win_h, n_w, win_w, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, win_h * win_w, C)
+        windows = self.attn(windows, mask=mask)
+        x = windows.view(B, n_h, n_w, win_h, win_w, C).permute(0, 1, 3, 2, 4, 5).reshape(
+            B, n_h * win_h, n_w * win_w, C)
+        return x[:, :H, :W, :]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path1(self._attention(self.norm1(x)))
+        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        return x
+
+
+class AsViTStage(nn.Module):
+    """Patch merging (stages 2-4) followed by ``depth`` blocks. NHWC -> NHWC."""
+
+    def __init__(self, dim: int, out_dim: int, depth: int, num_heads: int, split: int, mlp_ratio: float,
+                 merge_kernel: Optional[int], drop_path: Sequence[float], **block_kwargs: Any):
+        super().__init__()
+        self.grad_checkpointing = False
+        self.downsample = PatchMerging(dim, out_dim, merge_kernel) if merge_kernel else nn.Identity()
+        self.blocks = nn.Sequential(*[
+            AsViTBlock(out_dim, num_heads, split, mlp_ratio, drop_path=drop_path[i], **block_kwargs)
+            for i in range(depth)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+class PreLogitsHead(nn.Module):
+    """Global average pool, then Linear(F, F) -> Tanh (pre-logits) -> dropout -> Linear(F, classes)."""
+
+    def __init__(self, num_features: int, num_classes: int, drop_rate: float = 0.):
+        super().__init__()
+        self.pre_logits = nn.Sequential(OrderedDict([('fc', nn.Linear(num_features, num_features)),
+                                                     ('act', nn.Tanh())]))
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(self.pre_logits(x.mean(dim=(1, 2))))
+        return x if pre_logits else self.fc(x)
+
+
+# --------------------------------------------------------------------------- model
+class AsViT(nn.Module):
+    """As-ViT built from a genotype (seed form plus ``embed_dim``/``depths``, or scaled form)."""
+
+    def __init__(
+            self,
+            genotype: Union[Genotype, str],
+            embed_dim: Optional[int] = None,
+            depths: Optional[Sequence[int]] = None,
+            num_classes: int = 1000,
+            in_chans: int = 3,
+            global_pool: str = 'avg',
+            qkv_bias: bool = True,
+            drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            attn_drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            norm_layer: Callable = _LayerNormRef,
+            act_layer: Callable = nn.GELU,
+    ):
+        super().__init__()
+        self.genotype = resolve_genotype(genotype, embed_dim, depths)
+        if global_pool != 'avg':
+            raise ValueError(f"AsViT supports global_pool='avg' only, got {global_pool!r}")
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        g = self.genotype
+        widths = g.stage_widths()
+        heads = g.stage_heads()
+        self.embed_dim = widths[0]
+        self.num_features = self.head_hidden_size = widths[-1]
+
+        self.patch_embed = ElasticPatchEmbed(in_chans, widths[0], g.kernels[0], norm_layer=norm_layer)
+        dpr = [x.tolist() for x in torch.linspace(0, drop_path_rate, sum(g.depths)).split(list(g.depths))]
+        self.stages = nn.Sequential(*[
+            AsViTStage(
+                dim=widths[max(i - 1, 0)], out_dim=widths[i], depth=g.depths[i], num_heads=heads[i],
+                split=g.splits[i], mlp_ratio=g.expansions[i], merge_kernel=g.kernels[i] if i > 0 else None,
+                drop_path=dpr[i], qkv_bias=qkv_bias, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate,
+                norm_layer=norm_layer, act_layer=act_layer)
+            for i in range(len(widths))])
+        self.feature_info = [
+            dict(num_chs=w, reduction=STEM_STRIDE * MERGE_STRIDE ** i, module=f'stages.{i}')
+            for i, w in enumerate(widths)]
+        self.norm = norm_layer(self.num_features)
+        self.head = PreLogitsHead(self.num_features, num_classes, drop_rate=drop_rate)
+        named_apply(_init_weights, self)
+
+    # ------------------------------------------------------------ timm model API
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        return set()  # no position embeddings; timm's optimizer factory already skips norms and biases
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r'^patch_embed',
+            blocks=r'^stages\.(\d+)' if coarse else [
+                (r'^stages\.(\d+)\.downsample', (0,)),
+                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
+                (r'^norm', (99999,)),
+            ])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        if global_pool is not None and global_pool != 'avg':
+            raise ValueError(f"AsViT supports global_pool='avg' only, got {global_pool!r}")
+        self.num_classes = num_classes
+        self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def set_tokenizer(self, stride: int = STEM_STRIDE, dilation: int = 1) -> None:
+        """Change the stage-1 tokenizer's stride and dilation (progressive re-tokenization); weights stay."""
+        self.patch_embed.set_tokenizer(stride, dilation)
+
+    def set_fused_attn(self, enable: bool = True) -> None:
+        """Use ``scaled_dot_product_attention`` (default) or plain matmul-softmax attention."""
+        for m in self.modules():
+            if isinstance(m, WindowAttention):
+                m.fused_attn = enable
+
+    # ------------------------------------------------------------ forward
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward features that returns the output of each stage (before the next stage's merging).
+
+        Args:
+            x: Input image tensor (B, C, H, W).
+            indices: Take last n stages if int, all if None, select matching indices if sequence.
+            norm: Apply the final norm to the last stage's intermediate.
+            stop_early: Stop after the last stage needed.
+            output_fmt: 'NCHW' or 'NHWC'.
+            intermediates_only: Only return the intermediates.
+        Returns:
+            List of intermediates, or (final features NHWC after the norm, intermediates).
+        """
+        if output_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        intermediates = []
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last_idx = len(self.stages) - 1
+        x = self.patch_embed(x)
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
+        i = 0
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                x_inter = self.norm(x) if norm and i == last_idx else x
+                intermediates.append(x_inter.permute(0, 3, 1, 2).contiguous() if output_fmt == 'NCHW' else x_inter)
+        if intermediates_only:
+            return intermediates
+        if i == last_idx:
+            x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages (and optionally the norm and head) not needed for the given intermediates."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+            self.head.pre_logits = nn.Identity()
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Image (B, C, H, W) -> normed last-stage tokens (B, H/32, W/32, num_features)."""
+        x = self.patch_embed(x)
+        x = self.stages(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _init_weights(module: nn.Module, name: str = '') -> None:
+    """The authors' init: Linear trunc_normal(0.02) and zero bias, LayerNorm (1, 0); convs keep torch's."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def resolve_genotype(genotype: Union[Genotype, str], embed_dim: Optional[int] = None,
+                     depths: Optional[Sequence[int]] = None) -> Genotype:
+    """A scaled genotype from a scaled one, or from a seed one plus ``embed_dim`` (and ``depths``)."""
+    g = Genotype.parse(genotype) if isinstance(genotype, str) else genotype
+    if g.is_seed:
+        if embed_dim is None:
+            raise ValueError(f'seed genotype {g}: pass embed_dim (the stage-1 width C), or use the scaled form '
+                             f'K,S,E,L|...|H,C')
+        return g.scaled(tuple(depths) if depths is not None else DEFAULT_DEPTHS, int(embed_dim))
+    for name, given, own in (('embed_dim', embed_dim, g.embed_dim), ('depths', depths, g.depths)):
+        if given is not None and (tuple(given) if name == 'depths' else given) != own:
+            raise ValueError(f'scaled genotype {g} has {name}={own}; it conflicts with {name}={given!r}')
+    return g
+
+
+# --------------------------------------------------------------------------- checkpoint conversion
+_AUTHOR_KEY_RULES = (
+    (re.compile(r'^layers\.(\d+)\.downsample\.'), lambda m: f'stages.{int(m.group(1)) + 1}.downsample.'),
+    (re.compile(r'^layers\.(\d+)\.blocks\.(\d+)\.mlps\.0\.0\.'), lambda m: f'stages.{m.group(1)}.blocks.{m.group(2)}.norm2.'),
+    (re.compile(r'^layers\.(\d+)\.blocks\.(\d+)\.mlps\.0\.1\.'), lambda m: f'stages.{m.group(1)}.blocks.{m.group(2)}.mlp.'),
+    (re.compile(r'^layers\.(\d+)\.blocks\.'), lambda m: f'stages.{m.group(1)}.blocks.'),
+    (re.compile(r'^head\.0\.'), lambda m: 'head.pre_logits.fc.'),
+    (re.compile(r'^head\.2\.'), lambda m: 'head.fc.'),
+)
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: AsViT) -> Dict[str, torch.Tensor]:
+    """Convert a state dict in the authors' layout (``layers.*``, ``mlps.0.*``, ``head.0/2``) to ours.
+
+    State dicts already in our layout pass through; a ``model``/``state_dict`` wrapper and a
+    DistributedDataParallel ``module.`` prefix are removed.
+    """
+    for wrapper in ('state_dict', 'model'):
+        if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
+            state_dict = state_dict[wrapper]
+    out = {}
+    for key, value in state_dict.items():
+        key = key[len('module.'):] if key.startswith('module.') else key
+        if key.endswith('attn_mask'):
+            continue  # the reference registers a (None) buffer for shifted windows; we have none
+        for pattern, repl in _AUTHOR_KEY_RULES:
+            key, n = pattern.subn(repl, key, count=1)
+            if n:
+                break
+        out[key] = value
+    return out
+
+
+# --------------------------------------------------------------------------- factory
+def _has_weights(cfg: Dict[str, Any]) -> bool:
+    return any(cfg.get(k) for k in ('hf_hub_id', 'url', 'file', 'state_dict'))
+
+
+def _create_asvit(variant: str, pretrained: bool = False, **kwargs: Any) -> AsViT:
+    if pretrained:
+        overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
+        if variant == 'asvit':
+            # A free-form genotype has no canonical classifier: the weights file must match the model's head.
+            overlay.setdefault('num_classes', kwargs.get('num_classes', 1000))
+            kwargs['pretrained_cfg_overlay'] = overlay
+        cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), overlay).to_dict()
+        if not _has_weights(cfg):
+            tag = cfg.get('tag') or ''
+            raise RuntimeError(
+                f"{variant}{'.' + tag if tag else ''} has no pretrained weights (no hf_hub_id, url or file in its "
+                f"pretrained cfg). Variants with weights: {', '.join(list_pretrained_variants()) or 'none'}. "
+                f"To load your own file: pretrained_cfg_overlay=dict(file='path/to/model.safetensors').")
+    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
+    return build_model_with_cfg(
+        AsViT, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs)
+
+
+def _cfg(**kwargs: Any) -> Dict[str, Any]:
+    return {
+        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
+        'crop_pct': 0.9, 'interpolation': 'bicubic', 'fixed_input_size': False,
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'patch_embed.proj', 'classifier': 'head.fc',
+        'license': 'mit', 'paper_ids': 'arXiv:2202.11921',
+        'paper_name': 'Auto-scaling Vision Transformers without Training',
+        'origin_url': 'https://github.com/VITA-Group/AsViT',
+        **kwargs,
+    }
+
+
+# --------------------------------------------------------------------------- registration
+# Every variant comes from its card in registry/ (nothing about a variant is written here).
+_CARDS: Dict[str, VariantCard] = {card.name: card for card in load_registry()}
+
+default_cfgs = generate_default_cfgs({
+    'asvit': _cfg(),
+    **{f'{card.name}.{tag}' if tag else card.name: _cfg(**card.pretrained_cfg(tag))
+       for card in _CARDS.values() for tag in card.tags()},
+})
+
+
+def list_pretrained_variants() -> List[str]:
+    """Names (with tag) of the registered variants that have weights."""
+    return [f'{card.name}.{tag}' if tag else card.name
+            for card in _CARDS.values() for tag in card.tags() if _has_weights(card.pretrained_cfg(tag))]
+
+
+@register_model
+def asvit(pretrained: bool = False, **kwargs: Any) -> AsViT:
+    """Any As-ViT genotype: ``timm.create_model('asvit', genotype='K,S,E,L|...|H,C')`` (or a seed string
+    plus ``embed_dim``)."""
+    if 'genotype' not in kwargs:
+        raise TypeError("create_model('asvit') needs genotype='...' (a scaled string, or a seed string "
+                        "with embed_dim=C); for a named variant use e.g. 'asvit_large'")
+    return _create_asvit('asvit', pretrained=pretrained, **kwargs)
+
+
+def _variant_entrypoint(card: VariantCard) -> Callable[..., AsViT]:
+    def entrypoint(pretrained: bool = False, **kwargs: Any) -> AsViT:
+        return _create_asvit(card.name, pretrained=pretrained, **dict(card.model_args, **kwargs))
+
+    entrypoint.__name__ = entrypoint.__qualname__ = card.name
+    entrypoint.__module__ = __name__
+    entrypoint.__doc__ = f'As-ViT variant {card.name}: genotype {card.genotype}.'
+    return entrypoint
+
+
+for _card in _CARDS.values():
+    register_model(_variant_entrypoint(_card))

@@ -1,0 +1,1 @@
+"""Variant cards shipped with asvit-zoo: one folder per variant (config.json, README.md, weights)."""

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Idempotent set-up of a development/CI machine for asvit-zoo.
+#
+# Installs what is missing, nothing more:
+#   - Debian's dataset-fashion-mnist (the real data the pipeline trains on);
+#   - .venv with torch==2.14.1 / torchvision==0.29.1 (pinned: newer ones pull multi-GB CUDA builds);
+#   - mmcv 2.1.0 with compiled ops, built from its sdist (PyPI has no wheel for this torch) and cached
+#     outside the repo in $ASVIT_WHEEL_CACHE so that the next set-up reuses it;
+#   - this package (editable) with its pinned dependencies (constraints.txt).
+# A stamp in .venv records what was installed; a second run with nothing changed returns in seconds.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+WHEEL_CACHE="${ASVIT_WHEEL_CACHE:-$HOME/.cache/asvit-zoo/wheels}"
+MMCV_VERSION=2.1.0
+FMNIST_DIR=/usr/share/datasets/fashion-mnist
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+install_dataset() {
+  if [ -f "$FMNIST_DIR/t10k-labels-idx1-ubyte.gz" ]; then return; fi
+  log "installing Debian package dataset-fashion-mnist"
+  if [ "$(id -u)" -ne 0 ]; then
+    log "need root for apt-get; run as root or install dataset-fashion-mnist yourself"; exit 1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+}
+
+make_venv() {
+  if [ ! -x "$PY" ]; then
+    log "creating $VENV"
+    python3 -m venv "$VENV"
+    "$PY" -m pip install -q --upgrade pip
+  fi
+}
+
+install_torch() {
+  if "$PY" -c 'import torch, torchvision, sys; sys.exit(not (torch.__version__.startswith("2.14.1") and torchvision.__version__.startswith("0.29.1")))' 2>/dev/null; then
+    return
+  fi
+  log "installing torch==2.14.1 torchvision==0.29.1"
+  "$PY" -m pip install -q torch==2.14.1 torchvision==0.29.1
+}
+
+build_mmcv_wheel() {
+  # torch 2.14's headers need C++20; mmcv 2.1.0's setup.py asks for C++17. setuptools<81 still has
+  # pkg_resources, which mmcv's setup.py imports.
+  local work
+  work="$(mktemp -d)"
+  log "building mmcv $MMCV_VERSION with ops from source (15-25 minutes on 2 cores); cache: $WHEEL_CACHE"
+  "$PY" -m pip install -q 'setuptools>=77,<81' wheel ninja
+  "$PY" -m pip download -q --no-deps --no-build-isolation --no-binary :all: "mmcv==$MMCV_VERSION" -d "$work"
+  tar -xzf "$work"/mmcv-"$MMCV_VERSION".tar.gz -C "$work"
+  sed -i 's/-std=c++17/-std=c++20/g' "$work/mmcv-$MMCV_VERSION/setup.py"
+  mkdir -p "$WHEEL_CACHE"
+  (cd "$work/mmcv-$MMCV_VERSION" && MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS="$(nproc)" \
+    "$PY" -m pip wheel -q --no-build-isolation --no-deps . -w "$work/dist")
+  # Rename into the cache only when the wheel is complete, so an interrupted build leaves nothing.
+  for whl in "$work"/dist/*.whl; do mv "$whl" "$WHEEL_CACHE/.$(basename "$whl").part"; mv "$WHEEL_CACHE/.$(basename "$whl").part" "$WHEEL_CACHE/$(basename "$whl")"; done
+  rm -rf "$work"
+}
+
+install_mmcv() {
+  if "$PY" -c 'import mmcv, sys; from mmcv.ops import nms; sys.exit(mmcv.__version__ != "'"$MMCV_VERSION"'")' 2>/dev/null; then
+    return
+  fi
+  if ! ls "$WHEEL_CACHE"/mmcv-"$MMCV_VERSION"-*.whl >/dev/null 2>&1; then
+    build_mmcv_wheel
+  fi
+  log "installing cached mmcv wheel"
+  "$PY" -m pip install -q --no-deps "$WHEEL_CACHE"/mmcv-"$MMCV_VERSION"-*.whl
+}
+
+install_project() {
+  local stamp="$VENV/.asvit-setup-stamp" want
+  want="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$PY" -c 'import asvit_zoo' 2>/dev/null; then
+    return
+  fi
+  log "installing asvit-zoo (editable) and its pinned dependencies"
+  "$PY" -m pip install -q -c constraints.txt 'setuptools>=77,<81' -e ".[test]"
+  echo "$want" > "$stamp"
+}
+
+install_dataset
+make_venv
+install_torch
+install_mmcv
+install_project
+log "ready: $VENV"
