@@ -1,0 +1,50 @@
+"""Model cost: parameter counts and multiply-accumulates (MACs) counted with torch's FlopCounterMode."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+
+# torch's FlopCounterMode knows the CUDA attention kernels but not the CPU flash kernel that
+# scaled_dot_product_attention uses on CPU; count it with torch's own attention formulas.
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_attention_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
+                                  **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flops,
+}
+
+__all__ = ['CPU_ATTENTION_FLOPS', 'param_count', 'count_macs']
+
+
+def param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> int:
+    """Multiply-accumulates of one forward pass of one image of ``input_size`` (C, H, W).
+
+    FlopCounterMode counts matmuls, convolutions and attention (2 FLOPs per MAC); elementwise work
+    (norms, activations, softmax) is not counted, as in the paper's numbers.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        param = next(model.parameters())
+        x = torch.zeros(1, *input_size, device=param.device, dtype=param.dtype)
+        with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2
