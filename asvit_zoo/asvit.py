@@ -15,7 +15,6 @@ on every input the reference accepts, outputs are equal.
 The stage-1 tokenizer is elastic: ``set_tokenizer(stride, dilation)`` changes the token grid without
 touching any weight (progressive re-tokenization).
 """
-from __future__ import annotations
 
 import math
 import re
@@ -101,8 +100,9 @@ class ElasticPatchEmbed(nn.Module):
         return math.ceil(img_size[0] / self.stride), math.ceil(img_size[1] / self.stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        top, bottom = _same_padding(x.shape[-2], self.kernel_size, self.stride, self.dilation)
-        left, right = _same_padding(x.shape[-1], self.kernel_size, self.stride, self.dilation)
+        stride, dilation = self.proj.stride[0], self.proj.dilation[0]
+        top, bottom = _same_padding(x.shape[-2], self.kernel_size, stride, dilation)
+        left, right = _same_padding(x.shape[-1], self.kernel_size, stride, dilation)
         x = self.proj(F.pad(x, (left, right, top, bottom)))
         return self.norm(x.permute(0, 2, 3, 1))
 
@@ -114,17 +114,18 @@ class PatchMerging(nn.Module):
     def __init__(self, dim: int, out_dim: int, kernel_size: int, norm_layer: Callable = _LayerNormRef):
         super().__init__()
         self.kernel_size = kernel_size
+        self.stride = MERGE_STRIDE
         self.norm = norm_layer(kernel_size * kernel_size * dim)
         self.reduction = nn.Linear(kernel_size * kernel_size * dim, out_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
         k = self.kernel_size
-        top, bottom = _same_padding(H, k, MERGE_STRIDE)
-        left, right = _same_padding(W, k, MERGE_STRIDE)
+        top, bottom = _same_padding(H, k, self.stride)
+        left, right = _same_padding(W, k, self.stride)
         x = F.pad(x.permute(0, 3, 1, 2), (left, right, top, bottom))
-        out_h, out_w = math.ceil(H / MERGE_STRIDE), math.ceil(W / MERGE_STRIDE)
-        x = F.unfold(x, kernel_size=k, stride=MERGE_STRIDE)  # B, C*k*k, out_h*out_w
+        out_h, out_w = math.ceil(H / self.stride), math.ceil(W / self.stride)
+        x = F.unfold(x, kernel_size=k, stride=self.stride)  # B, C*k*k, out_h*out_w
         x = x.transpose(1, 2).reshape(B, out_h, out_w, C * k * k)
         return self.reduction(self.norm(x))
 

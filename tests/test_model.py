@@ -1,0 +1,311 @@
+"""The As-ViT model: equality with the authors' code, size parity, any input size, timm citizenship."""
+import math
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from timm.optim import create_optimizer_v2
+
+import asvit_zoo
+from asvit_zoo.asvit import AsViT, AsViTBlock, checkpoint_filter_fn, window_grid
+from asvit_zoo.cost import count_macs, param_count
+from asvit_zoo.registry import load_registry
+
+from conftest import GOLDEN_NETWORKS
+
+LARGE = '8,2,3,5|4,1,2,2|4,1,4,5|4,1,6,2|32,180'
+VARIANTS = [card.name for card in load_registry()]
+SMALL_INPUT = (3, 32, 32)
+
+
+def _golden_model(reference_dir: Path, expected: dict, name: str) -> AsViT:
+    kwargs = dict(genotype=expected['genotype'], num_classes=expected['num_classes'])
+    if expected['seed_form']:
+        kwargs['embed_dim'] = expected['embed_dim']
+    return timm.create_model(
+        'asvit', pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(reference_dir / f'{name}.weights.safetensors')), **kwargs).eval()
+
+
+# --------------------------------------------------------------------------- equality with the authors
+@pytest.mark.parametrize('name', GOLDEN_NETWORKS)
+@pytest.mark.parametrize('fused', [True, False], ids=['sdpa', 'matmul'])
+def test_golden_outputs(reference_dir, reference_expected, name, fused):
+    expected = reference_expected[name]
+    model = _golden_model(reference_dir, expected, name)
+    model.set_fused_attn(fused)
+    io = load_file(reference_dir / f'{name}.io.safetensors')
+    with torch.no_grad():
+        final, stages = model.forward_intermediates(io['input'])
+        logits = model.forward_head(final)
+    assert param_count(model) == expected['params_num_classes10']
+    assert torch.allclose(logits, io['logits'], atol=1e-4, rtol=0)
+    assert torch.allclose(final.mean(dim=(1, 2)), io['pooled_after_norm'], atol=1e-4, rtol=0)
+    assert torch.allclose(stages[-1].mean(dim=(2, 3)), io['pooled_before_norm'], atol=1e-4, rtol=0)
+    for i, stage in enumerate(stages):
+        tokens = stage.flatten(2).transpose(1, 2)  # (B, tokens in row-major grid order, C)
+        assert tokens.shape == io[f'stage{i}_tokens'].shape
+        assert torch.allclose(tokens, io[f'stage{i}_tokens'], atol=1e-4, rtol=0), f'stage {i}'
+
+
+@pytest.mark.parametrize('name', GOLDEN_NETWORKS)
+def test_golden_parameter_count_at_1000_classes(reference_expected, name):
+    expected = reference_expected[name]
+    model = AsViT(expected['genotype'], embed_dim=expected['embed_dim'] if expected['seed_form'] else None,
+                  num_classes=1000)
+    assert param_count(model) == expected['params_224_1000cls']
+
+
+def test_authors_state_dict_keys_all_convert(reference_dir, reference_expected):
+    for name in GOLDEN_NETWORKS:
+        expected = reference_expected[name]
+        model = _golden_model(reference_dir, expected, name)
+        converted = checkpoint_filter_fn(load_file(reference_dir / f'{name}.weights.safetensors'), model)
+        assert set(converted) == set(model.state_dict())
+        assert sorted(expected['state_dict_keys']) == sorted(load_file(reference_dir / f'{name}.weights.safetensors'))
+
+
+def test_checkpoint_filter_passes_our_layout_through():
+    model = AsViT('8,2,3|4,1,2|4,1,4|4,1,6|32', embed_dim=16, num_classes=5)
+    ours = model.state_dict()
+    wrapped = {'state_dict': {f'module.{k}': v for k, v in ours.items()}}
+    converted = checkpoint_filter_fn(wrapped, model)
+    assert converted.keys() == ours.keys()
+    assert all(converted[k] is ours[k] for k in ours)
+
+
+# --------------------------------------------------------------------------- size parity
+def test_large_size_parity():
+    model = timm.create_model('asvit', genotype=LARGE)
+    assert param_count(model) == 87_580_820
+    gmacs = count_macs(model, (3, 224, 224)) / 1e9
+    assert abs(gmacs - 22.36) / 22.36 <= 0.01, gmacs
+
+
+def test_macs_count_attention_whether_fused_or_not():
+    model = timm.create_model('asvit_seed')
+    fused = count_macs(model, (3, 96, 80))
+    model.set_fused_attn(False)
+    assert count_macs(model, (3, 96, 80)) == fused
+
+
+# --------------------------------------------------------------------------- any input size
+@pytest.mark.parametrize('size', [(28, 28), (32, 32), (64, 64), (224, 224), (256, 256), (320, 320), (96, 160),
+                                  (61, 47)])
+def test_any_input_size(size):
+    model = timm.create_model('asvit_seed', num_classes=7).eval()
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        stages = model.forward_intermediates(x, intermediates_only=True)
+        logits = model(x)
+    assert logits.shape == (2, 7) and torch.isfinite(logits).all()
+    h, w = size
+    for i, stage in enumerate(stages):
+        h, w = math.ceil(h / (4 if i == 0 else 2)), math.ceil(w / (4 if i == 0 else 2))
+        assert stage.shape[-2:] == (h, w), (i, stage.shape)
+
+
+def test_detection_size_800x1333():
+    model = timm.create_model('asvit_seed', features_only=True).eval()
+    with torch.no_grad():
+        maps = model(torch.randn(1, 3, 800, 1333))
+    assert [tuple(m.shape[-2:]) for m in maps] == [(200, 334), (100, 167), (50, 84), (25, 42)]
+    assert [m.shape[1] for m in maps] == model.feature_info.channels()
+
+
+@pytest.mark.parametrize('grid', [(7, 7), (5, 9), (1, 3), (8, 8)])
+@pytest.mark.parametrize('split', [1, 2, 4])
+@pytest.mark.parametrize('fused', [True, False], ids=['sdpa', 'matmul'])
+def test_padded_windows_equal_unpadded_attention(grid, split, fused):
+    """Windows of a grid that does not divide evenly attend over their real tokens only."""
+    torch.manual_seed(0)
+    block = AsViTBlock(dim=12, num_heads=2, split=split, mlp_ratio=2).eval()
+    block.attn.fused_attn = fused
+    x = torch.randn(2, *grid, 12)
+    with torch.no_grad():
+        got = block._attention(x)
+        want = torch.empty_like(x)
+        (win_h, n_h), (win_w, n_w) = window_grid(grid[0], split), window_grid(grid[1], split)
+        for i in range(n_h):
+            for j in range(n_w):
+                window = x[:, i * win_h:(i + 1) * win_h, j * win_w:(j + 1) * win_w]
+                b, h, w, c = window.shape
+                out = block.attn(window.reshape(b, h * w, c))
+                want[:, i * win_h:(i + 1) * win_h, j * win_w:(j + 1) * win_w] = out.reshape(b, h, w, c)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_window_grid_every_window_has_real_tokens():
+    for size in range(1, 80):
+        for split in (1, 2, 4, 8):
+            window, count = window_grid(size, split)
+            assert count <= split and window * count >= size > window * (count - 1)
+            if size % split == 0:
+                assert (window, count) == (size // split, split)  # the reference's partition
+
+
+# --------------------------------------------------------------------------- construction
+def test_genotype_arguments():
+    assert timm.create_model('asvit', genotype='8,2,3|4,1,2|4,1,4|4,1,6|32', embed_dim=24,
+                             depths=(1, 2, 1, 1)).genotype == asvit_zoo.Genotype.parse(
+        '8,2,3,1|4,1,2,2|4,1,4,1|4,1,6,1|32,24')
+    with pytest.raises(ValueError, match='pass embed_dim'):
+        timm.create_model('asvit', genotype='8,2,3|4,1,2|4,1,4|4,1,6|32')
+    with pytest.raises(ValueError, match='conflicts with embed_dim=64'):
+        timm.create_model('asvit', genotype=LARGE, embed_dim=64)
+    with pytest.raises(TypeError, match="needs genotype="):
+        timm.create_model('asvit')
+    with pytest.raises(ValueError, match='K1 = 3 is outside the search space'):
+        timm.create_model('asvit', genotype='3,2,3|4,1,2|4,1,4|4,1,6|32', embed_dim=32)
+
+
+def test_drop_path_schedule():
+    model = timm.create_model('asvit', genotype=LARGE, drop_path_rate=0.3)
+    rates = [block.drop_path1.drop_prob if hasattr(block.drop_path1, 'drop_prob') else 0.
+             for stage in model.stages for block in stage.blocks]
+    assert rates == pytest.approx(torch.linspace(0, 0.3, 14).tolist())
+
+
+def test_list_models_and_pretrained_without_weights():
+    assert set(VARIANTS) <= set(timm.list_models('asvit*'))
+    assert 'asvit' in timm.list_models('asvit*')
+    with pytest.raises(RuntimeError, match='asvit_large has no pretrained weights'):
+        timm.create_model('asvit_large', pretrained=True)
+
+
+# --------------------------------------------------------------------------- timm model properties, every variant
+@pytest.fixture(scope='module', params=VARIANTS)
+def variant(request):
+    torch.manual_seed(0)
+    return request.param, timm.create_model(request.param)
+
+
+def test_forward_backward(variant):
+    name, model = variant
+    model.train()
+    out = model(torch.randn(2, *SMALL_INPUT))
+    assert out.shape == (2, model.num_classes)
+    out.mean().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    model.zero_grad(set_to_none=True)
+    assert not no_grad, f'{name}: parameters without gradient: {no_grad}'
+
+
+def test_default_cfg(variant):
+    name, model = variant
+    cfg = model.pretrained_cfg
+    assert cfg['architecture'] == name
+    assert cfg['num_classes'] == model.num_classes == 1000
+    assert len(cfg['mean']) == len(cfg['std']) == cfg['input_size'][0] == 3
+    first_conv = model.get_submodule(cfg['first_conv'])
+    assert isinstance(first_conv, torch.nn.Conv2d) and first_conv.in_channels == 3
+    assert model.get_submodule(cfg['classifier']) is model.get_classifier()
+    assert model.get_classifier().out_features == model.num_classes
+    assert cfg['license'] == 'mit' and cfg['paper_ids'] == 'arXiv:2202.11921'
+    with torch.no_grad():
+        features = model.forward_features(torch.randn(1, *SMALL_INPUT))
+        assert features.shape[-1] == model.num_features
+        assert model.forward_head(features, pre_logits=True).shape == (1, model.head_hidden_size)
+
+
+def test_num_classes_zero_and_reset_classifier(variant):
+    name, model = variant
+    headless = timm.create_model(name, num_classes=0).eval()
+    with torch.no_grad():
+        assert headless(torch.randn(1, *SMALL_INPUT)).shape == (1, headless.num_features)
+    headless.reset_classifier(3)
+    with torch.no_grad():
+        assert headless(torch.randn(1, *SMALL_INPUT)).shape == (1, 3)
+
+
+def test_in_chans_one(variant):
+    name, _ = variant
+    model = timm.create_model(name, in_chans=1, num_classes=10).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_features_only(variant):
+    name, _ = variant
+    model = timm.create_model(name, features_only=True).eval()
+    assert model.feature_info.reduction() == [4, 8, 16, 32]
+    with torch.no_grad():
+        maps = model(torch.randn(1, *SMALL_INPUT))
+    assert len(maps) == 4
+    for m, channels, reduction in zip(maps, model.feature_info.channels(), model.feature_info.reduction()):
+        assert m.shape == (1, channels, SMALL_INPUT[1] // reduction, SMALL_INPUT[2] // reduction)
+    partial = timm.create_model(name, features_only=True, out_indices=(1, 3)).eval()
+    assert partial.feature_info.reduction() == [8, 32]
+
+
+def test_forward_intermediates_match_forward_features(variant):
+    _, model = variant
+    model.eval()
+    x = torch.randn(2, *SMALL_INPUT)
+    with torch.no_grad():
+        final, stages = model.forward_intermediates(x)
+        assert torch.equal(final, model.forward_features(x))
+        assert torch.allclose(model.forward_head(final), model(x))
+        nhwc = model.forward_intermediates(x, indices=[1, 2], output_fmt='NHWC', intermediates_only=True)
+        for a, b in zip(nhwc, stages[1:3]):
+            assert torch.equal(a.permute(0, 3, 1, 2), b)
+        normed = model.forward_intermediates(x, indices=1, norm=True, intermediates_only=True)[0]
+        assert torch.allclose(normed.permute(0, 2, 3, 1), final)
+
+
+def test_prune_intermediate_layers(variant):
+    name, _ = variant
+    model = timm.create_model(name).eval()
+    x = torch.randn(1, *SMALL_INPUT)
+    with torch.no_grad():
+        want = model.forward_intermediates(x, indices=[0, 1], intermediates_only=True)
+    assert model.prune_intermediate_layers([0, 1]) == [0, 1]
+    assert len(model.stages) == 2
+    with torch.no_grad():
+        got = model.forward_intermediates(x, indices=[0, 1], intermediates_only=True)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_grad_checkpointing_equality(variant):
+    _, model = variant
+    model.eval()
+    x = torch.randn(2, *SMALL_INPUT)
+    plain = model(x)
+    plain.sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    model.set_grad_checkpointing(True)
+    try:
+        checkpointed = model(x)
+        checkpointed.sum().backward()
+    finally:
+        model.set_grad_checkpointing(False)
+    assert torch.allclose(plain, checkpointed)
+    for n, p in model.named_parameters():
+        assert torch.allclose(p.grad, grads[n], atol=1e-6), n
+    model.zero_grad(set_to_none=True)
+
+
+def test_group_matcher_gives_layer_decay_by_depth(variant):
+    _, model = variant
+    optimizer = create_optimizer_v2(model, 'adamw', lr=1e-3, weight_decay=0.05, layer_decay=0.5)
+    scale = {id(p): group['lr_scale'] for group in optimizer.param_groups for p in group['params']}
+    stem = scale[id(model.patch_embed.proj.weight)]
+    first_block = scale[id(model.stages[0].blocks[0].attn.qkv.weight)]
+    last_block = scale[id(model.stages[-1].blocks[-1].mlp.fc2.weight)]
+    head = scale[id(model.head.fc.weight)]
+    assert stem < first_block < last_block < head == 1.0
+    assert len(scale) == len(list(model.parameters()))
+
+
+def test_torchscript(variant):
+    _, model = variant
+    model.eval()
+    scripted = torch.jit.script(model)
+    for size in [(32, 32), (44, 36)]:
+        x = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            assert torch.allclose(scripted(x), model(x), atol=1e-6)
