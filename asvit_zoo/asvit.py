@@ -227,18 +227,30 @@ class AsViTStage(nn.Module):
 
 
 class PreLogitsHead(nn.Module):
-    """Global average pool, then Linear(F, F) -> Tanh (pre-logits) -> dropout -> Linear(F, classes)."""
+    """Global average pool, then Linear(F, F) -> Tanh (pre-logits) -> dropout -> Linear(F, classes).
 
-    def __init__(self, num_features: int, num_classes: int, drop_rate: float = 0.):
+    With ``pool_type=''`` the head is applied to every token (NHWC in, NHWC out).
+    """
+
+    def __init__(self, num_features: int, num_classes: int, pool_type: str = 'avg', drop_rate: float = 0.):
         super().__init__()
+        self.pool_type = _check_pool(pool_type)
         self.pre_logits = nn.Sequential(OrderedDict([('fc', nn.Linear(num_features, num_features)),
                                                      ('act', nn.Tanh())]))
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.drop(self.pre_logits(x.mean(dim=(1, 2))))
+        if self.pool_type == 'avg':
+            x = x.mean(dim=(1, 2))
+        x = self.drop(self.pre_logits(x))
         return x if pre_logits else self.fc(x)
+
+
+def _check_pool(pool_type: str) -> str:
+    if pool_type not in ('avg', ''):
+        raise ValueError(f"AsViT global_pool must be 'avg' (average over tokens) or '' (none), got {pool_type!r}")
+    return pool_type
 
 
 # --------------------------------------------------------------------------- model
@@ -263,10 +275,9 @@ class AsViT(nn.Module):
     ):
         super().__init__()
         self.genotype = resolve_genotype(genotype, embed_dim, depths)
-        if global_pool != 'avg':
-            raise ValueError(f"AsViT supports global_pool='avg' only, got {global_pool!r}")
         self.num_classes = num_classes
-        self.global_pool = global_pool
+        self.global_pool = _check_pool(global_pool)
+        self.output_fmt = 'NHWC'
         self.in_chans = in_chans
         self.drop_rate = drop_rate
         g = self.genotype
@@ -288,7 +299,7 @@ class AsViT(nn.Module):
             dict(num_chs=w, reduction=STEM_STRIDE * MERGE_STRIDE ** i, module=f'stages.{i}')
             for i, w in enumerate(widths)]
         self.norm = norm_layer(self.num_features)
-        self.head = PreLogitsHead(self.num_features, num_classes, drop_rate=drop_rate)
+        self.head = PreLogitsHead(self.num_features, num_classes, global_pool, drop_rate=drop_rate)
         named_apply(_init_weights, self)
 
     # ------------------------------------------------------------ timm model API
@@ -316,8 +327,8 @@ class AsViT(nn.Module):
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        if global_pool is not None and global_pool != 'avg':
-            raise ValueError(f"AsViT supports global_pool='avg' only, got {global_pool!r}")
+        if global_pool is not None:
+            self.global_pool = self.head.pool_type = _check_pool(global_pool)
         self.num_classes = num_classes
         self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 

@@ -206,8 +206,8 @@ def test_default_cfg(variant):
     assert model.get_classifier().out_features == model.num_classes
     assert cfg['license'] == 'mit' and cfg['paper_ids'] == 'arXiv:2202.11921'
     with torch.no_grad():
-        features = model.forward_features(torch.randn(1, *SMALL_INPUT))
-        assert features.shape[-1] == model.num_features
+        features = model.forward_features(torch.randn(1, *cfg['input_size']))
+        assert features.shape == (1, *cfg['pool_size'], model.num_features)  # NHWC (model.output_fmt)
         assert model.forward_head(features, pre_logits=True).shape == (1, model.head_hidden_size)
 
 
@@ -219,6 +219,12 @@ def test_num_classes_zero_and_reset_classifier(variant):
     headless.reset_classifier(3)
     with torch.no_grad():
         assert headless(torch.randn(1, *SMALL_INPUT)).shape == (1, 3)
+    headless.reset_classifier(0, '')  # no pooling: per-token pre-logits, NHWC
+    with torch.no_grad():
+        tokens = headless(torch.randn(1, *SMALL_INPUT))
+    assert tokens.shape == (1, SMALL_INPUT[1] // 32, SMALL_INPUT[2] // 32, headless.num_features)
+    with pytest.raises(ValueError, match="global_pool must be 'avg'"):
+        headless.reset_classifier(0, 'max')
 
 
 def test_in_chans_one(variant):
