@@ -11,6 +11,8 @@ depth, H the number of heads of stage 4 (stages use H/8, H/4, H/2, H) and C the 
 from __future__ import annotations
 
 import dataclasses
+import operator
+import re
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -44,12 +46,14 @@ def _allowed(name: str) -> str:
     return '{' + ', '.join(str(v) for v in SEARCH_SPACE[name]) + '}'
 
 
+_INTEGER = re.compile(r'-?[0-9]+')  # plain ASCII decimal: int() alone would also take '1_6' or non-ASCII digits
+
+
 def _parse_int(field: str, token: str, text: str) -> int:
     token = token.strip()
-    try:
-        return int(token, 10)
-    except ValueError:
-        raise ValueError(f'genotype {text!r}: {field} must be an integer, got {token!r}') from None
+    if not _INTEGER.fullmatch(token):
+        raise ValueError(f'genotype {text!r}: {field} must be an integer, got {token!r}')
+    return int(token)
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,7 @@ class Genotype:
     def __post_init__(self) -> None:
         for name in ('kernels', 'splits', 'expansions', 'depths'):
             value = getattr(self, name)
-            if value is None:
+            if value is None and name == 'depths':
                 continue
             if not isinstance(value, Sequence) or len(value) != NUM_STAGES:
                 raise ValueError(f'{name} must have {NUM_STAGES} values (one per stage), got {value!r}')
@@ -124,7 +128,7 @@ class Genotype:
     def parse(cls, text: str) -> Genotype:
         """Parse a seed or scaled genotype string."""
         if not isinstance(text, str):
-            raise ValueError(f'a genotype must be a string, got {type(text).__name__}')
+            raise ValueError(f'a genotype must be a string, got {text!r} ({type(text).__name__})')
         parts = text.strip().split('|')
         if len(parts) != NUM_STAGES + 1:
             raise ValueError(f'genotype {text!r}: expected {NUM_STAGES} stages and a head part separated by "|" '
@@ -187,8 +191,12 @@ class Genotype:
             raise ValueError(f'expected {len(SEARCH_SPACE)} decisions, got {len(indices)}')
         values = []
         for (name, choices), i in zip(SEARCH_SPACE.items(), indices):
-            if not 0 <= int(i) < len(choices):
+            try:
+                index = operator.index(i)
+            except TypeError:
+                raise ValueError(f'decision {name}: index must be an integer, got {i!r}') from None
+            if not 0 <= index < len(choices):
                 raise ValueError(f'decision {name}: index {i} out of range 0..{len(choices) - 1}')
-            values.append(choices[int(i)])
+            values.append(choices[index])
         return cls(kernels=tuple(values[0:4]), splits=(*values[4:7], SPLIT4),
                    expansions=tuple(values[7:11]), heads=values[11])
