@@ -1,0 +1,69 @@
+"""``asvit search``: REINFORCE seed search with training-free rewards (see :mod:`asvit_zoo.search`)."""
+from __future__ import annotations
+
+import argparse
+import math
+import re
+
+from ..search import SearchConfig, search
+
+_COUNT = re.compile(r'^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgKMG]?)\s*$')
+_SUFFIXES = {'': 1, 'k': 10 ** 3, 'm': 10 ** 6, 'g': 10 ** 9}
+
+
+def parse_count(text: str, option: str) -> int:
+    """A positive count such as '30M', '1.5G', '250k' or '30000000'."""
+    match = _COUNT.match(text)
+    value = float(match.group(1)) * _SUFFIXES[match.group(2).lower()] if match else math.nan
+    if not value >= 1:
+        raise ValueError(f'{option} must be a positive count such as 30M, 1.5G or 250000, got {text!r}')
+    return round(value)
+
+
+def parse_positive(text: str, option: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f'{option} must be a positive number, got {text!r}')
+    return value
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        'search', help='REINFORCE search of a seed topology rewarded by NTK condition and length distortion',
+        description='Search the As-ViT seed topology with REINFORCE (spec section 4). Writes steps.jsonl, '
+                    'state.pt (after every step), summary.json and curves.png to --out.')
+    parser.add_argument('--out', required=True, help='run folder')
+    parser.add_argument('--steps', type=int, default=500, help='REINFORCE steps (default: 500)')
+    parser.add_argument('--repeat', type=int, default=5,
+                        help='independently initialised copies measured per network (default: 5)')
+    parser.add_argument('--batch-size', type=int, default=16, help='images in the NTK batch (default: 16)')
+    parser.add_argument('--image-size', type=int, default=224, help='search resolution (default: 224)')
+    parser.add_argument('--measures', default='ntk,exp',
+                        help='rewarded measures, comma-separated: ntk, exp or ntk,exp (default: ntk,exp)')
+    parser.add_argument('--data', default='fashion-mnist',
+                        help="NTK images: 'fashion-mnist' (Debian's dataset-fashion-mnist), 'noise' (Gaussian) "
+                             "or the path of an ImageFolder tree (default: fashion-mnist)")
+    parser.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N (default: cpu)')
+    parser.add_argument('--seed', type=int, default=0, help='seed of every random draw of the run (default: 0)')
+    parser.add_argument('--max-params', help='soft parameter budget of the searched network, e.g. 30M')
+    parser.add_argument('--max-gmacs', help='soft GMACs budget at the search resolution, e.g. 5')
+    parser.add_argument('--resume', action='store_true', help='continue the run in --out from its state.pt')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = SearchConfig(
+        steps=args.steps, repeat=args.repeat, batch_size=args.batch_size, image_size=args.image_size,
+        measures=tuple(m.strip() for m in args.measures.split(',')), data=args.data, device=args.device,
+        seed=args.seed,
+        max_params=None if args.max_params is None else parse_count(args.max_params, '--max-params'),
+        max_gmacs=None if args.max_gmacs is None else parse_positive(args.max_gmacs, '--max-gmacs'))
+    result = search(config, args.out, resume=args.resume, progress=not args.no_progress)
+    summary = result.summary
+    print(f'{result.genotype}  params {summary["params"] / 1e6:.2f}M  GMACs {summary["gmacs"]:.3f}  '
+          f'({summary["steps"]} steps, {summary["wall_seconds"]:.1f} s) -> {args.out}')
+    return 0

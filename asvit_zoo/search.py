@@ -1,0 +1,412 @@
+"""REINFORCE seed search over the As-ViT topology space, rewarded by training-free measures (spec, section 4).
+
+Each step samples one topology from a policy (one categorical distribution per decision of
+:data:`~asvit_zoo.genotype.SEARCH_SPACE`), builds it at width C = 32 and depths [1, 1, 1, 1], measures it
+at initialisation (NTK condition number and/or expected length distortion, mean over ``repeat``
+copies) and rewards the policy with how much the measures improved over the previous step::
+
+    change(m) = (m_new - m_previous) / (max - min of the last 20 values of m + 1e-6)
+    reward    = -change(ntk) + change(exp) - budget_penalty        (only the selected measures)
+
+The first step has no previous value: its measure term is 0. The baseline is a bias-corrected
+exponential moving average (momentum 0.9) of the rewards, updated with the reward before it is
+used, and the policy takes one Adam step (lr 0.08) on ``-log_prob(sample) * (reward - baseline)``.
+The result is the most likely value of every decision.
+
+Bad values. A network whose NTK condition number is NaN or infinite (``Measures.bad``) takes the
+worst (largest) condition number seen so far, and, as in the authors' code, keeps following it:
+when a later network sets a new worst value, earlier bad entries are raised to it. A NaN or
+infinite length distortion is handled the same way with the smallest value seen so far. Before any
+finite value of a measure has been seen, a bad entry has no value and its change counts as 0; the
+first finite value fills it. (Unlike the authors' code, which turns a NaN condition number into -1
+and stops flagging bad networks when length distortion is also rewarded.)
+
+Budgets. With ``max_params`` (parameters) and/or ``max_gmacs`` (GMACs at the search resolution) the
+sampled network pays a soft penalty, at every step including the first::
+
+    budget_penalty = max(0, params / max_params - 1) + max(0, gmacs / max_gmacs - 1)
+
+so a network 10% over a budget loses 0.1, about a tenth of a full-range change of one measure.
+
+Every random draw (policy init, samples, the per-step measurement seeds) comes from one
+``torch.Generator`` whose state is checkpointed with the policy, the optimizer, the baseline and
+the histories after every step, so a resumed run repeats the uninterrupted one exactly.
+
+Run folder: ``steps.jsonl``, one JSON record per step (``step``; the sampled ``genotype``; ``derived``,
+the argmax genotype after the update; ``measures`` as measured, null where not finite, and ``bad``;
+``values``, the history values the reward used; ``changes``; ``penalty``; ``reward``; ``baseline``;
+``entropy`` of the policy that sampled; ``params``; ``gmacs``; ``seconds`` of the step), ``state.pt``
+(checkpoint, written atomically after every step), and at the end ``summary.json`` (the derived
+genotype, its measures, params, GMACs, wall time of the run over all sessions, the config) and
+``curves.png`` (policy entropy, reward and baseline per step).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from torch.distributions import Categorical
+from tqdm import tqdm
+
+from .datasets import search_batch
+from .fileio import save_torch, write_json
+from .genotype import SEARCH_SPACE, Genotype
+from .measures import Measures, measure_genotype
+
+__all__ = ['SearchConfig', 'SearchResult', 'Policy', 'MeasureHistory', 'Baseline', 'budget_penalty', 'resolve_device', 'search']
+
+MEASURE_SIGNS = {'ntk': -1.0, 'exp': 1.0}  # reward sign: lower NTK condition is better, longer curves are better
+SEARCH_EMBED_DIM = 32
+SEARCH_DEPTHS = (1, 1, 1, 1)
+LEARNING_RATE = 0.08
+EMA_MOMENTUM = 0.9
+HISTORY_WINDOW = 20
+CHANGE_EPS = 1e-6
+POLICY_INIT_STD = 1e-3
+CHECKPOINT_VERSION = 1
+# Config fields a resumed run may change: more steps extend it, the device does not change the algorithm.
+RESUMABLE_CHANGES = ('steps', 'device')
+
+STEPS_FILE = 'steps.jsonl'
+STATE_FILE = 'state.pt'
+SUMMARY_FILE = 'summary.json'
+CURVES_FILE = 'curves.png'
+
+Scorer = Callable[..., Measures]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``name`` as a torch device the search can run on (cpu, cuda, cuda:N), or a ``ValueError`` saying why not."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f'device {name!r} is not a torch device; use cpu, cuda or cuda:N') from None
+    if device.type == 'cpu':
+        return device
+    if device.type != 'cuda':
+        raise ValueError(f'device {name!r}: the search runs on cpu or cuda, not {device.type}')
+    if not torch.cuda.is_available():
+        raise ValueError(f'device {name!r}: no CUDA GPU is available here (torch.cuda.is_available() is False); '
+                         f'use --device cpu')
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f'device {name!r}: only {torch.cuda.device_count()} CUDA device(s) are visible')
+    return device
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Settings of one search run; all but ``steps`` and ``device`` must match when a run is resumed."""
+
+    steps: int = 500
+    repeat: int = 5
+    batch_size: int = 16
+    image_size: int = 224
+    measures: Tuple[str, ...] = ('ntk', 'exp')
+    data: str = 'fashion-mnist'
+    device: str = 'cpu'
+    seed: int = 0
+    max_params: Optional[int] = None
+    max_gmacs: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        for name in ('steps', 'repeat', 'batch_size', 'image_size'):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f'{name} must be an integer >= 1, got {value!r}')
+        measures = tuple(self.measures)
+        unknown = sorted(set(measures) - set(MEASURE_SIGNS))
+        if unknown or not measures or len(set(measures)) != len(measures):
+            raise ValueError(f'measures must be a non-empty list of distinct names from {sorted(MEASURE_SIGNS)}, '
+                             f'got {list(measures)}')
+        object.__setattr__(self, 'measures', tuple(m for m in MEASURE_SIGNS if m in measures))
+        if 'ntk' in self.measures and self.batch_size < 2:
+            raise ValueError(f'batch_size must be >= 2 for the ntk measure (a Gram matrix of one image has condition '
+                             f'1), got {self.batch_size}')
+        for name in ('max_params', 'max_gmacs'):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f'{name} must be a positive number, got {value!r}')
+        resolve_device(self.device)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    genotype: Genotype
+    summary: Dict[str, Any]
+
+
+class Policy(nn.Module):
+    """One logit vector per decision of :data:`SEARCH_SPACE`, initialised ``1e-3 * N(0, 1)``."""
+
+    def __init__(self, generator: torch.Generator):
+        super().__init__()
+        self.logits = nn.ParameterList(
+            nn.Parameter(POLICY_INIT_STD * torch.randn(len(choices), generator=generator))
+            for choices in SEARCH_SPACE.values())
+
+    def distributions(self) -> List[Categorical]:
+        return [Categorical(logits=logits) for logits in self.logits]
+
+    def sample(self, generator: torch.Generator) -> Tuple[Genotype, torch.Tensor, float]:
+        """A sampled genotype, the log-probability of the sample (with grad) and the policy entropy."""
+        dists = self.distributions()
+        actions = [torch.multinomial(d.probs.detach(), 1, generator=generator).squeeze(0) for d in dists]
+        log_prob = torch.stack([d.log_prob(a) for d, a in zip(dists, actions)]).sum()
+        entropy = float(sum(d.entropy().detach() for d in dists))
+        return Genotype.from_decisions([int(a) for a in actions]), log_prob, entropy
+
+    def derive(self) -> Genotype:
+        """The most likely genotype: argmax of each decision."""
+        return Genotype.from_decisions([int(logits.argmax()) for logits in self.logits])
+
+
+@dataclass
+class MeasureHistory:
+    """Past values of one measure and their change rule (see the module docstring for bad values)."""
+
+    higher_is_better: bool
+    values: List[float] = field(default_factory=list)
+    bad: List[bool] = field(default_factory=list)
+
+    def worst(self) -> float:
+        """The worst finite value seen so far, NaN before any."""
+        good = [v for v, b in zip(self.values, self.bad) if not b]
+        if not good:
+            return math.nan
+        return min(good) if self.higher_is_better else max(good)
+
+    def push(self, value: float, bad: bool = False) -> float:
+        """Record a measured value (non-finite or ``bad``: replaced by the worst) and return its change."""
+        worst = self.worst()
+        bad = bad or not math.isfinite(value)
+        if bad:
+            value = worst
+        elif math.isnan(worst) or (value < worst if self.higher_is_better else value > worst):
+            self.values = [value if b else v for v, b in zip(self.values, self.bad)]
+        self.values.append(value)
+        self.bad.append(bad)
+        return self.change()
+
+    def change(self) -> float:
+        """(newest - previous) / (max - min of the last 20 values + 1e-6); 0 without two known values."""
+        recent = self.values[-HISTORY_WINDOW:]
+        if len(recent) < 2 or math.isnan(recent[-1]):  # NaN only while no value is known: then all are NaN
+            return 0.0
+        return (recent[-1] - recent[-2]) / (max(recent) - min(recent) + CHANGE_EPS)
+
+
+@dataclass
+class Baseline:
+    """Bias-corrected exponential moving average of the rewards (the authors' baseline)."""
+
+    momentum: float = EMA_MOMENTUM
+    numerator: float = 0.0
+    denominator: float = 0.0
+
+    def update(self, value: float) -> float:
+        self.numerator = self.momentum * self.numerator + (1 - self.momentum) * value
+        self.denominator = self.momentum * self.denominator + (1 - self.momentum)
+        return self.numerator / self.denominator
+
+
+def budget_penalty(config: SearchConfig, params: int, gmacs: float) -> float:
+    """max(0, params / max_params - 1) + max(0, gmacs / max_gmacs - 1), over the budgets that are set."""
+    penalty = 0.0
+    for value, budget in ((params, config.max_params), (gmacs, config.max_gmacs)):
+        if budget is not None:
+            penalty += max(0.0, value / budget - 1)
+    return penalty
+
+
+def _finite_or_none(value: Optional[float]) -> Optional[float]:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _measures_record(m: Measures, names: Sequence[str]) -> Dict[str, Any]:
+    """The selected measures as JSON values (NaN and infinities become null) and the bad flag."""
+    return {**{name: _finite_or_none(getattr(m, name)) for name in names}, 'bad': bool(m.bad)}
+
+
+class _SearchState:
+    """Everything a step changes; saved to ``state.pt`` after every step."""
+
+    def __init__(self, config: SearchConfig):
+        self.config = config
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.policy = Policy(self.generator)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=LEARNING_RATE)
+        self.baseline = Baseline()
+        self.histories = {name: MeasureHistory(higher_is_better=MEASURE_SIGNS[name] > 0) for name in config.measures}
+        self.step = 0  # completed steps
+        self.log_bytes = 0  # size of steps.jsonl after the last completed step
+        self.elapsed = 0.0  # wall time up to the last checkpoint, over all sessions
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            'version': CHECKPOINT_VERSION,
+            'config': dataclasses.asdict(self.config),
+            'step': self.step,
+            'log_bytes': self.log_bytes,
+            'elapsed': self.elapsed,
+            'generator': self.generator.get_state(),
+            'policy': self.policy.state_dict(),
+            'optimizer': self.optimizer.state_dict(),
+            'baseline': dataclasses.asdict(self.baseline),
+            'histories': {name: {'values': h.values, 'bad': h.bad} for name, h in self.histories.items()},
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.step, self.log_bytes, self.elapsed = state['step'], state['log_bytes'], state['elapsed']
+        self.generator.set_state(state['generator'])
+        self.policy.load_state_dict(state['policy'])
+        self.optimizer.load_state_dict(state['optimizer'])
+        self.baseline = Baseline(**state['baseline'])
+        for name, h in state['histories'].items():
+            self.histories[name].values, self.histories[name].bad = list(h['values']), list(h['bad'])
+
+    def save(self, path: Path) -> None:
+        save_torch(path, self.state_dict())
+
+    def draw_seed(self) -> int:
+        return int(torch.randint(2 ** 31 - 1, (), generator=self.generator))
+
+
+def _check_resumable(saved: Dict[str, Any], config: SearchConfig, path: Path) -> None:
+    if saved.get('version') != CHECKPOINT_VERSION:
+        raise ValueError(f'{path}: checkpoint version {saved.get("version")!r}, this code reads {CHECKPOINT_VERSION}')
+    current = dataclasses.asdict(config)
+    differences = [f'{k}: run has {saved["config"][k]!r}, given {current[k]!r}' for k in current
+                   if k not in RESUMABLE_CHANGES and saved['config'][k] != current[k]]
+    if differences:
+        raise ValueError(f'{path}: cannot resume with different settings ({"; ".join(differences)})')
+    if config.steps < saved['step']:
+        raise ValueError(f'{path}: the run has already done {saved["step"]} steps, more than steps={config.steps}')
+
+
+def _measure(scorer: Scorer, genotype: Genotype, config: SearchConfig, inputs: torch.Tensor, seed: int) -> Measures:
+    return scorer(genotype, embed_dim=SEARCH_EMBED_DIM, depths=SEARCH_DEPTHS, image_size=config.image_size,
+                  repeat=config.repeat, inputs=inputs, seed=seed, device=config.device, which=config.measures)
+
+
+def _run_step(state: _SearchState, scorer: Scorer, inputs: torch.Tensor) -> Dict[str, Any]:
+    """One REINFORCE step; returns its steps.jsonl record."""
+    config = state.config
+    start = time.perf_counter()
+    genotype, log_prob, entropy = state.policy.sample(state.generator)
+    m = _measure(scorer, genotype, config, inputs, state.draw_seed())
+    changes = {}
+    for name, history in state.histories.items():
+        value = getattr(m, name)
+        changes[name] = history.push(math.nan if value is None else float(value), bad=name == 'ntk' and bool(m.bad))
+    penalty = budget_penalty(config, m.params, m.gmacs)
+    reward = sum(MEASURE_SIGNS[name] * change for name, change in changes.items()) - penalty
+    baseline = state.baseline.update(reward)
+    state.optimizer.zero_grad()
+    (-log_prob * (reward - baseline)).backward()
+    state.optimizer.step()
+    return {
+        'step': state.step,
+        'genotype': str(genotype),
+        'derived': str(state.policy.derive()),
+        'measures': _measures_record(m, config.measures),
+        'values': {name: _finite_or_none(h.values[-1]) for name, h in state.histories.items()},
+        'changes': changes,
+        'penalty': penalty,
+        'reward': reward,
+        'baseline': baseline,
+        'entropy': entropy,
+        'params': int(m.params),
+        'gmacs': float(m.gmacs),
+        'seconds': time.perf_counter() - start,
+    }
+
+
+def _save_curves(records: List[Dict[str, Any]], path: Path) -> None:
+    """Policy entropy and reward per step, as a PNG (matplotlib's Agg canvas, no global backend change)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    steps = [r['step'] for r in records]
+    fig = Figure(figsize=(8, 5), tight_layout=True)
+    FigureCanvasAgg(fig)
+    ax_entropy, ax_reward = fig.subplots(2, 1, sharex=True)
+    ax_entropy.plot(steps, [r['entropy'] for r in records])
+    ax_entropy.set_ylabel('policy entropy (nats)')
+    ax_reward.plot(steps, [r['reward'] for r in records], label='reward')
+    ax_reward.plot(steps, [r['baseline'] for r in records], label='baseline (EMA)')
+    ax_reward.set_ylabel('reward')
+    ax_reward.set_xlabel('step')
+    ax_reward.legend()
+    fig.savefig(path, dpi=100)
+
+
+def search(config: SearchConfig, out_dir: os.PathLike, *, resume: bool = False, scorer: Scorer = measure_genotype,
+           progress: bool = True) -> SearchResult:
+    """Run (or with ``resume``, continue) a REINFORCE seed search, writing its run folder ``out_dir``.
+
+    ``scorer`` has the signature of :func:`~asvit_zoo.measures.measure_genotype`. Without ``resume`` the
+    folder must not already hold a run; with it, a run is continued from ``state.pt`` (or started when
+    there is none) and reaches the same records and result as an uninterrupted run.
+    """
+    out = Path(out_dir)
+    state_path, steps_path = out / STATE_FILE, out / STEPS_FILE
+    if not resume and (state_path.exists() or steps_path.exists()):
+        raise ValueError(f'{out} already holds a search run; pass --resume to continue it or choose another --out')
+    state = _SearchState(config)
+    if resume and state_path.exists():
+        saved = torch.load(state_path, map_location='cpu', weights_only=True)
+        _check_resumable(saved, config, state_path)
+        state.load_state_dict(saved)
+    inputs = search_batch(config.data, config.batch_size, config.image_size, seed=config.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    if state.step and steps_path.stat().st_size < state.log_bytes:
+        raise ValueError(f'{steps_path} is shorter than the {state.step} steps {state_path} records; '
+                         f'it cannot be resumed')
+    mark = time.perf_counter()
+    with open(steps_path, 'ab') as log:
+        log.truncate(state.log_bytes)  # drop whatever a killed run wrote after its last checkpoint
+        bar = tqdm(total=config.steps, initial=state.step, desc='search', disable=not progress, dynamic_ncols=True)
+        with bar:
+            while state.step < config.steps:
+                record = _run_step(state, scorer, inputs)
+                log.write((json.dumps(record) + '\n').encode())
+                log.flush()
+                os.fsync(log.fileno())
+                state.step += 1
+                state.log_bytes = log.tell()
+                now = time.perf_counter()
+                state.elapsed, mark = state.elapsed + now - mark, now
+                state.save(state_path)
+                bar.set_postfix(reward=f'{record["reward"]:.3f}', entropy=f'{record["entropy"]:.2f}',
+                                best=record['derived'], refresh=False)
+                bar.update()
+    records = [json.loads(line) for line in steps_path.read_text().splitlines()]
+    return _finish(state, scorer, inputs, records, out, mark)
+
+
+def _finish(state: _SearchState, scorer: Scorer, inputs: torch.Tensor, records: List[Dict[str, Any]],
+            out: Path, mark: float) -> SearchResult:
+    """Measure the derived genotype, write summary.json and curves.png (``mark``: time of ``state.elapsed``)."""
+    config = state.config
+    genotype = state.policy.derive()
+    m = _measure(scorer, genotype, config, inputs, state.draw_seed())
+    summary = {
+        'genotype': str(genotype),
+        'measures': _measures_record(m, config.measures),
+        'params': int(m.params),
+        'gmacs': float(m.gmacs),
+        'steps': state.step,
+        'wall_seconds': state.elapsed + time.perf_counter() - mark,
+        'config': dataclasses.asdict(config),
+    }
+    write_json(out / SUMMARY_FILE, summary)
+    _save_curves(records, out / CURVES_FILE)
+    return SearchResult(genotype=genotype, summary=summary)
