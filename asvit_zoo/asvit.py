@@ -287,7 +287,7 @@ class AsViT(nn.Module):
         self.num_features = self.head_hidden_size = widths[-1]
 
         self.patch_embed = ElasticPatchEmbed(in_chans, widths[0], g.kernels[0], norm_layer=norm_layer)
-        dpr = [x.tolist() for x in torch.linspace(0, drop_path_rate, sum(g.depths)).split(list(g.depths))]
+        dpr = [x.tolist() for x in torch.linspace(0, drop_path_rate, sum(g.depths), device='cpu').split(list(g.depths))]
         self.stages = nn.Sequential(*[
             AsViTStage(
                 dim=widths[max(i - 1, 0)], out_dim=widths[i], depth=g.depths[i], num_heads=heads[i],

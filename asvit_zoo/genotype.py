@@ -16,7 +16,11 @@ import re
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-__all__ = ['NUM_STAGES', 'MAX_WIDTH', 'SEARCH_SPACE', 'Genotype']
+__all__ = ['NUM_STAGES', 'MAX_WIDTH', 'SEARCH_SPACE', 'PAPER_SEED', 'PAPER_LARGE', 'Genotype']
+
+# Published by the authors (code README): the seed their search found, and As-ViT Large.
+PAPER_SEED = '8,2,3|4,1,2|4,1,4|4,1,6|32'
+PAPER_LARGE = '8,2,3,5|4,1,2,2|4,1,4,5|4,1,6,2|32,180'
 
 NUM_STAGES = 4
 MAX_WIDTH = 1024  # stage widths are capped at this many channels (code)

@@ -12,14 +12,27 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
+from .fileio import write_json, write_text
 from .genotype import Genotype
 
-__all__ = ['RegistryError', 'VariantCard', 'registry_root', 'load_registry', 'load_card']
+__all__ = ['RegistryError', 'VariantCard', 'registry_root', 'load_registry', 'load_card', 'write_card',
+           'render_model_card']
 
 CONFIG_FILE = 'config.json'
 CARD_FILE = 'README.md'
 REQUIRED_KEYS = frozenset({'architecture', 'num_classes', 'model_args', 'pretrained_cfg'})
-OPTIONAL_KEYS = frozenset({'num_features', 'global_pool', 'label_names', 'label_descriptions'})
+# 'provenance': how the variant was made (seed, scaling step, measures, the command that regenerates it).
+OPTIONAL_KEYS = frozenset({'num_features', 'global_pool', 'label_names', 'label_descriptions', 'provenance'})
+DEFAULT_PRETRAINED_CFG = {
+    'tag': '', 'input_size': [3, 224, 224], 'crop_pct': 0.9, 'interpolation': 'bicubic',
+    'mean': [0.485, 0.456, 0.406], 'std': [0.229, 0.224, 0.225], 'license': 'mit',
+}
+CITATION = '''@inproceedings{chen2022auto,
+  title={Auto-scaling Vision Transformers without Training},
+  author={Chen, Wuyang and Huang, Wei and Du, Xianzhi and Song, Xiaodan and Wang, Zhangyang and Zhou, Denny},
+  booktitle={International Conference on Learning Representations},
+  year={2022}
+}'''
 MODEL_ARG_KEYS = frozenset({'genotype'})
 
 
@@ -109,3 +122,47 @@ def load_registry(root: Optional[Path] = None) -> List[VariantCard]:
     root = registry_root() if root is None else Path(root)
     folders: Iterable[Path] = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(('_', '.')))
     return [load_card(folder) for folder in folders]
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f'{value:.6g}'
+    if isinstance(value, (list, tuple)):
+        return ', '.join(_format_value(v) for v in value)
+    return f'`{value}`' if isinstance(value, str) and ('|' in value or ' ' in value) else str(value)
+
+
+def render_model_card(config: Mapping[str, Any], description: str) -> str:
+    """The README.md of a variant folder: Hub YAML metadata, description, genotype and provenance."""
+    name, genotype = config['architecture'], config['model_args']['genotype']
+    lines = ['---', 'library_name: timm', f"license: {config['pretrained_cfg'].get('license', 'mit')}", 'tags:',
+             '- image-classification', '- timm', '- asvit', '---', f'# {name}', '', description, '',
+             f'- Genotype: `{genotype}`', f"- Classes: {config['num_classes']}, features: {config.get('num_features')}",
+             '- Weights: none (architecture card)', '']
+    provenance = config.get('provenance')
+    if provenance:
+        lines += ['## Provenance', '', '| field | value |', '|---|---|']
+        lines += [f'| {key} | {_format_value(value)} |' for key, value in provenance.items() if key != 'command']
+        if 'command' in provenance:
+            lines += ['', 'Regenerate with:', '', '```bash', provenance['command'], '```']
+        lines.append('')
+    lines += ['## Use', '', '```python', 'import asvit_zoo, timm', f"model = timm.create_model('{name}')", '```', '',
+              '## Citation', '', '```bibtex', CITATION, '```', '']
+    return '\n'.join(lines)
+
+
+def write_card(root: Path, name: str, genotype: Genotype, description: str,
+               provenance: Optional[Mapping[str, Any]] = None, num_classes: int = 1000) -> VariantCard:
+    """Write (atomically) ``root/name/config.json`` and its ``README.md``; return the validated card."""
+    if genotype.is_seed:
+        raise ValueError(f'variant {name}: a card needs a scaled genotype, got the seed {genotype}')
+    config: Dict[str, Any] = {
+        'architecture': name, 'num_classes': num_classes, 'num_features': genotype.stage_widths()[-1],
+        'global_pool': 'avg', 'model_args': {'genotype': str(genotype)}, 'pretrained_cfg': dict(DEFAULT_PRETRAINED_CFG),
+    }
+    if provenance:
+        config['provenance'] = dict(provenance)
+    folder = Path(root) / name
+    write_json(folder / CONFIG_FILE, config)
+    write_text(folder / CARD_FILE, render_model_card(config, description))
+    return load_card(folder)

@@ -1,0 +1,331 @@
+"""Auto-scaling without training: greedy depth/width growth of a seed topology (spec, section 5).
+
+Start from the seed with depths (1, 1, 1, 1) and a narrow stage-1 width C = 8. Each step adds one
+block to one stage and widens to ``round(C * (1 + r))`` for r in 5%, 10%, 15%, 20% (a width equal to
+the previous one in that list is dropped). Candidates whose *real-size* network (width
+``WIDTH_SCALE * C``, 1000 classes) has more parameters than ``upper_limit`` are dropped. The others
+are measured on the *narrow* network with the training-free measures (``ntk`` ascending, ``exp``
+descending), ranked per measure (dense ranks: equal values share a rank), and the smallest rank sum
+wins. Scaling stops once the real-size network has ``lower_bound`` parameters or no candidate is left.
+
+Choices where the authors' code is odd (spec, section 5), and what we do:
+
+* No-op width: at small C a candidate can keep the current width (``round(8 * 1.05) == 8``); it still
+  adds a block, so it is a real candidate, and we keep it, as the reference does.
+* Tie-break: when several candidates share the best rank sum, the reference picks the measure with the
+  larger relative range ``(max - min) / max`` over the candidates and then takes the candidate with
+  the *smaller* value of it, even for ``exp`` where larger ranks better. We take the *better* value of
+  that measure (smaller ``ntk``, larger ``exp``): the rule the ranking itself states.
+* A candidate whose NTK condition number is NaN ("bad" network) ranks last on ``ntk`` and is never
+  chosen while a good candidate is left.
+
+Variants: for each parameter budget, the first step whose real-size network reaches it. Its real
+width is ``WIDTH_SCALE * C``, in steps of 4 channels, so a step can overshoot a budget by more than a
+few percent; the variant then keeps that step's topology and depths and takes the real width whose
+parameter count is nearest the budget (``width_fit`` in the record says so).
+
+Every measurement of step ``s`` is seeded from ``(seed, s)``, so a resumed run gives the same
+trajectory as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from tqdm import tqdm
+
+from .asvit import AsViT
+from .cost import count_macs, param_count
+from .datasets import search_batch
+from .fileio import atomic_write, write_json
+from .genotype import Genotype
+from .measures import measure_genotype
+
+__all__ = ['ScalingConfig', 'Candidate', 'ScalingStep', 'real_size', 'run_scaling', 'select_variants',
+           'load_trajectory', 'plot_trajectory']
+
+START_WIDTH = 8
+WIDTH_SCALE = 4  # the code's SCALE_WIDTH: real-size width = WIDTH_SCALE * narrow width
+WIDTH_RATIOS = (0.05, 0.10, 0.15, 0.20)
+NTK_BATCH = 16
+SCALING_MEASURES = ('ntk', 'exp')
+TRAJECTORY_FILE = 'trajectory.json'
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    seed_genotype: str
+    budgets: Tuple[float, ...] = (29.0e6, 52.6e6, 88.1e6)
+    upper_limit: float = 110e6
+    lower_bound: Optional[float] = None  # default: the largest budget
+    image_size: int = 224
+    repeat: int = 1
+    batch_size: int = NTK_BATCH
+    data: str = 'fashion-mnist'
+    seed: int = 0
+    device: str = 'cpu'
+
+    def __post_init__(self) -> None:
+        if not Genotype.parse(self.seed_genotype).is_seed:
+            raise ValueError(f'seed genotype must be in the seed form K,S,E|...|H, got {self.seed_genotype!r}')
+        if not self.budgets or any(b <= 0 for b in self.budgets):
+            raise ValueError(f'budgets must be positive parameter counts, got {list(self.budgets)}')
+        if max(self.budgets) > self.upper_limit:
+            raise ValueError(f'the largest budget {max(self.budgets):.4g} exceeds upper_limit {self.upper_limit:.4g}')
+        for name in ('image_size', 'repeat', 'batch_size'):
+            if getattr(self, name) < 1:
+                raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
+
+    @property
+    def stop_at(self) -> float:
+        return self.lower_bound if self.lower_bound is not None else max(self.budgets)
+
+
+@dataclass
+class Candidate:
+    depths: Tuple[int, ...]
+    width: int  # narrow stage-1 width
+    real_params: int
+    ntk: float = math.nan
+    exp: float = math.nan
+    bad: bool = False
+    rank_ntk: int = 0
+    rank_exp: int = 0
+    rank_sum: int = 0
+
+
+@dataclass
+class ScalingStep:
+    step: int
+    depths: Tuple[int, ...]
+    width: int  # narrow stage-1 width
+    genotype: str  # real size: scaled string with C = WIDTH_SCALE * width
+    params: int  # real size, 1000 classes
+    gmacs: float  # real size, 224x224
+    ntk: float
+    exp: float
+    rank_sum: int
+    seconds: float
+    candidates: List[Candidate] = field(default_factory=list)
+
+
+def real_size(seed: Genotype, depths: Sequence[int], width: int) -> Genotype:
+    """The real-size genotype of a narrow network of stage-1 width ``width``."""
+    return seed.scaled(tuple(depths), WIDTH_SCALE * width)
+
+
+def _params(genotype: Genotype) -> int:
+    with torch.device('meta'):
+        return param_count(AsViT(genotype, num_classes=1000))
+
+
+def _gmacs(genotype: Genotype) -> float:
+    with torch.random.fork_rng(devices=[]):
+        return count_macs(AsViT(genotype, num_classes=1000), (3, 224, 224)) / 1e9
+
+
+def _candidates(seed: Genotype, depths: Tuple[int, ...], width: int, upper_limit: float) -> List[Candidate]:
+    widths: List[int] = []
+    for r in WIDTH_RATIOS:
+        w = round(width * (1 + r))
+        if not widths or w != widths[-1]:
+            widths.append(w)
+    out = []
+    for stage in range(len(depths)):
+        grown = tuple(d + (i == stage) for i, d in enumerate(depths))
+        for w in widths:
+            params = _params(real_size(seed, grown, w))
+            if params <= upper_limit:
+                out.append(Candidate(grown, w, params))
+    return out
+
+
+def _dense_ranks(values: Sequence[float], descending: bool) -> List[int]:
+    """Rank 1 for the best value; equal values share a rank; NaN ranks last."""
+    key = [(-v if descending else v) if not math.isnan(v) else math.inf for v in values]
+    order = {v: i + 1 for i, v in enumerate(sorted(set(key)))}
+    return [order[k] for k in key]
+
+
+def _choose(candidates: List[Candidate]) -> Candidate:
+    for c, r_ntk, r_exp in zip(candidates, _dense_ranks([c.ntk for c in candidates], False),
+                               _dense_ranks([c.exp for c in candidates], True)):
+        c.rank_ntk, c.rank_exp, c.rank_sum = r_ntk, r_exp, r_ntk + r_exp
+    pool = [c for c in candidates if not c.bad] or candidates
+    best = min(c.rank_sum for c in pool)
+    tied = [c for c in pool if c.rank_sum == best]
+    if len(tied) == 1:
+        return tied[0]
+
+    def relative_range(name: str) -> float:
+        values = [getattr(c, name) for c in candidates if math.isfinite(getattr(c, name))]
+        return (max(values) - min(values)) / max(values) if values and max(values) > 0 else 0.
+
+    if relative_range('ntk') >= relative_range('exp'):
+        return min(tied, key=lambda c: c.ntk if math.isfinite(c.ntk) else math.inf)
+    return max(tied, key=lambda c: c.exp if math.isfinite(c.exp) else -math.inf)
+
+
+def load_trajectory(out_dir: Path) -> Dict[str, Any]:
+    return json.loads((Path(out_dir) / TRAJECTORY_FILE).read_text())
+
+
+def _save(out_dir: Path, config: ScalingConfig, steps: List[ScalingStep], done: bool) -> None:
+    write_json(out_dir / TRAJECTORY_FILE, {
+        'config': asdict(config), 'done': done, 'steps': [asdict(s) for s in steps]})
+
+
+def _step_from_dict(d: Dict[str, Any]) -> ScalingStep:
+    candidates = [Candidate(**{**c, 'depths': tuple(c['depths'])}) for c in d.pop('candidates')]
+    return ScalingStep(**{**d, 'depths': tuple(d['depths']), 'candidates': candidates})
+
+
+def run_scaling(config: ScalingConfig, out_dir: Path, resume: bool = False) -> List[ScalingStep]:
+    """Grow the seed until the real-size network reaches ``config.stop_at`` parameters; write the
+    trajectory (atomically, after every step) to ``out_dir/trajectory.json``."""
+    out_dir = Path(out_dir)
+    steps: List[ScalingStep] = []
+    if (out_dir / TRAJECTORY_FILE).exists():
+        if not resume:
+            raise FileExistsError(f'{out_dir / TRAJECTORY_FILE} exists: pass resume=True (--resume) to continue it, '
+                                  f'or choose another output folder')
+        saved = load_trajectory(out_dir)
+        if saved['config'] != json.loads(json.dumps(asdict(config))):
+            raise ValueError(f'{out_dir / TRAJECTORY_FILE} was written with another configuration '
+                             f'{saved["config"]}; resume it with the same options')
+        steps = [_step_from_dict(s) for s in saved['steps']]
+        if saved['done']:
+            return steps
+    seed = Genotype.parse(config.seed_genotype)
+    batch = search_batch(config.data, config.batch_size, config.image_size, seed=config.seed)
+    def measure(depths: Tuple[int, ...], width: int, step_index: int) -> Any:
+        return measure_genotype(seed, embed_dim=width, depths=depths, image_size=config.image_size,
+                                repeat=config.repeat, inputs=batch, seed=config.seed * 100_003 + step_index,
+                                device=config.device, which=SCALING_MEASURES)
+
+    def record(step_index: int, depths: Tuple[int, ...], width: int, params: int, ntk: float, exp: float,
+               rank_sum: int, start: float, candidates: List[Candidate]) -> None:
+        genotype = real_size(seed, depths, width)
+        steps.append(ScalingStep(step_index, depths, width, str(genotype), params, _gmacs(genotype), ntk, exp,
+                                 rank_sum, time.perf_counter() - start, candidates))
+        _save(out_dir, config, steps, done=False)
+
+    if not steps:  # step 0: the seed at the start width
+        start, depths = time.perf_counter(), (1, 1, 1, 1)
+        m = measure(depths, START_WIDTH, 0)
+        record(0, depths, START_WIDTH, _params(real_size(seed, depths, START_WIDTH)), m.ntk, m.exp, 0, start, [])
+    depths, width, params = steps[-1].depths, steps[-1].width, steps[-1].params
+    bar = tqdm(desc='scaling', unit='step', initial=len(steps))
+    while params < config.stop_at:
+        start = time.perf_counter()
+        step_index = len(steps)
+        candidates = _candidates(seed, depths, width, config.upper_limit)
+        if not candidates:
+            break
+        for c in tqdm(candidates, desc=f'step {step_index}', unit='cand', leave=False):
+            m = measure(c.depths, c.width, step_index)
+            c.ntk, c.exp, c.bad = m.ntk, m.exp, m.bad
+        chosen = _choose(candidates)
+        depths, width, params = chosen.depths, chosen.width, chosen.real_params
+        record(step_index, depths, width, params, chosen.ntk, chosen.exp, chosen.rank_sum, start, candidates)
+        bar.update(1)
+        bar.set_postfix(params=f'{params / 1e6:.1f}M', genotype=steps[-1].genotype)
+    bar.close()
+    _save(out_dir, config, steps, done=True)
+    return steps
+
+
+def select_variants(seed_genotype: str, steps: Sequence[ScalingStep], budgets: Sequence[float]) -> List[Dict[str, Any]]:
+    """For each budget, the first step whose real-size network reaches it, with its real width fitted to
+    the budget when the step overshoots (see the module docstring)."""
+    seed = Genotype.parse(seed_genotype)
+    out = []
+    for budget in budgets:
+        step = next((s for s in steps if s.params >= budget), None)
+        if step is None:
+            raise ValueError(f'no step of the trajectory reaches the budget {budget / 1e6:.1f}M '
+                             f'(largest: {max((s.params for s in steps), default=0) / 1e6:.1f}M)')
+        fitted = _fit_width(seed, step.depths, WIDTH_SCALE * step.width, budget)
+        genotype = seed.scaled(step.depths, fitted)
+        out.append(dict(budget=budget, step=step.step, step_genotype=step.genotype, step_params=step.params,
+                        width_fit=fitted != WIDTH_SCALE * step.width, genotype=str(genotype),
+                        params=_params(genotype)))
+    return out
+
+
+def _fit_width(seed: Genotype, depths: Tuple[int, ...], width: int, budget: float) -> int:
+    """The real width <= ``width`` whose parameter count is nearest ``budget`` (params grow with width)."""
+    lo, hi = seed.heads // 8, width  # params(lo) < budget <= params(hi), or lo == hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if _params(seed.scaled(depths, mid)) < budget else (lo, mid)
+    return min((lo, hi), key=lambda c: abs(_params(seed.scaled(depths, c)) - budget))
+
+
+def plot_trajectory(steps: Sequence[ScalingStep], budgets: Sequence[float], path: Path) -> Path:
+    """Per-stage depth and the stage-1 width against real-size parameters, budgets marked."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    params = [s.params / 1e6 for s in steps]
+    fig, (ax_depth, ax_width) = plt.subplots(1, 2, figsize=(11, 4))
+    for i in range(4):
+        ax_depth.plot(params, [s.depths[i] for s in steps], marker='o', ms=3, label=f'stage {i + 1}')
+    ax_width.plot(params, [WIDTH_SCALE * s.width for s in steps], marker='o', ms=3, color='k')
+    for ax in (ax_depth, ax_width):
+        for b in budgets:
+            ax.axvline(b / 1e6, color='grey', ls='--', lw=1)
+        ax.set_xlabel('real-size parameters (M)')
+        ax.grid(alpha=.3)
+    ax_depth.set_ylabel('blocks')
+    ax_depth.legend()
+    ax_width.set_ylabel('stage-1 width C (real size)')
+    fig.suptitle('As-ViT scaling trajectory')
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=120))
+    plt.close(fig)
+    return path
+
+
+def write_variant_cards(registry: Path, names: Sequence[str], config: ScalingConfig, steps: Sequence[ScalingStep],
+                        command: str) -> List[Path]:
+    """Write one registry card per budget (``names`` in budget order) with its provenance."""
+    from . import __version__
+    from .genotype import PAPER_LARGE
+    from .registry import write_card
+
+    if len(names) != len(config.budgets):
+        raise ValueError(f'{len(names)} names {list(names)} for {len(config.budgets)} budgets; give one name per budget')
+    paper_large = Genotype.parse(PAPER_LARGE)
+    paper_params = _params(paper_large)
+    by_step = {s.step: s for s in steps}
+    written = []
+    for name, variant in zip(names, select_variants(config.seed_genotype, steps, config.budgets)):
+        step = by_step[variant['step']]
+        genotype = Genotype.parse(variant['genotype'])
+        fit = (f" Its real width was fitted from {WIDTH_SCALE * step.width} to {genotype.embed_dim} channels so that "
+               f"the parameter count is nearest the budget." if variant['width_fit'] else '')
+        description = (
+            f"As-ViT variant found without training: the seed `{config.seed_genotype}` grown by greedy depth/width "
+            f"scaling ranked by the NTK condition number and the length distortion, measured at "
+            f"{config.image_size}x{config.image_size}. This is step {step.step} of the trajectory, the first whose "
+            f"real-size network reaches {variant['budget'] / 1e6:.1f}M parameters.{fit} It has "
+            f"{variant['params'] / 1e6:.2f}M parameters and {_gmacs(genotype):.2f} GMACs at 224x224. The paper's "
+            f"As-ViT Large (`{PAPER_LARGE}`, registered as `asvit_large_paper`) has {paper_params / 1e6:.2f}M: "
+            f"this variant has {100 * (variant['params'] - paper_params) / paper_params:+.1f}% parameters.")
+        provenance = {
+            'seed_genotype': config.seed_genotype, 'budget': variant['budget'], 'scaling_step': step.step,
+            'step_genotype': step.genotype, 'width_fitted': variant['width_fit'], 'ntk': step.ntk, 'exp': step.exp,
+            'measure_image_size': config.image_size, 'repeat': config.repeat, 'ntk_batch': config.batch_size,
+            'ntk_data': config.data, 'random_seed': config.seed, 'asvit_zoo_version': __version__,
+            'torch_version': torch.__version__.split('+')[0], 'command': command,
+        }
+        written.append(write_card(registry, name, genotype, description, provenance).path)
+    return written

@@ -1,0 +1,95 @@
+"""Greedy scaling: candidate generation, ranking and tie-break, resume, and card regeneration."""
+import json
+import shlex
+import shutil
+
+import pytest
+
+from asvit_zoo.cli import main
+from asvit_zoo.genotype import PAPER_SEED, Genotype
+from asvit_zoo.registry import load_card
+from asvit_zoo.scaling import (
+    Candidate, ScalingConfig, _candidates, _choose, _dense_ranks, load_trajectory, run_scaling, select_variants,
+    _step_from_dict, TRAJECTORY_FILE)
+
+SEED = Genotype.parse(PAPER_SEED)
+TINY = dict(budgets=(2.6e6,), upper_limit=4e6, image_size=16, batch_size=2, data='noise')
+
+
+def test_candidates_keep_the_noop_width_and_respect_the_upper_limit():
+    cands = _candidates(SEED, (1, 1, 1, 1), 8, upper_limit=1e9)
+    assert sorted({c.width for c in cands}) == [8, 9, 10]  # round(8 * 1.05) == 8 kept; 9 appears once
+    assert {c.depths for c in cands} == {(2, 1, 1, 1), (1, 2, 1, 1), (1, 1, 2, 1), (1, 1, 1, 2)}
+    capped = _candidates(SEED, (1, 1, 1, 1), 8, upper_limit=3.0e6)
+    assert capped and all(c.real_params <= 3.0e6 for c in capped) and len(capped) < len(cands)
+    assert _candidates(SEED, (1, 1, 1, 1), 8, upper_limit=1e5) == []
+
+
+def test_dense_ranks():
+    assert _dense_ranks([3., 1., 3., 2.], descending=False) == [3, 1, 3, 2]
+    assert _dense_ranks([3., 1., 3., float('nan')], descending=True) == [1, 2, 1, 3]
+
+
+def test_choose_by_rank_sum_and_tie_break_takes_the_better_value():
+    a = Candidate((2, 1, 1, 1), 8, 0, ntk=1.0, exp=0.5)
+    b = Candidate((1, 2, 1, 1), 8, 0, ntk=2.0, exp=0.9)
+    c = Candidate((1, 1, 2, 1), 8, 0, ntk=3.0, exp=0.1)
+    # a: ntk 1 + exp 2 = 3; b: 2 + 1 = 3; c: 3 + 3 = 6. Tie a/b; exp's relative range (0.89) > ntk's (0.67):
+    # the larger exp wins (the reference would take the smaller one).
+    assert _choose([a, b, c]) is b
+    assert (a.rank_sum, b.rank_sum, c.rank_sum) == (3, 3, 6)
+    bad = Candidate((1, 1, 1, 2), 8, 0, ntk=float('nan'), exp=10.0, bad=True)
+    assert _choose([a, bad]) is a and a.rank_sum == bad.rank_sum  # a bad network is never chosen over a good one
+
+
+def test_resume_gives_the_same_trajectory(tmp_path):
+    config = ScalingConfig(PAPER_SEED, **TINY)
+    full = run_scaling(config, tmp_path / 'full')
+    assert len(full) >= 2 and full[-1].params >= 2.6e6 and full[0].step == 0
+    saved = load_trajectory(tmp_path / 'full')
+    partial = tmp_path / 'partial'
+    partial.mkdir()
+    (partial / TRAJECTORY_FILE).write_text(json.dumps({**saved, 'done': False, 'steps': saved['steps'][:1]}))
+    with pytest.raises(FileExistsError, match='pass resume=True'):
+        run_scaling(config, partial)
+    resumed = run_scaling(config, partial, resume=True)
+    strip = lambda steps: [{**s.__dict__, 'seconds': 0} for s in steps]  # noqa: E731
+    assert strip(resumed) == strip(full)
+    with pytest.raises(ValueError, match='another configuration'):
+        run_scaling(ScalingConfig(PAPER_SEED, **{**TINY, 'image_size': 32}), partial, resume=True)
+    variant, = select_variants(PAPER_SEED, full, (2.6e6,))
+    assert abs(variant['params'] - 2.6e6) / 2.6e6 < 0.03
+
+
+def test_recorded_command_regenerates_the_card(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = ['scale', '--seed', PAPER_SEED, '--budgets', '2.6M', '--names', 'asvit_tiny', '--upper-limit', '4M',
+            '--image-size', '16', '--batch-size', '2', '--data', 'noise', '--out', 'run', '--registry', 'reg']
+    assert main(argv) == 0
+    card = load_card(tmp_path / 'reg' / 'asvit_tiny')
+    first = {p.name: p.read_bytes() for p in (tmp_path / 'reg' / 'asvit_tiny').iterdir()}
+    assert (tmp_path / 'run' / 'trajectory.png').stat().st_size > 0
+    provenance = card.config['provenance']
+    assert provenance['seed_genotype'] == PAPER_SEED and provenance['measure_image_size'] == 16
+    command = shlex.split(provenance['command'])
+    assert command[:2] == ['asvit', 'scale']
+    shutil.rmtree(tmp_path / 'run')
+    shutil.rmtree(tmp_path / 'reg')
+    assert main(command[1:]) == 0
+    assert {p.name: p.read_bytes() for p in (tmp_path / 'reg' / 'asvit_tiny').iterdir()} == first
+    assert main(command[1:]) == 2  # the run folder exists now: refused without --resume
+    assert 'pass resume=True (--resume)' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--budgets', '-3M'], '--budgets must be a positive count'),
+    (['--budgets', '200M'], 'exceeds upper_limit'),
+    (['--registry', 'reg'], '--registry needs --names'),
+    (['--seed', '8,2,3,1|4,1,2,1|4,1,4,1|4,1,6,1|32,32'], 'seed genotype must be in the seed form'),
+])
+def test_cli_errors(tmp_path, capsys, argv, message):
+    base = {'--seed': PAPER_SEED, '--out': str(tmp_path / 'run')}
+    for flag, value in zip(argv[::2], argv[1::2]):
+        base[flag] = value
+    assert main(['scale', *[f'{flag}={value}' for flag, value in base.items()]]) == 2
+    assert message in capsys.readouterr().err
