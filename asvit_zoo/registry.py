@@ -129,7 +129,9 @@ def _format_value(value: Any) -> str:
         return f'{value:.6g}'
     if isinstance(value, (list, tuple)):
         return ', '.join(_format_value(v) for v in value)
-    return f'`{value}`' if isinstance(value, str) and ('|' in value or ' ' in value) else str(value)
+    if isinstance(value, str) and '|' in value:  # a genotype: code span, pipes escaped for the table
+        return '`' + value.replace('|', '\\|') + '`'
+    return str(value)
 
 
 def render_model_card(config: Mapping[str, Any], description: str) -> str:
