@@ -12,4 +12,4 @@ def test_summary_lists_every_variant_with_counts(capsys):
         name, genotype, params, gmacs, _ = rows[card.name]
         assert genotype == str(card.genotype)
         assert float(params) > 0 and float(gmacs) > 0
-    assert rows['asvit_large'][2] == '87.58'
+    assert rows['asvit_large_paper'][2] == '87.58'

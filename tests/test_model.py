@@ -172,8 +172,8 @@ def test_drop_path_schedule():
 def test_list_models_and_pretrained_without_weights():
     assert set(VARIANTS) <= set(timm.list_models('asvit*'))
     assert 'asvit' in timm.list_models('asvit*')
-    with pytest.raises(RuntimeError, match='asvit_large has no pretrained weights'):
-        timm.create_model('asvit_large', pretrained=True)
+    with pytest.raises(RuntimeError, match='asvit_large_paper has no pretrained weights'):
+        timm.create_model('asvit_large_paper', pretrained=True)
 
 
 # --------------------------------------------------------------------------- timm model properties, every variant

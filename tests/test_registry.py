@@ -15,7 +15,7 @@ def test_shipped_registry_is_the_repo_folder_and_every_card_registers():
     cards = load_registry()
     names = {card.name for card in cards}
     assert names == {p.name for p in REPO_REGISTRY.iterdir() if (p / 'config.json').is_file()}
-    assert {'asvit_large', 'asvit_seed'} <= names
+    assert {'asvit_large_paper', 'asvit_seed'} <= names
     assert names <= set(timm.list_models('asvit_*'))
     for card in cards:
         assert (card.path / 'README.md').read_text().startswith('---\n')
