@@ -276,14 +276,16 @@ def plot_trajectory(steps: Sequence[ScalingStep], budgets: Sequence[float], path
     params = [s.params / 1e6 for s in steps]
     fig, (ax_depth, ax_width) = plt.subplots(1, 2, figsize=(11, 4))
     for i in range(4):
-        ax_depth.plot(params, [s.depths[i] for s in steps], marker='o', ms=3, label=f'stage {i + 1}')
-    ax_width.plot(params, [WIDTH_SCALE * s.width for s in steps], marker='o', ms=3, color='k')
+        ax_depth.plot(params, [s.depths[i] + 0.04 * (i - 1.5) for s in steps], marker='o', ms=3, drawstyle='steps-post',
+                      label=f'stage {i + 1}')  # offsets keep overlapping stages visible
+    ax_width.plot(params, [WIDTH_SCALE * s.width for s in steps], marker='o', ms=3, color='k', drawstyle='steps-post')
     for ax in (ax_depth, ax_width):
         for b in budgets:
             ax.axvline(b / 1e6, color='grey', ls='--', lw=1)
         ax.set_xlabel('real-size parameters (M)')
         ax.grid(alpha=.3)
     ax_depth.set_ylabel('blocks')
+    ax_depth.yaxis.get_major_locator().set_params(integer=True)
     ax_depth.legend()
     ax_width.set_ylabel('stage-1 width C (real size)')
     fig.suptitle('As-ViT scaling trajectory')
@@ -304,7 +306,7 @@ def write_variant_cards(registry: Path, names: Sequence[str], config: ScalingCon
     if len(names) != len(config.budgets):
         raise ValueError(f'{len(names)} names {list(names)} for {len(config.budgets)} budgets; give one name per budget')
     paper_large = Genotype.parse(PAPER_LARGE)
-    paper_params = _params(paper_large)
+    paper_params = _params(paper_large)  # compared with in the card of the largest budget
     by_step = {s.step: s for s in steps}
     written = []
     for name, variant in zip(names, select_variants(config.seed_genotype, steps, config.budgets)):
@@ -317,11 +319,16 @@ def write_variant_cards(registry: Path, names: Sequence[str], config: ScalingCon
             f"scaling ranked by the NTK condition number and the length distortion, measured at "
             f"{config.image_size}x{config.image_size}. This is step {step.step} of the trajectory, the first whose "
             f"real-size network reaches {variant['budget'] / 1e6:.1f}M parameters.{fit} It has "
-            f"{variant['params'] / 1e6:.2f}M parameters and {_gmacs(genotype):.2f} GMACs at 224x224. The paper's "
-            f"As-ViT Large (`{PAPER_LARGE}`, registered as `asvit_large_paper`) has {paper_params / 1e6:.2f}M: "
-            f"this variant has {100 * (variant['params'] - paper_params) / paper_params:+.1f}% parameters.")
+            f"{variant['params'] / 1e6:.2f}M parameters and {_gmacs(genotype):.2f} GMACs at 224x224.")
+        if variant['budget'] == max(config.budgets):
+            description += (
+                f" The paper's As-ViT Large (`{PAPER_LARGE}`, registered as `asvit_large_paper`) has "
+                f"{paper_params / 1e6:.2f}M parameters and {_gmacs(paper_large):.2f} GMACs: this variant has "
+                f"{100 * (variant['params'] - paper_params) / paper_params:+.1f}% parameters, depths "
+                f"{','.join(map(str, genotype.depths))} against {','.join(map(str, paper_large.depths))} and "
+                f"width {genotype.embed_dim} against {paper_large.embed_dim}.")
         provenance = {
-            'seed_genotype': config.seed_genotype, 'budget': variant['budget'], 'scaling_step': step.step,
+            'seed_genotype': config.seed_genotype, 'budget_params': round(variant['budget']), 'scaling_step': step.step,
             'step_genotype': step.genotype, 'width_fitted': variant['width_fit'], 'ntk': step.ntk, 'exp': step.exp,
             'measure_image_size': config.image_size, 'repeat': config.repeat, 'ntk_batch': config.batch_size,
             'ntk_data': config.data, 'random_seed': config.seed, 'asvit_zoo_version': __version__,
