@@ -1,0 +1,652 @@
+"""Training-free complexity measures of As-ViT networks at initialisation (spec, section 3).
+
+``f`` is the pooled feature before the final norm (mean over the last stage's tokens).
+
+* ``exp``, expected length distortion (:func:`length_distortion`, higher ranks better): the output
+  curve of a circle ``x(theta) = cos(theta) u1 + sin(theta) u2`` in input space, every LayerNorm
+  replaced by identity, train mode: ``sum_i ||d f(x(theta_i)) / d theta||_2`` over the curve's points.
+* ``curvature`` (:func:`curvature`): extrinsic curvature of the same output curve at each point,
+  ``kappa_i = sqrt(|f'|^2 |f''|^2 - (f'.f'')^2) / |f'|^3``, **summed over the points** (as ``exp`` and
+  as the authors' unused ``get_extrinsic_curvature``).
+* ``combined``: ``sum_i kappa_i |f'_i|``, length distortion and curvature together: the discrete length
+  of the curve's Gauss map (``|d/dtheta (f'/|f'|)| = kappa |f'|``), i.e. how far the output curve turns
+  while it is stretched, in radians per angle step. It does not change when the output is rescaled
+  (``exp`` grows and ``curvature`` shrinks with the scale). A closed curve turns by at least 2 pi
+  (Fenchel), so with the default curve it is about 10 for a nearly flat loop and grows with the
+  wiggles. The authors' ``get_curve_complexity_gauss`` aims at the same quantity but holds ``|f'|``
+  constant, giving ``sum |f''| / |f'|``; we take the exact derivative.
+* ``ntk``, NTK condition number (:func:`ntk_condition`, lower ranks better): per-sample gradients of
+  ``sum(f(x_i))`` with respect to every parameter whose name contains ``weight``, LayerNorms as in the
+  model, train mode; Gram matrix ``G = J J^T``; ``cond = largest / smallest eigenvalue``.
+
+How. Length distortion is one forward-mode pass (``torch.func.jvp``) over all curve points in one
+batch, with the closed-form tangent ``dx/dtheta = -sin(theta) u1 + cos(theta) u2``. PyTorch has no
+forward-mode rule for its fused attention kernels, so while measuring, ``F.scaled_dot_product_attention``
+goes through :class:`_Attention`, whose exact JVP uses fused kernels only:
+``dO = P dV + (P * dS) V - rowsum(P * dS) O`` (``P`` the attention weights, ``dS = s (dQ K^T + Q dK^T)``)
+is one attention pass over the values ``[K, dK, dV]`` plus one backward pass, with respect to the
+query, of the attention of ``[Q, 0]`` on the keys ``[K, V]`` with cotangent ``[dQ, Q]``: that backward,
+``s sum_j P_ij (g_i.v_j - g_i.o_i) k_j``, is the bilinear term, and ``P`` is never materialised.
+Curvature needs forward over forward; it runs the unfused attention, which PyTorch differentiates
+twice. The NTK needs ONE batched forward and backward pass: forward hooks keep each weighted module's
+input, the backward gives the gradient of its output, and the per-sample weight gradients follow in
+closed form (Linear ``g^T a``, Conv2d ``g unfold(a)^T``, LayerNorm ``sum(g * x_hat)``); for small token
+grids the Gram share of a layer comes straight from ``(a a^T) * (g g^T)``. The Gram matrix is
+accumulated in float64 (float32 products summed over 8192 columns at a time).
+
+Golden values. Length distortion equals the authors' to 1e-7. Their NTK eigenvalues come out
+0.04-0.25% lower than the exact ones: their Gram matrix is a float32 product of 2M-long gradient
+rows whose accumulation loses the smallest terms (replaying their float32 accumulation, 4 sequential
+lanes, on our per-sample gradients gives their eigenvalues to 1e-6; see tests/test_measures.py). We
+return the exact value.
+
+The authors' code (spec, section 3, "Further behaviour") and what we do:
+
+* Kept: the default curve has 10 angles ``linspace(0, 2 pi, 10)``, so 0 and 2 pi, the same point,
+  count twice (values stay comparable with the authors'); one NTK batch for every copy; train mode
+  for both measures; gradients of the summed pooled feature, not a per-logit NTK.
+* Changed: the authors re-draw every Linear layer and the LayerNorms between the two measures, and
+  never re-draw the stage-1 convolution, so all their ``repeat`` copies share it. Here each copy is
+  one fresh initialisation (its convolution included) on which all measures are taken.
+* Changed: the authors turn a NaN condition number into -1 and average it with the other copies (a
+  bad network then looks well conditioned), and a negative smallest eigenvalue passes as a negative
+  condition number. Here a Gram matrix that is not finite or numerically singular (smallest
+  eigenvalue at most ``n * eps * largest``, eps of the model's dtype) gives a NaN condition number;
+  :class:`Measures` then has ``ntk = nan`` and ``bad = True``, and the caller decides (the seed search
+  gives it the worst value seen, spec section 4).
+* A point where ``f' = 0`` has no curvature: NaN (the authors' formula divides by zero too).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import jvp, vjp
+from torch.overrides import TorchFunctionMode
+
+from timm.models import load_state_dict
+
+from .asvit import AsViT, checkpoint_filter_fn, resolve_genotype
+from .cost import count_macs, param_count
+from .datasets import noise_batch
+from .genotype import Genotype
+
+__all__ = [
+    'MEASURES', 'CURVE_POINTS', 'NTK_BATCH', 'Curvature', 'Measures', 'pooled_before_norm', 'curve_network',
+    'default_curve', 'curve_points', 'curve_velocity', 'length_distortion', 'curvature', 'ntk_jacobian', 'ntk_gram',
+    'ntk_condition', 'load_measure_inputs', 'measure_genotype',
+]
+
+MEASURES = ('exp', 'curvature', 'ntk')
+CURVE_POINTS = 10  # angles of the length-distortion curve (code), 0 and 2 pi included
+NTK_BATCH = 16  # images of the NTK batch (the authors' scripts)
+CURVATURE_PIXELS = 2 * 224 * 224  # curve points per second-order pass: this many pixels in all
+GRAM_CHUNK = 8192  # columns summed in float32 before the float64 accumulation of the NTK Gram matrix
+NUM_CLASSES = 1000  # head of freshly initialised networks: params and GMACs as the paper counts them
+INPUT_KEYS = ('curve_basis', 'curve_theta', 'ntk_inputs')  # keys of an --inputs file (the golden io files)
+
+_sdpa = F.scaled_dot_product_attention
+_linear = F.linear
+
+
+# --------------------------------------------------------------------------- helpers
+def pooled_before_norm(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Mean over the last stage's tokens, without the final norm: (B, C, H, W) -> (B, num_features)."""
+    last = len(model.stages) - 1
+    return model.forward_intermediates(x, indices=[last], intermediates_only=True)[0].mean((2, 3))
+
+
+def _param(model: nn.Module) -> torch.Tensor:
+    return next(model.parameters())
+
+
+def _set_fused_attn(model: nn.Module, enable: bool) -> None:
+    for m in model.modules():
+        if hasattr(m, 'fused_attn'):
+            m.fused_attn = enable
+
+
+def curve_network(model: nn.Module, fused_attn: bool = True) -> nn.Module:
+    """The network of the curve measures: a deep copy of the modules (sharing the parameters, which are not
+    modified) in train mode, with every LayerNorm replaced by identity and the fused (SDPA) or plain
+    attention path. The caller's model is not touched."""
+    net = copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
+    for module in list(net.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.LayerNorm):
+                setattr(module, name, nn.Identity())
+    _set_fused_attn(net, fused_attn)
+    return net.train()
+
+
+def default_curve(image_size: int, in_chans: int = 3, points: int = CURVE_POINTS,
+                  seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The authors' curve: ``(basis, thetas)``, basis = the first two left-singular vectors of a
+    (in_chans * H * W) x 2 standard normal matrix drawn from ``seed``, thetas = linspace(0, 2 pi, points)."""
+    gaussian = torch.randn(in_chans * image_size * image_size, 2, generator=torch.Generator().manual_seed(seed),
+                           dtype=torch.float64)
+    basis = torch.linalg.svd(gaussian, full_matrices=False).U.float().contiguous()
+    return basis, torch.linspace(0, 2 * math.pi, points)
+
+
+def _image_shape(model: nn.Module, curve_basis: torch.Tensor) -> Tuple[int, int, int]:
+    in_chans = getattr(model, 'in_chans', 3)
+    rows = curve_basis.shape[0] if curve_basis.dim() == 2 else 0
+    side = math.isqrt(rows // in_chans)
+    if curve_basis.dim() != 2 or curve_basis.shape[1] != 2 or in_chans * side * side != rows:
+        raise ValueError(f'curve_basis must have shape ({in_chans} * H * H, 2) (two flattened square '
+                         f'{in_chans}-channel images), got {tuple(curve_basis.shape)}')
+    return in_chans, side, side
+
+
+def curve_points(curve_basis: torch.Tensor, thetas: torch.Tensor,
+                 image_shape: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Points ``x(theta) = cos(theta) u1 + sin(theta) u2`` and tangents ``dx/dtheta``, each (n, *image_shape)."""
+    cos, sin = torch.cos(thetas), torch.sin(thetas)
+    x = (curve_basis @ torch.stack([cos, sin])).T.reshape(len(thetas), *image_shape)
+    dx = (curve_basis @ torch.stack([-sin, cos])).T.reshape(len(thetas), *image_shape)
+    return x, dx
+
+
+def _curve_on(model: nn.Module, curve_basis: torch.Tensor, thetas: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``curve_basis`` and ``thetas`` as 1-d/2-d tensors of the model's dtype and device."""
+    p = _param(model)
+    thetas = torch.as_tensor(thetas).to(p.device, p.dtype)
+    if thetas.dim() != 1 or len(thetas) < 1:
+        raise ValueError(f'thetas must be a non-empty 1-d tensor of angles, got shape {tuple(thetas.shape)}')
+    return torch.as_tensor(curve_basis).to(p.device, p.dtype), thetas
+
+
+# --------------------------------------------------------------------------- forward-mode attention
+def _pad_to(x: torch.Tensor, width: int) -> torch.Tensor:
+    return F.pad(x, (0, width - x.shape[-1])) if x.shape[-1] < width else x
+
+
+class _Attention(torch.autograd.Function):
+    """``scaled_dot_product_attention`` with an exact JVP made of fused attention kernels (see the module
+    docstring). First order only: curvature uses the unfused attention."""
+
+    @staticmethod
+    def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
+                scale: float) -> torch.Tensor:
+        return _sdpa(q, k, v, attn_mask=mask, scale=scale)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Tuple[Any, ...], output: torch.Tensor) -> None:
+        q, k, v, mask, scale = inputs
+        ctx.save_for_forward(q, k, v)
+        ctx.mask, ctx.scale = mask, scale
+
+    @staticmethod
+    def jvp(ctx: Any, dq: Optional[torch.Tensor], dk: Optional[torch.Tensor], dv: Optional[torch.Tensor],
+            *_: Any) -> torch.Tensor:
+        q, k, v = ctx.saved_tensors
+        dq, dk, dv = (torch.zeros_like(t) if d is None else d for t, d in ((q, dq), (k, dk), (v, dv)))
+        d, e = q.shape[-1], v.shape[-1]
+        width = 2 * d + e  # fused kernels want one head size for q, k and v: pad all to the widest
+        query = _pad_to(q, width)
+        key = _pad_to(torch.cat([k, v], -1), width)
+        value = _pad_to(torch.cat([k, dk, dv], -1), width)
+        cotangent = _pad_to(torch.cat([dq, q], -1), width)
+        out, pullback = vjp(partial(_sdpa, key=key, value=value, attn_mask=ctx.mask, scale=ctx.scale), query)
+        (grad_query,) = pullback(cotangent)
+        # P dV from the forward, plus s * sum_j P_ij (dS_ij - rowsum_i) V_j from the V-columns of the query gradient
+        return out[..., 2 * d:2 * d + e] + grad_query[..., d:d + e]
+
+
+def _sdpa_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+               dropout_p: float = 0., is_causal: bool = False, scale: Optional[float] = None,
+               enable_gqa: bool = False) -> Optional[Tuple[Any, ...]]:
+    """(q, k, v, mask, scale) when :class:`_Attention` computes the call exactly, else None."""
+    if dropout_p or is_causal or enable_gqa:
+        return None
+    return q, k, v, attn_mask, q.shape[-1] ** -0.5 if scale is None else scale
+
+
+class _ForwardADMode(TorchFunctionMode):
+    """While active: attention through :class:`_Attention` (``attention=True``), and Linear layers on inputs
+    of more than 2 dims run on a 2-d view (forward-mode AD of such calls otherwise falls back to a bmm
+    with one copy of the weight per row block)."""
+
+    def __init__(self, attention: bool = True):
+        super().__init__()
+        self.attention = attention
+
+    def __torch_function__(self, func: Callable, types: Any, args: Sequence[Any] = (),
+                           kwargs: Optional[Dict[str, Any]] = None) -> Any:
+        kwargs = kwargs or {}
+        if func is _sdpa and self.attention:
+            bound = _sdpa_args(*args, **kwargs)
+            if bound is not None:
+                return _Attention.apply(*bound)
+        elif func is _linear and args and args[0].dim() > 2:
+            x = args[0]
+            y = _linear(x.reshape(-1, x.shape[-1]), *args[1:], **kwargs)
+            return y.view(*x.shape[:-1], y.shape[-1])
+        return func(*args, **kwargs)
+
+
+# --------------------------------------------------------------------------- curve measures
+def curve_velocity(model: nn.Module, curve_basis: torch.Tensor, thetas: torch.Tensor) -> torch.Tensor:
+    """``d f(x(theta_i)) / d theta`` at every point, (n, num_features): one ``jvp`` over all points in one batch
+    with the closed-form tangent, on :func:`curve_network` (LayerNorms removed, train mode).
+
+    Args:
+        model: An :class:`~asvit_zoo.AsViT` (not modified).
+        curve_basis: (in_chans * H * W, 2) orthonormal pair ``u1, u2`` of flattened images.
+        thetas: (n,) angles of the curve's points.
+    """
+    net = curve_network(model, fused_attn=True)
+    basis, thetas = _curve_on(net, curve_basis, thetas)
+    x, dx = curve_points(basis, thetas, _image_shape(net, basis))
+    with torch.no_grad(), _ForwardADMode():  # forward mode only: no autograd graph
+        _, df = jvp(partial(pooled_before_norm, net), (x,), (dx,))
+    return df
+
+
+def length_distortion(model: nn.Module, curve_basis: torch.Tensor, thetas: torch.Tensor) -> float:
+    """Expected length distortion ``sum_i ||d f(x(theta_i)) / d theta||_2`` (see :func:`curve_velocity`)."""
+    return float(curve_velocity(model, curve_basis, thetas).double().norm(dim=1).sum())
+
+
+class Curvature(NamedTuple):
+    """Extrinsic curvature of the output curve: ``total`` = sum over points of ``per_point``, ``combined`` =
+    sum over points of ``kappa_i * |f'_i|``; ``speed`` = ``|f'_i|`` (its sum is the length distortion)."""
+    total: float
+    combined: float
+    per_point: torch.Tensor
+    speed: torch.Tensor
+
+
+def curvature(model: nn.Module, curve_basis: torch.Tensor, thetas: torch.Tensor) -> Curvature:
+    """Extrinsic curvature ``kappa = sqrt(|f'|^2 |f''|^2 - (f'.f'')^2) / |f'|^3`` of the output curve at each
+    point, on :func:`curve_network` (LayerNorms removed, train mode, unfused attention); ``f'`` and ``f''``
+    by forward over forward ``jvp`` in the angle (``x''(theta) = -x(theta)`` comes with it), in chunks of
+    points of at most ``CURVATURE_PIXELS`` pixels. NaN where ``f' = 0``."""
+    net = curve_network(model, fused_attn=False)  # the fused kernels have no second-order forward rule
+    basis, thetas = _curve_on(net, curve_basis, thetas)
+    shape = _image_shape(net, basis)
+
+    def along(angles: torch.Tensor) -> torch.Tensor:
+        return pooled_before_norm(net, curve_points(basis, angles, shape)[0])
+
+    def speed(angles: torch.Tensor) -> torch.Tensor:
+        return jvp(along, (angles,), (torch.ones_like(angles),))[1]
+
+    # second-order forward AD keeps a few copies of every attention matrix: bound the batch by its pixels
+    chunk = max(1, CURVATURE_PIXELS // (shape[1] * shape[2]))
+    with torch.no_grad(), _ForwardADMode(attention=False):
+        derivatives = [jvp(speed, (part,), (torch.ones_like(part),)) for part in thetas.split(chunk)]
+    d1 = torch.cat([d for d, _ in derivatives]).double()
+    d2 = torch.cat([d for _, d in derivatives]).double()
+    s1, s2, s12 = (d1 * d1).sum(1), (d2 * d2).sum(1), (d1 * d2).sum(1)
+    norm1 = s1.sqrt()
+    kappa = (s1 * s2 - s12 * s12).clamp_min(0).sqrt() / (norm1 ** 3)
+    kappa = torch.where(norm1 > 0, kappa, torch.full_like(kappa, math.nan))
+    return Curvature(float(kappa.sum()), float((kappa * norm1).sum()), kappa, norm1)
+
+
+# --------------------------------------------------------------------------- NTK
+# A weight's per-sample gradient from the input ``a`` and output gradient ``g`` of each call of its module.
+# The leading dim of ``a`` and ``g`` holds the samples in order (several rows per sample allowed: windows).
+# Linear and Conv2d give "rows": per sample, T pairs (a_t, g_t) with gradient sum_t g_t a_t^T; LayerNorm
+# gives its (n, D) per-sample gradients sum_t g_t * x_hat_t directly.
+Rows = Tuple[torch.Tensor, torch.Tensor]  # a (n, T, in), g (n, T, out)
+
+
+def _linear_rows(m: nn.Linear, a: torch.Tensor, g: torch.Tensor, n: int) -> Rows:
+    return a.reshape(n, -1, a.shape[-1]), g.reshape(n, -1, g.shape[-1])
+
+
+def _conv_rows(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, n: int) -> Rows:
+    if m.groups != 1 or isinstance(m.padding, str) or m.padding_mode != 'zeros' or a.shape[0] != n:
+        raise TypeError(f'ntk_gram: a Conv2d with groups={m.groups}, padding={m.padding!r}, padding_mode='
+                        f'{m.padding_mode!r} on a batch of {a.shape[0]} is not supported (groups=1, numeric zero '
+                        f'padding, one image per sample)')
+    cols = F.unfold(a, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
+    return cols.transpose(1, 2), g.flatten(2).transpose(1, 2)
+
+
+def _layer_norm_grads(m: nn.LayerNorm, a: torch.Tensor, g: torch.Tensor, n: int) -> torch.Tensor:
+    x_hat = F.layer_norm(a, m.normalized_shape, eps=m.eps)
+    return (g * x_hat).reshape(n, -1, *m.normalized_shape).sum(1).flatten(1)
+
+
+_ROW_RULES = ((nn.Linear, _linear_rows), (nn.Conv2d, _conv_rows))
+_GRAD_RULES = ((nn.LayerNorm, _layer_norm_grads),)
+_SUPPORTED = ', '.join(kind.__name__ for kind, _ in _ROW_RULES + _GRAD_RULES)
+
+
+def _weight_owners(model: nn.Module) -> Dict[nn.Module, str]:
+    """Every module holding a parameter whose name contains 'weight', with that parameter's name."""
+    owners = {}
+    for module_name, module in model.named_modules():
+        for pname, _ in module.named_parameters(recurse=False):
+            full = f'{module_name}.{pname}' if module_name else pname
+            if 'weight' not in full:
+                continue
+            if pname != 'weight' or not isinstance(module, tuple(k for k, _ in _ROW_RULES + _GRAD_RULES)):
+                raise TypeError(f'ntk_gram: parameter {full!r} ({type(module).__name__}.{pname}) is not supported; '
+                                f'per-sample gradients are implemented for the `weight` of {_SUPPORTED} modules')
+            owners[module] = full
+    return owners
+
+
+def _per_sample_terms(model: nn.Module, inputs: torch.Tensor) -> Iterator[Tuple[str, Union[Rows, torch.Tensor]]]:
+    """(name, rows or (n, numel) per-sample gradients) for every weight that gets a gradient, from one batched
+    forward and backward pass of ``sum f(x_i)`` in train mode; the model's modes are restored."""
+    n = inputs.shape[0]
+    owners = _weight_owners(model)
+    calls: Dict[nn.Module, List[Tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
+
+    def keep(module: nn.Module, args: Tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        calls[module].append((args[0], output))
+
+    handles = [m.register_forward_hook(keep) for m in owners]
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.train()
+        with torch.enable_grad():
+            x = inputs.to(_param(model)).detach().requires_grad_(True)
+            total = pooled_before_norm(model, x).sum()
+            outputs = [out for seen in calls.values() for _, out in seen]
+            grads = iter(torch.autograd.grad(total, outputs, allow_unused=True))
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes.items():
+            m.training = training
+    for m, seen in calls.items():
+        name = owners[m]
+        used = [(a.detach(), g) for (a, _), g in zip(seen, grads) if g is not None]
+        for a, g in used:
+            if a.shape[0] % n or g.shape[0] != a.shape[0]:
+                raise ValueError(f'ntk_gram: {name} saw a leading dim of {a.shape[0]} for {n} samples; the '
+                                 f'per-sample rule needs whole rows per sample, in sample order')
+        if not used:
+            continue
+        rows_rule = next((rule for kind, rule in _ROW_RULES if isinstance(m, kind)), None)
+        if rows_rule is not None:  # several calls of one module: their rows join (their gradients add up)
+            rows = [rows_rule(m, a, g, n) for a, g in used]
+            if len(rows) > 1:
+                rows = [(torch.cat([a for a, _ in rows], 1), torch.cat([g for _, g in rows], 1))]
+            yield name, rows[0]
+        else:
+            rule = next(rule for kind, rule in _GRAD_RULES if isinstance(m, kind))
+            yield name, sum(rule(m, a, g, n) for a, g in used)
+
+
+def _rows_grads(rows: Rows) -> torch.Tensor:
+    a, g = rows
+    return torch.bmm(g.transpose(1, 2), a).flatten(1)
+
+
+def _rows_gram(rows: Rows) -> torch.Tensor:
+    """Gram matrix of the per-sample gradients of rows without forming them: ``sum_{t,s} (g_t.g_s)(a_t.a_s)``;
+    cheaper than ``n T in out`` when there are few rows (small token grids)."""
+    a, g = rows
+    n, t = a.shape[:2]
+    a, g = a.reshape(n * t, -1), g.reshape(n * t, -1)
+    return ((a @ a.T) * (g @ g.T)).view(n, t, n, t).sum((1, 3), dtype=torch.float64)
+
+
+def _gram(grad: torch.Tensor) -> torch.Tensor:
+    """``grad @ grad.T`` in float64: float32 products are summed over chunks of ``GRAM_CHUNK`` columns and the
+    chunks in float64 (as exact as a float64 product here, without converting the gradients)."""
+    if grad.dtype == torch.float64:
+        return grad @ grad.T
+    full = grad.shape[1] // GRAM_CHUNK * GRAM_CHUNK
+    rest = grad[:, full:]
+    gram = (rest @ rest.T).double()
+    if full:
+        chunks = grad[:, :full].unflatten(1, (-1, GRAM_CHUNK)).transpose(0, 1)
+        gram += torch.bmm(chunks, chunks.transpose(1, 2)).sum(0, dtype=torch.float64)
+    return gram
+
+
+def ntk_jacobian(model: nn.Module, inputs: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Per-sample gradients of ``sum f(x_i)`` (``f`` = :func:`pooled_before_norm`) for every parameter whose
+    name contains 'weight' and that gets a gradient: name -> (n, numel), in the model's parameter order.
+    LayerNorms as in the model, train mode; one batched forward and backward pass."""
+    grads = {name: _rows_grads(term) if isinstance(term, tuple) else term
+             for name, term in _per_sample_terms(model, inputs)}
+    return {name: grads[name] for name, _ in model.named_parameters() if name in grads}
+
+
+def ntk_gram(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """NTK Gram matrix ``G[i, j] = <grad_w sum f(x_i), grad_w sum f(x_j)>`` over every parameter whose name
+    contains 'weight' (float64, (n, n)); see :func:`ntk_jacobian`. Each weight's share comes from its
+    per-sample gradients or, where that is cheaper, straight from its rows (:func:`_rows_gram`)."""
+    n = inputs.shape[0]
+    gram = torch.zeros(n, n, dtype=torch.float64, device=inputs.device)
+    for _, term in _per_sample_terms(model, inputs):
+        if isinstance(term, tuple):
+            a, g = term
+            t, d_in, d_out = a.shape[1], a.shape[2], g.shape[2]
+            if (n * t) ** 2 * (d_in + d_out) < (n * t + n * n) * d_in * d_out:
+                gram += _rows_gram(term)
+                continue
+            term = _rows_grads(term)
+        gram += _gram(term)
+    return gram
+
+
+def _condition(gram: torch.Tensor, eps: float) -> Tuple[float, torch.Tensor]:
+    """(largest / smallest eigenvalue, eigenvalues ascending); NaN when not finite or numerically singular."""
+    if not torch.isfinite(gram).all():
+        return math.nan, torch.full((gram.shape[0],), math.nan, dtype=gram.dtype, device=gram.device)
+    eigenvalues = torch.linalg.eigvalsh(gram)
+    smallest, largest = float(eigenvalues[0]), float(eigenvalues[-1])
+    if not smallest > gram.shape[0] * eps * largest:
+        return math.nan, eigenvalues
+    return largest / smallest, eigenvalues
+
+
+def ntk_condition(model: nn.Module, inputs: torch.Tensor) -> Tuple[float, torch.Tensor]:
+    """NTK condition number and the Gram matrix's eigenvalues (ascending, float64) on ``inputs``
+    (see :func:`ntk_gram`). The condition number is NaN (a "bad" network) when the Gram matrix is not
+    finite or its smallest eigenvalue is at most ``n * eps * largest`` (eps of the model's dtype)."""
+    return _condition(ntk_gram(model, inputs), torch.finfo(_param(model).dtype).eps)
+
+
+# --------------------------------------------------------------------------- one genotype
+@dataclass
+class Measures:
+    """Measures of one genotype, means over ``repeat`` copies (None: not measured). ``ntk_eigenvalues`` is
+    the mean over copies of each copy's ascending eigenvalues; ``bad`` is True when any copy's NTK
+    condition number is NaN (then ``ntk`` is NaN); ``seconds`` is the wall time of each measure over
+    all copies; ``params`` and ``gmacs`` (at the measured image size) are those of the network."""
+
+    exp: Optional[float] = None
+    curvature: Optional[float] = None
+    combined: Optional[float] = None
+    ntk: Optional[float] = None
+    ntk_eigenvalues: Optional[List[float]] = None
+    bad: bool = False
+    params: int = 0
+    gmacs: float = 0.
+    seconds: Dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready fields: NaN and infinities become None."""
+        def clean(value: Any) -> Any:
+            if isinstance(value, float) and not math.isfinite(value):
+                return None
+            if isinstance(value, (list, tuple)):
+                return [clean(v) for v in value]
+            if isinstance(value, dict):
+                return {k: clean(v) for k, v in value.items()}
+            return value
+        return clean(dataclasses.asdict(self))
+
+
+def _device(device: Union[str, torch.device]) -> torch.device:
+    allowed = "'cpu', 'cuda' or 'cuda:N' (with a visible GPU)"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f'device {device!r} is not a device name; allowed: {allowed}') from None
+    if dev.type == 'cuda' and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f'device {device!r} is not available here ({torch.cuda.device_count()} CUDA devices); '
+                         f'allowed: {allowed}')
+    if dev.type not in ('cpu', 'cuda'):
+        raise ValueError(f'device {device!r} is not supported; allowed: {allowed}')
+    return dev
+
+
+def _load_weights(path: Union[str, Path], genotype: Genotype) -> Dict[str, torch.Tensor]:
+    """The state dict of a weights file (authors' or our layout), checked against its ``genotype`` metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'weights file not found: {path}')
+    if path.suffix == '.safetensors':
+        from safetensors import safe_open
+        with safe_open(str(path), 'pt') as f:
+            stored = (f.metadata() or {}).get('genotype')
+        if stored is not None:
+            other = Genotype.parse(stored)
+            if (other.seed() if other.is_seed else other) != (genotype.seed() if other.is_seed else genotype):
+                raise ValueError(f'weights file {path} was saved for genotype {stored!r}, not {genotype}')
+    return load_state_dict(str(path), weights_only=True)
+
+
+def _num_classes(state_dict: Dict[str, torch.Tensor], path: Union[str, Path]) -> int:
+    for key in ('head.fc.weight', 'head.2.weight'):
+        if key in state_dict:
+            return state_dict[key].shape[0]
+    raise ValueError(f'weights file {path} has no classifier (head.fc.weight or head.2.weight): not an As-ViT '
+                     f'state dict')
+
+
+def _check_inputs(inputs: torch.Tensor, image_size: int, in_chans: int = 3) -> None:
+    if inputs.dim() != 4 or inputs.shape[0] < 2 or tuple(inputs.shape[1:]) != (in_chans, image_size, image_size):
+        raise ValueError(f'inputs (the NTK batch) must have shape (n >= 2, {in_chans}, {image_size}, {image_size}) '
+                         f'for image_size={image_size}, got {tuple(inputs.shape)}')
+
+
+def load_measure_inputs(path: Union[str, Path]) -> Tuple[Tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``((curve_basis, curve_theta), ntk_inputs)`` from a safetensors file with the golden io files' keys."""
+    from safetensors.torch import load_file
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'inputs file not found: {path}')
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error type on a damaged header
+        raise ValueError(f'inputs file {path} is not a safetensors file ({e})') from None
+    missing = [k for k in INPUT_KEYS if k not in tensors]
+    if missing:
+        raise ValueError(f'inputs file {path} lacks {missing}; it must hold {list(INPUT_KEYS)} (as the golden '
+                         f'*.io.safetensors files), has {sorted(tensors)}')
+    return (tensors['curve_basis'], tensors['curve_theta']), tensors['ntk_inputs']
+
+
+def _timed(seconds: Dict[str, float], name: str, device: torch.device, fn: Callable[[], Any]) -> Any:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    out = fn()
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    seconds[name] = seconds.get(name, 0.) + time.perf_counter() - start
+    return out
+
+
+def _mean(values: Iterable[float]) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def measure_genotype(
+        genotype: Union[Genotype, str],
+        *,
+        embed_dim: Optional[int] = None,
+        depths: Optional[Sequence[int]] = None,
+        image_size: int = 224,
+        repeat: int = 1,
+        inputs: Optional[torch.Tensor] = None,
+        seed: int = 0,
+        device: Union[str, torch.device] = 'cpu',
+        weights: Optional[Union[str, Path]] = None,
+        curve: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+        which: Sequence[str] = MEASURES,
+) -> Measures:
+    """Measure one genotype at initialisation: means over ``repeat`` fresh copies, copy ``r`` initialised
+    under ``torch.manual_seed(seed + r)`` (on the CPU, then moved to ``device``: the same numbers on
+    any device up to rounding), or over the given ``weights`` (authors' or our layout; one network).
+
+    Args:
+        genotype: Seed string (with ``embed_dim``, optional ``depths``) or scaled string or Genotype.
+        image_size: Input resolution of the curve and of the default NTK batch.
+        repeat: Number of independently initialised copies (1 with ``weights``).
+        inputs: NTK batch (n, 3, image_size, image_size); default: ``NTK_BATCH`` Gaussian images from ``seed``.
+        seed: Seed of the copies' inits, of the default curve and of the default NTK batch.
+        device: 'cpu' or 'cuda[:N]'.
+        weights: Weights file to measure instead of fresh initialisations.
+        curve: ``(curve_basis, thetas)``; default :func:`default_curve` of ``image_size`` and ``seed``.
+        which: Subset of ``('exp', 'curvature', 'ntk')``; the others stay None.
+    """
+    g = resolve_genotype(genotype, embed_dim, depths)
+    which = tuple(which)
+    unknown = [w for w in which if w not in MEASURES]
+    if unknown or not which:
+        raise ValueError(f'which={list(which)}: measures must be a non-empty subset of {list(MEASURES)}')
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f'image_size must be a positive integer, got {image_size!r}')
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+        raise ValueError(f'repeat must be an integer >= 1, got {repeat!r}')
+    dev = _device(device)
+    state_dict, num_classes = None, NUM_CLASSES
+    if weights is not None:
+        if repeat != 1:
+            raise ValueError(f'repeat={repeat}: with weights there is one network to measure; use repeat=1')
+        state_dict = _load_weights(weights, g)
+        num_classes = _num_classes(state_dict, weights)
+    basis, thetas = curve if curve is not None else default_curve(image_size, seed=seed)
+    if inputs is None:
+        inputs = noise_batch(NTK_BATCH, image_size, seed)
+    _check_inputs(inputs, image_size)
+    if 3 * image_size * image_size != basis.shape[0]:
+        raise ValueError(f'curve_basis has {basis.shape[0]} rows; image_size={image_size} needs 3 * {image_size}^2 = '
+                         f'{3 * image_size * image_size}')
+    inputs, basis, thetas = inputs.to(dev), basis.to(dev), thetas.to(dev)
+
+    result = Measures()
+    found: Dict[str, List[Any]] = defaultdict(list)
+    for r in range(repeat):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + r)
+            model = AsViT(g, num_classes=num_classes)
+        if state_dict is not None:
+            model.load_state_dict(checkpoint_filter_fn(state_dict, model))
+        model = model.to(dev)
+        if r == 0:
+            result.params = param_count(model)
+            result.gmacs = count_macs(model, (3, image_size, image_size)) / 1e9
+        if 'exp' in which:
+            found['exp'].append(_timed(result.seconds, 'exp', dev, lambda: length_distortion(model, basis, thetas)))
+        if 'curvature' in which:
+            found['curvature'].append(_timed(result.seconds, 'curvature', dev, lambda: curvature(model, basis, thetas)))
+        if 'ntk' in which:
+            found['ntk'].append(_timed(result.seconds, 'ntk', dev, lambda: ntk_condition(model, inputs)))
+    if found['exp']:
+        result.exp = _mean(found['exp'])
+    if found['curvature']:
+        result.curvature = _mean(c.total for c in found['curvature'])
+        result.combined = _mean(c.combined for c in found['curvature'])
+    if found['ntk']:
+        conds = [cond for cond, _ in found['ntk']]
+        result.bad = any(math.isnan(c) for c in conds)
+        result.ntk = _mean(conds)
+        result.ntk_eigenvalues = torch.stack([e for _, e in found['ntk']]).mean(0).tolist()
+    return result

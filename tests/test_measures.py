@@ -1,0 +1,265 @@
+"""Training-free measures (asvit_zoo.measures) and ``asvit measure``: golden equality with the authors' code,
+finite-difference checks of the forward-mode derivatives, the one-pass NTK against per-sample backward
+passes, determinism, bad networks and the CLI."""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from asvit_zoo import AsViT, checkpoint_filter_fn
+from asvit_zoo import measures as M
+from asvit_zoo.cli import main
+from conftest import GOLDEN_NETWORKS
+
+# Small networks (32 and 40 px). The second has odd kernels and token grids that splits do not divide,
+# so its windows are padded and masked.
+TINY = '4,2,2,1|2,1,2,1|2,1,2,1|2,1,2,1|16,8'
+MASKED = '5,4,3,2|3,2,2,1|2,2,2,1|2,1,2,1|16,8'
+JSON_KEYS = {'exp', 'curvature', 'combined', 'ntk', 'ntk_eigenvalues', 'params', 'gmacs', 'seconds'}
+
+
+def _net(genotype: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> AsViT:
+    torch.manual_seed(seed)
+    return AsViT(genotype, num_classes=10).to(dtype).eval()
+
+
+def _golden(reference_dir: Path, expected: dict, name: str):
+    model = AsViT(expected['genotype'], embed_dim=expected['embed_dim'] if expected['seed_form'] else None,
+                  num_classes=expected['num_classes'])
+    model.load_state_dict(checkpoint_filter_fn(load_file(reference_dir / f'{name}.weights.safetensors'), model))
+    return model, load_file(reference_dir / f'{name}.io.safetensors')
+
+
+def _float32_gram_as_authors(rows: np.ndarray, lanes: int = 4) -> np.ndarray:
+    """The authors' float32 Gram matrix: each dot product summed sequentially in float32, in ``lanes`` lanes."""
+    n = len(rows)
+    gram = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i + 1):
+            products = rows[i] * rows[j]
+            products = np.pad(products, (0, (-len(products)) % lanes)).reshape(-1, lanes)
+            gram[i, j] = gram[j, i] = np.cumsum(products, axis=0, dtype=np.float32)[-1].sum(dtype=np.float32)
+    return gram
+
+
+# --------------------------------------------------------------------------- golden equality
+@pytest.mark.parametrize('name', GOLDEN_NETWORKS)
+def test_golden_length_distortion(reference_dir, reference_expected, name):
+    expected = reference_expected[name]
+    model, io = _golden(reference_dir, expected, name)
+    le = M.length_distortion(model, io['curve_basis'], io['curve_theta'])
+    assert le == pytest.approx(expected['length_distortion_norms_identity'], rel=1e-4)
+
+
+@pytest.mark.parametrize('name', GOLDEN_NETWORKS)
+def test_golden_ntk(reference_dir, reference_expected, name):
+    """Our per-sample gradients, put through the authors' float32 Gram accumulation, give their eigenvalues
+    and condition number to 1e-4; our exact (float64-accumulated) values differ from theirs only by that
+    accumulation (0.04-0.25% on these fixtures)."""
+    expected = reference_expected[name]
+    model, io = _golden(reference_dir, expected, name)
+    golden = torch.tensor(expected['ntk_eigenvalues'], dtype=torch.float64)
+
+    jacobian = M.ntk_jacobian(model, io['ntk_inputs'])
+    authors_order = checkpoint_filter_fn(dict.fromkeys(expected['ntk_weight_params']), model)
+    assert set(jacobian) <= set(authors_order)  # parameters without a gradient (final norm, head) are left out
+    rows = torch.cat([jacobian[k] for k in authors_order if k in jacobian], 1).numpy()
+    replayed = torch.linalg.eigvalsh(torch.from_numpy(_float32_gram_as_authors(rows)))
+    torch.testing.assert_close(replayed, golden, rtol=1e-4, atol=0)
+    assert float(replayed[-1] / replayed[0]) == pytest.approx(expected['ntk_condition'], rel=1e-4)
+
+    cond, eigenvalues = M.ntk_condition(model, io['ntk_inputs'])
+    exact = torch.linalg.eigvalsh(torch.from_numpy(rows).double() @ torch.from_numpy(rows).double().T)
+    torch.testing.assert_close(eigenvalues, exact, rtol=1e-6, atol=0)
+    torch.testing.assert_close(eigenvalues, golden, rtol=3e-3, atol=0)
+    assert cond == pytest.approx(expected['ntk_condition'], rel=3e-3)
+
+
+def test_cli_measures_golden_weights_and_inputs(reference_dir, reference_expected, capsys):
+    name = 'scaled_small64'
+    expected = reference_expected[name]
+    argv = ['measure', expected['genotype'], '--weights', str(reference_dir / f'{name}.weights.safetensors'),
+            '--inputs', str(reference_dir / f'{name}.io.safetensors'), '--which', 'exp,ntk', '--json']
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out['exp'] == pytest.approx(expected['length_distortion_norms_identity'], rel=1e-4)
+    assert out['ntk'] == pytest.approx(expected['ntk_condition'], rel=1e-3)
+    assert out['ntk_eigenvalues'] == pytest.approx(expected['ntk_eigenvalues'], rel=1e-3)
+    assert out['params'] == expected['params_num_classes10'] and out['curvature'] is None and not out['bad']
+
+
+# --------------------------------------------------------------------------- derivatives (float64)
+@pytest.mark.parametrize('genotype,size', [(TINY, 32), (MASKED, 40)])
+def test_length_distortion_and_curvature_match_finite_differences(genotype, size):
+    model = _net(genotype, dtype=torch.float64)
+    basis, thetas = M.default_curve(size, seed=1)
+    basis, thetas = basis.double(), thetas.double()
+    net = M.curve_network(model)
+    shape = (3, size, size)
+
+    def f(angles):
+        with torch.no_grad():
+            return M.pooled_before_norm(net, M.curve_points(basis, angles, shape)[0])
+
+    h = 1e-3
+    d1 = (f(thetas + h) - f(thetas - h)) / (2 * h)
+    d2 = (f(thetas + h) - 2 * f(thetas) + f(thetas - h)) / h ** 2
+    s1, s2, s12 = (d1 * d1).sum(1), (d2 * d2).sum(1), (d1 * d2).sum(1)
+    kappa = (s1 * s2 - s12 ** 2).sqrt() / s1 ** 1.5
+
+    assert M.length_distortion(model, basis, thetas) == pytest.approx(float(d1.norm(dim=1).sum()), rel=1e-6)
+    result = M.curvature(model, basis, thetas)
+    torch.testing.assert_close(result.speed, d1.norm(dim=1), rtol=1e-6, atol=0)
+    torch.testing.assert_close(result.per_point, kappa, rtol=1e-4, atol=0)
+    assert result.total == pytest.approx(float(kappa.sum()), rel=1e-4)
+    assert result.combined == pytest.approx(float((kappa * d1.norm(dim=1)).sum()), rel=1e-4)
+
+
+@pytest.mark.parametrize('genotype,size', [(TINY, 32), (MASKED, 40)])
+def test_ntk_one_pass_equals_per_sample_backward(genotype, size):
+    """The authors' method (one backward pass per sample) and ours give the same gradients and Gram matrix."""
+    model = _net(genotype, dtype=torch.float64)
+    inputs = torch.randn(5, 3, size, size, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    jacobian = M.ntk_jacobian(model, inputs)
+    out = M.pooled_before_norm(model.train(), inputs)
+    weights = {n: p for n, p in model.named_parameters() if 'weight' in n}
+    for i in range(len(inputs)):
+        model.zero_grad()
+        out[i].sum().backward(retain_graph=True)
+        for n, p in weights.items():
+            if p.grad is None:
+                assert n not in jacobian
+            else:
+                torch.testing.assert_close(jacobian[n][i], p.grad.flatten(), rtol=1e-10, atol=1e-14)
+    rows = torch.cat(list(jacobian.values()), 1)
+    torch.testing.assert_close(M.ntk_gram(model, inputs), rows @ rows.T, rtol=1e-10, atol=0)
+
+
+def test_measures_leave_the_model_alone():
+    model = _net(TINY)
+    model.set_fused_attn(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
+    basis, thetas = M.default_curve(32)
+    M.length_distortion(model, basis, thetas)
+    M.curvature(model, basis, thetas)
+    M.ntk_condition(model, torch.randn(4, 3, 32, 32))
+    assert not model.training and not any(m.training for m in model.modules())
+    assert [m for m in model.modules() if isinstance(m, nn.LayerNorm)] == norms and len(norms) == 13
+    assert not any(m.fused_attn for m in model.modules() if hasattr(m, 'fused_attn'))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+# --------------------------------------------------------------------------- measure_genotype
+def test_measure_genotype_is_deterministic_under_a_seed():
+    kwargs = dict(image_size=32, repeat=2, which=('exp', 'ntk'))
+    first = M.measure_genotype(TINY, seed=5, **kwargs)
+    again = M.measure_genotype(TINY, seed=5, **kwargs)
+    other = M.measure_genotype(TINY, seed=6, **kwargs)
+    assert (first.exp, first.ntk, first.ntk_eigenvalues) == (again.exp, again.ntk, again.ntk_eigenvalues)
+    assert first.exp != other.exp and first.ntk != other.ntk
+    assert first.curvature is None and first.combined is None and not first.bad
+    assert set(first.seconds) == {'exp', 'ntk'} and first.params == sum(p.numel() for p in AsViT(TINY).parameters())
+
+
+def test_measure_genotype_means_over_copies():
+    basis, thetas = M.default_curve(32, seed=0)
+    singles = []
+    for r in range(3):
+        torch.manual_seed(r)
+        singles.append(M.length_distortion(AsViT(TINY), basis, thetas))
+    mean = M.measure_genotype(TINY, image_size=32, repeat=3, seed=0, which=('exp',)).exp
+    assert mean == pytest.approx(sum(singles) / 3, rel=1e-12)
+
+
+def test_dead_network_is_bad(tmp_path):
+    """All LayerNorm weights zero: every activation after a norm is zero, so is every weight gradient; the
+    Gram matrix is zero and its condition number 0/0."""
+    model = _net(TINY)
+    for m in model.modules():
+        if isinstance(m, nn.LayerNorm):
+            nn.init.zeros_(m.weight)
+    cond, eigenvalues = M.ntk_condition(model, torch.randn(4, 3, 32, 32))
+    assert math.isnan(cond) and torch.all(eigenvalues == 0)
+    path = tmp_path / 'dead.safetensors'
+    save_file(model.state_dict(), str(path))
+    result = M.measure_genotype(TINY, image_size=32, weights=path, which=('ntk',))
+    assert result.bad and math.isnan(result.ntk)
+    assert result.to_dict()['ntk'] is None
+
+
+def test_nan_weight_and_singular_gram_are_bad():
+    model = _net(TINY)
+    inputs = torch.randn(4, 3, 32, 32)
+    assert math.isfinite(M.ntk_condition(model, inputs)[0])
+    twice = torch.cat([inputs[:3], inputs[:1]])  # two equal samples: rank 3 of 4
+    cond, eigenvalues = M.ntk_condition(model, twice)
+    assert math.isnan(cond) and eigenvalues[0] <= 4 * torch.finfo(torch.float32).eps * eigenvalues[-1]
+    with torch.no_grad():
+        model.stages[2].blocks[0].mlp.fc1.weight[0, 0] = float('nan')
+    cond, eigenvalues = M.ntk_condition(model, inputs)
+    assert math.isnan(cond) and torch.isnan(eigenvalues).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_cuda_matches_cpu():
+    kwargs = dict(image_size=32, repeat=2, seed=1)
+    cpu, gpu = M.measure_genotype(TINY, **kwargs), M.measure_genotype(TINY, device='cuda', **kwargs)
+    for key in ('exp', 'curvature', 'combined', 'ntk'):
+        assert getattr(gpu, key) == pytest.approx(getattr(cpu, key), rel=1e-3), key
+
+
+# --------------------------------------------------------------------------- CLI
+def test_cli_json(tmp_path, capsys):
+    assert main(['measure', '4,2,2|2,1,2|2,1,2|2,1,2|16', '--embed-dim', '8', '--image-size', '32', '--json']) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert JSON_KEYS <= set(out) and set(out['seconds']) == set(M.MEASURES)
+    assert out['exp'] > 0 and out['curvature'] > 0 and out['combined'] > 0 and out['ntk'] >= 1
+    assert len(out['ntk_eigenvalues']) == M.NTK_BATCH and out['ntk_eigenvalues'] == sorted(out['ntk_eigenvalues'])
+
+    curve_basis, curve_theta = M.default_curve(32, seed=2)
+    inputs = tmp_path / 'inputs.safetensors'
+    save_file({'curve_basis': curve_basis, 'curve_theta': curve_theta[:4].contiguous(),
+               'ntk_inputs': torch.randn(3, 3, 32, 32)}, str(inputs))
+    assert main(['measure', TINY, '--inputs', str(inputs), '--which', 'exp,ntk', '--json']) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out['ntk_eigenvalues']) == 3
+    torch.manual_seed(0)
+    assert out['exp'] == pytest.approx(M.length_distortion(AsViT(TINY), curve_basis, curve_theta[:4]), rel=1e-9)
+
+
+@pytest.mark.parametrize('args,message', [
+    (['9,2,2|2,1,2|2,1,2|2,1,2|16', '--embed-dim', '8'], 'K1 = 9'),
+    ([TINY, '--device', 'tpu'], "device 'tpu'"),
+    ([TINY, '--device', 'cuda:7'], "device 'cuda:7'"),
+    ([TINY, '--weights', 'no/such/file.safetensors'], 'no/such/file.safetensors'),
+    ([TINY, '--inputs', 'no/such/io.safetensors'], 'no/such/io.safetensors'),
+    ([TINY, '--which', 'exp,flops'], "'flops'"),
+    ([TINY, '--repeat', '0'], 'repeat'),
+])
+def test_cli_errors(args, message, capsys):
+    assert main(['measure', *args, '--image-size', '32', '--json']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('asvit measure: error:') and message in err
+
+
+def test_cli_inputs_file_needs_its_keys(tmp_path, capsys):
+    path = tmp_path / 'partial.safetensors'
+    save_file({'curve_basis': torch.zeros(3 * 32 * 32, 2)}, str(path))
+    assert main(['measure', TINY, '--inputs', str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "lacks ['curve_theta', 'ntk_inputs']" in err and str(path) in err
+
+
+def test_cli_weights_of_another_genotype(tmp_path, capsys):
+    path = tmp_path / 'masked.safetensors'
+    save_file(_net(MASKED).state_dict(), str(path), metadata={'genotype': MASKED})
+    assert main(['measure', TINY, '--weights', str(path), '--image-size', '32']) == 2
+    err = capsys.readouterr().err
+    assert f"was saved for genotype '{MASKED}', not {TINY}" in err
