@@ -1,32 +1,54 @@
-"""A table of the registered variants: built, run once, counted."""
+"""Tables of the registered variants: counted on the meta device (``asvit list``), or built and run once
+(``asvit summary``, the main job until the pipeline exists)."""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import timm
 import torch
 from tqdm import tqdm
 
 from .cost import count_macs, param_count
-from .registry import load_registry
+from .registry import VariantCard, load_registry
 
-__all__ = ['VariantSummary', 'summarize_variants', 'format_table']
+__all__ = ['VariantRow', 'list_variants', 'summarize_variants', 'format_table']
 
 
 @dataclass(frozen=True)
-class VariantSummary:
+class VariantRow:
     name: str
     genotype: str
     params: int
-    gmacs: float
-    forward_seconds: float
+    gmacs: float  # at the table's image size
+    weights: str  # 'no', or 'yes (tag)'
+    hub_id: str
+    forward_seconds: Optional[float] = None
+
+
+def _row(card: VariantCard, model: torch.nn.Module, image_size: int, seconds: Optional[float] = None) -> VariantRow:
+    tags = [t for t in card.tags() if any(card.pretrained_cfg(t).get(k) for k in ('file', 'hf_hub_id', 'url'))]
+    hub_ids = sorted({card.pretrained_cfg(t).get('hf_hub_id') or '' for t in card.tags()} - {''})
+    return VariantRow(card.name, str(card.genotype), param_count(model),
+                      count_macs(model, (3, image_size, image_size)) / 1e9,
+                      f"yes ({', '.join(t or 'default' for t in tags)})" if tags else 'no',
+                      ', '.join(hub_ids) or '-', seconds)
+
+
+def list_variants(image_size: int = 224) -> List[VariantRow]:
+    """Every registered variant with its counts, built on the meta device (no memory, no weights)."""
+    rows = []
+    for card in load_registry():
+        with torch.device('meta'):
+            model = timm.create_model(card.name)
+        rows.append(_row(card, model, image_size))
+    return rows
 
 
 @torch.no_grad()
-def summarize_variants(image_size: int = 224) -> List[VariantSummary]:
-    """Build each registered variant, check one forward pass at ``image_size``, count params and GMACs."""
+def summarize_variants(image_size: int = 224) -> List[VariantRow]:
+    """Build each registered variant for real, check one forward pass at ``image_size``, count it."""
     rows = []
     for card in tqdm(load_registry(), desc='variants', unit='model'):
         model = timm.create_model(card.name).eval()
@@ -36,14 +58,20 @@ def summarize_variants(image_size: int = 224) -> List[VariantSummary]:
         seconds = time.perf_counter() - start
         if logits.shape != (1, model.num_classes) or not torch.isfinite(logits).all():
             raise RuntimeError(f'{card.name}: forward pass gave {tuple(logits.shape)} with non-finite values')
-        rows.append(VariantSummary(card.name, str(card.genotype), param_count(model),
-                                   count_macs(model, (3, image_size, image_size)) / 1e9, seconds))
+        rows.append(_row(card, model, image_size, seconds))
     return rows
 
 
-def format_table(rows: Sequence[VariantSummary]) -> str:
-    header = ('variant', 'genotype', 'params (M)', 'GMACs', 'forward (s)')
-    body = [(r.name, r.genotype, f'{r.params / 1e6:.2f}', f'{r.gmacs:.2f}', f'{r.forward_seconds:.2f}') for r in rows]
+def format_table(rows: Sequence[VariantRow], image_size: int = 224) -> str:
+    """A markdown table of the rows (the forward column only where measured)."""
+    timed = any(r.forward_seconds is not None for r in rows)
+    header = ['variant', 'genotype', 'params (M)', f'GMACs @{image_size}', 'weights', 'hub id']
+    header += ['forward (s)'] if timed else []
+    body = [[r.name, f'`{r.genotype}`', f'{r.params / 1e6:.2f}', f'{r.gmacs:.2f}', r.weights, r.hub_id]
+            + ([f'{r.forward_seconds:.2f}'] if timed else []) for r in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
-    line = lambda cells: ' | '.join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return '\n'.join([line(header), '-+-'.join('-' * w for w in widths), *map(line, body)])
+
+    def line(cells: Sequence[str]) -> str:
+        return '| ' + ' | '.join(str(c).ljust(w) for c, w in zip(cells, widths)) + ' |'
+
+    return '\n'.join([line(header), '|' + '|'.join('-' * (w + 2) for w in widths) + '|', *map(line, body)])

@@ -1,15 +1,37 @@
-"""The ``asvit`` command line: the summary table of every registered variant."""
+"""The ``asvit`` command line: the variant tables and model cards."""
+import pytest
+
 from asvit_zoo.cli import main
 from asvit_zoo.registry import load_registry
 
 
-def test_summary_lists_every_variant_with_counts(capsys):
-    assert main(['summary', '--image-size', '64']) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert out[0].split(' | ')[0].strip() == 'variant'
-    rows = {line.split(' | ')[0].strip(): [c.strip() for c in line.split(' | ')] for line in out[2:]}
+def _table(text: str) -> dict:
+    lines = [line for line in text.splitlines() if line.startswith('| ')]
+    split = lambda line: [c.strip() for c in line.strip('|').split(' | ')]  # noqa: E731
+    header = split(lines[0])
+    return {cells[0]: dict(zip(header, cells)) for cells in map(split, lines[1:])}
+
+
+@pytest.mark.parametrize('command', ['list', 'summary'])
+def test_tables_list_every_variant_with_counts(capsys, command):
+    assert main([command, '--image-size', '64']) == 0
+    rows = _table(capsys.readouterr().out)
+    assert set(rows) == {card.name for card in load_registry()}
     for card in load_registry():
-        name, genotype, params, gmacs, _ = rows[card.name]
-        assert genotype == str(card.genotype)
-        assert float(params) > 0 and float(gmacs) > 0
-    assert rows['asvit_large_paper'][2] == '87.58'
+        row = rows[card.name]
+        assert row['genotype'] == f'`{card.genotype}`'
+        assert float(row['params (M)']) > 0 and float(row['GMACs @64']) > 0
+        assert row['weights'] == 'no' and row['hub id'] == '-'
+        assert ('forward (s)' in row) == (command == 'summary')
+    assert rows['asvit_large_paper']['params (M)'] == '87.58'
+    assert main(['list']) == 0
+    assert _table(capsys.readouterr().out)['asvit_large_paper']['GMACs @224'] == '22.36'
+
+
+def test_show_prints_the_card_and_rejects_unknown_names(capsys):
+    assert main(['show', 'asvit_small']) == 0
+    out = capsys.readouterr().out
+    assert out.startswith('---\nlibrary_name: timm') and '# asvit_small' in out and 'asvit scale --seed' in out
+    assert main(['show', 'asvit_tiny']) == 2
+    err = capsys.readouterr().err
+    assert "unknown variant 'asvit_tiny'" in err and 'asvit_small' in err

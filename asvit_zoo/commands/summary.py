@@ -1,19 +1,38 @@
-"""``asvit summary``: build every registered variant, run a forward pass, print a table."""
+"""``asvit list``, ``asvit show`` and ``asvit summary``: the registered variants."""
 from __future__ import annotations
 
 import argparse
 
-from ..summary import format_table, summarize_variants
+from ..registry import CARD_FILE, load_registry
+from ..summary import format_table, list_variants, summarize_variants
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        'summary', help='build every registered variant, run a forward pass, print name/genotype/params/GMACs')
-    parser.add_argument('--image-size', type=int, default=224, help='input resolution (default: 224)')
-    parser.set_defaults(func=run)
+    listing = subparsers.add_parser('list', help='table of the registered variants: genotype, params, GMACs, weights')
+    listing.add_argument('--image-size', type=int, default=224, help='resolution of the GMACs column (default: 224)')
+    listing.set_defaults(func=run_list)
+    show = subparsers.add_parser('show', help="print a variant's model card")
+    show.add_argument('name', help='registered variant, e.g. asvit_small')
+    show.set_defaults(func=run_show)
+    summary = subparsers.add_parser(
+        'summary', help='build every registered variant, run a forward pass, print the table with timings')
+    summary.add_argument('--image-size', type=int, default=224, help='input resolution (default: 224)')
+    summary.set_defaults(func=run_summary)
 
 
-def run(args: argparse.Namespace) -> int:
-    rows = summarize_variants(image_size=args.image_size)
-    print(format_table(rows))
+def run_list(args: argparse.Namespace) -> int:
+    print(format_table(list_variants(args.image_size), args.image_size))
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    cards = {card.name: card for card in load_registry()}
+    if args.name not in cards:
+        raise ValueError(f'unknown variant {args.name!r}; registered: {", ".join(sorted(cards))}')
+    print((cards[args.name].path / CARD_FILE).read_text(), end='')
+    return 0
+
+
+def run_summary(args: argparse.Namespace) -> int:
+    print(format_table(summarize_variants(args.image_size), args.image_size))
     return 0
