@@ -5,13 +5,17 @@ import argparse
 import sys
 from typing import Callable, List, Optional
 
-from .commands import summary
+from .commands import measure, scale, search, summary, train
 
 __all__ = ['main', 'build_parser']
 
 # Each entry adds one subcommand (see asvit_zoo/commands/): it receives the subparsers object.
 SUBCOMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [
     summary.add_parser,
+    measure.add_parser,
+    search.add_parser,
+    scale.add_parser,
+    train.add_parser,
 ]
 
 
@@ -27,7 +31,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:
         print(f'asvit {args.command}: error: {e}', file=sys.stderr)
         return 2
 

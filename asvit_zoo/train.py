@@ -1,0 +1,617 @@
+"""Training As-ViT with progressive re-tokenization, on CPU, one GPU or many (torchrun), from timm's blocks.
+
+The loop is timm's: ``create_optimizer_v2`` (with layer decay), ``create_scheduler_v2`` stepped per update,
+``Mixup``/CutMix with label smoothing, ``ModelEmaV3``, AMP (bf16 or fp16 with ``NativeScaler`` on CUDA),
+``accuracy`` for top-1/top-5. Data:
+
+- ``fashion-mnist`` (default): Debian's package (:func:`asvit_zoo.datasets.load_fashion_mnist`), grayscale;
+- ``synthetic``: class-dependent patterns drawn from the seed (tests, smoke runs);
+- any other value: an ImageFolder root with ``train/`` and ``val/`` (ImageNet layout), read through timm's
+  ``create_dataset``/``create_transform``/``create_loader`` (RandAugment, random erasing, ...).
+
+The two in-memory sources use a plain DataLoader over uint8 tensors with a ``DistributedSampler`` (timm's
+loader expects PIL images); random crop, flip and normalisation run batched on the device.
+
+Progressive re-tokenization: training step ``i`` of ``N`` runs at the setting of the schedule's phase at
+progress ``i / N`` (:mod:`asvit_zoo.retokenization`); evaluation always uses the full token grid. The
+training MACs of the run are counted: each step adds (images in the step) x (MACs per image at its setting).
+The epoch loops are timed in wall time (``train_time``) and in this process's CPU time (``train_cpu_time``, all
+threads), which a machine shared with other jobs disturbs less.
+
+The run folder gets ``config.json`` and ``schedule.png`` (:func:`~asvit_zoo.retokenization.plot_schedule`);
+every epoch writes ``metrics.jsonl`` (one JSON object per epoch) and ``last.pth.tar`` atomically (a temporary
+file renamed over the old one) with the model, optimizer, scheduler, EMA, loss scaler and the RNG states of
+every process, so that ``resume=True`` continues exactly where the run stopped: same losses, same weights.
+Under torchrun (``WORLD_SIZE`` > 1) the process group is initialised from the environment (NCCL on GPUs, gloo
+on CPU) and the model is wrapped in DistributedDataParallel; process 0 writes the files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import timm
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
+from tqdm import tqdm
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_dataset, create_loader
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3, NativeScaler, accuracy
+
+from .asvit import AsViT
+from .datasets import DEFAULT_ROOT, load_fashion_mnist
+from .cost import param_count
+from .retokenization import FULL_TOKENS, parse_schedule, plot_schedule, schedule_cost
+
+__all__ = ['TrainConfig', 'TrainResult', 'Trainer', 'load_config', 'train']
+
+FASHION_MNIST = 'fashion-mnist'
+SYNTHETIC = 'synthetic'
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+CHECKPOINT = 'last.pth.tar'
+METRICS = 'metrics.jsonl'
+AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
+PathLike = Union[str, Path]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (recipes in ``recipes/*.json`` set these fields)."""
+
+    # model: a registered variant name, or 'asvit' with a scaled genotype 'K,S,E,L|...|H,C'
+    model: str = 'asvit'
+    genotype: Optional[str] = None
+    drop_path: float = 0.
+    # data: 'fashion-mnist', 'synthetic' or an ImageFolder root with train/ and val/
+    data: str = FASHION_MNIST
+    data_root: Optional[str] = None  # Fashion-MNIST folder (default: Debian's /usr/share/datasets/fashion-mnist)
+    img_size: int = 28
+    train_subset: Optional[int] = None  # first N training images (in-memory sources)
+    eval_subset: Optional[int] = None
+    synthetic_classes: int = 10
+    synthetic_train: int = 512
+    synthetic_eval: int = 128
+    crop_padding: int = 2  # in-memory sources: random crop of the zero-padded image, then flip
+    scale_range: float = 1.  # in-memory sources: zoom each image by a log-uniform factor in [1/r, r] (1: off)
+    hflip: float = 0.5
+    auto_augment: Optional[str] = None  # ImageFolder only (timm's create_transform)
+    re_prob: float = 0.
+    color_jitter: float = 0.4
+    crop_pct: float = 0.875
+    interpolation: str = 'bicubic'
+    workers: int = 4
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 128  # per process
+    opt: str = 'adamw'
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    layer_decay: Optional[float] = None
+    clip_grad: Optional[float] = None
+    sched: str = 'cosine'
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+    min_lr: float = 1e-5
+    smoothing: float = 0.1
+    mixup: float = 0.
+    cutmix: float = 0.
+    mixup_prob: float = 1.
+    mixup_switch_prob: float = 0.5
+    model_ema: bool = False
+    model_ema_decay: float = 0.9998
+    amp: str = 'none'  # 'none', 'bf16' or 'fp16' (fp16: CUDA only)
+    # progressive re-tokenization: a name in retokenization.SCHEDULES or 'fraction:stride:dilation,...'
+    retokenization: str = 'full'
+    seed: int = 0
+    device: str = 'auto'  # 'auto': cuda:LOCAL_RANK when CUDA is available, else cpu
+
+    def __post_init__(self) -> None:
+        if self.amp not in ('none', *AMP_DTYPES):
+            raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
+        for name in ('epochs', 'batch_size', 'img_size'):
+            if getattr(self, name) < 1:
+                raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
+        parse_schedule(self.retokenization)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_config(path: Optional[PathLike] = None, **overrides: Any) -> TrainConfig:
+    """A :class:`TrainConfig` from a JSON (or YAML) recipe, then ``overrides``; unknown keys are an error."""
+    values: Dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        text = path.read_text(encoding='utf-8')
+        if path.suffix in ('.yaml', '.yml'):
+            import yaml
+            values = yaml.safe_load(text) or {}
+        else:
+            values = json.loads(text)
+        if not isinstance(values, dict):
+            raise ValueError(f'{path}: a recipe is a mapping of TrainConfig fields, got {type(values).__name__}')
+        values = {k: v for k, v in values.items() if not k.startswith('_')}  # '_comment' etc.
+    values.update(overrides)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        where = f' in {path}' if path else ''
+        raise ValueError(f'unknown training setting(s) {unknown}{where}; known: {sorted(known)}')
+    return TrainConfig(**values)
+
+
+# --------------------------------------------------------------------------- distributed
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str) -> Tuple[DistEnv, torch.device]:
+    """Process group from torchrun's environment (NCCL on CUDA, gloo on CPU) and this process's device."""
+    world_size = int(os.environ.get('WORLD_SIZE', '1'))
+    env = DistEnv(int(os.environ.get('RANK', '0')), world_size, int(os.environ.get('LOCAL_RANK', '0')))
+    if device == 'auto':
+        device = f'cuda:{env.local_rank}' if torch.cuda.is_available() else 'cpu'
+    dev = torch.device(device)
+    if dev.type == 'cuda':
+        torch.cuda.set_device(dev)
+    if env.distributed and not dist.is_initialized():
+        dist.init_process_group(backend='nccl' if dev.type == 'cuda' else 'gloo')
+    return env, dev
+
+
+def _all_reduce_sum(values: Sequence[float], env: DistEnv, device: torch.device) -> List[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if env.distributed:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+# --------------------------------------------------------------------------- data
+@dataclass
+class DataBundle:
+    """Loaders and the batch preparation of one data source."""
+
+    train_loader: DataLoader
+    eval_loader: DataLoader
+    num_classes: int
+    input_size: Tuple[int, int, int]
+    prepare: Callable[[torch.Tensor, bool], torch.Tensor]  # (batch as loaded, training) -> normalised input
+
+
+def synthetic_images(n: int, num_classes: int, img_size: int, seed: int,
+                     in_chans: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``n`` uint8 images (n, in_chans, img_size, img_size): a smooth random pattern per class plus noise,
+    drawn from ``seed``; labels cycle through the classes."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(num_classes, in_chans, 4, 4, generator=g)
+    patterns = F.interpolate(coarse, size=(img_size, img_size), mode='bilinear', align_corners=False)
+    labels = torch.arange(n) % num_classes
+    images = patterns[labels] + 0.25 * torch.randn(n, in_chans, img_size, img_size, generator=g)
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8), labels
+
+
+def _subset(images: torch.Tensor, labels: torch.Tensor, n: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    return (images, labels) if n is None else (images[:n], labels[:n])
+
+
+def _fashion_mnist(split: str, cfg: TrainConfig, n: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    images, labels = load_fashion_mnist(split, cfg.data_root or DEFAULT_ROOT)
+    images, labels = _subset(images.unsqueeze(1), labels, n)
+    if cfg.img_size != images.shape[-1]:
+        size = (cfg.img_size, cfg.img_size)
+        images = F.interpolate(images.float(), size=size, mode='bilinear', antialias=True, align_corners=False)
+        images = images.round().clamp(0, 255).to(torch.uint8)
+    return images, labels
+
+
+def augment_batch(x: torch.Tensor, padding: int, hflip: float, scale_range: float = 1.) -> torch.Tensor:
+    """Per-image random zoom (a factor log-uniform in [1/scale_range, scale_range], zero fill, about the
+    centre), random crop of the zero-padded batch (B, C, H, W) and horizontal flip, drawn from torch's RNG."""
+    B, _, H, W = x.shape
+    if scale_range > 1:
+        zoom = torch.exp((2 * torch.rand(B, device=x.device) - 1) * math.log(scale_range))
+        theta = torch.zeros(B, 2, 3, device=x.device)
+        theta[:, 0, 0] = theta[:, 1, 1] = 1 / zoom
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode='bilinear', padding_mode='zeros', align_corners=False)
+    if padding > 0:
+        x = F.pad(x, (padding,) * 4)
+        dy = torch.randint(0, 2 * padding + 1, (B, 1, 1), device=x.device)
+        dx = torch.randint(0, 2 * padding + 1, (B, 1, 1), device=x.device)
+        rows = (dy + torch.arange(H, device=x.device).view(1, H, 1)).expand(B, H, W)
+        cols = (dx + torch.arange(W, device=x.device).view(1, 1, W)).expand(B, H, W)
+        batch = torch.arange(B, device=x.device).view(B, 1, 1).expand(B, H, W)
+        x = x[batch, :, rows, cols].permute(0, 3, 1, 2)  # advanced indexing puts channels last
+    if hflip > 0:
+        flip = (torch.rand(B, device=x.device) < hflip).view(B, 1, 1, 1)
+        x = torch.where(flip, x.flip(-1), x)
+    return x
+
+
+def _tensor_data(cfg: TrainConfig, env: DistEnv, device: torch.device) -> DataBundle:
+    if cfg.data == FASHION_MNIST:
+        train = _fashion_mnist('train', cfg, cfg.train_subset)
+        evaluation = _fashion_mnist('test', cfg, cfg.eval_subset)
+        num_classes, mean, std = 10, FASHION_MNIST_MEAN, FASHION_MNIST_STD
+    else:
+        images, labels = synthetic_images(cfg.synthetic_train + cfg.synthetic_eval, cfg.synthetic_classes,
+                                          cfg.img_size, cfg.seed)
+        n = cfg.synthetic_train
+        train = _subset(images[:n], labels[:n], cfg.train_subset)
+        evaluation = _subset(images[n:], labels[n:], cfg.eval_subset)
+        num_classes, mean, std = cfg.synthetic_classes, (0.5,), (0.25,)
+    if len(train[0]) < cfg.batch_size * env.world_size:
+        raise ValueError(f'{len(train[0])} training images are fewer than one batch of {cfg.batch_size} x '
+                         f'{env.world_size} processes')
+    mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
+
+    def prepare(x: torch.Tensor, training: bool) -> torch.Tensor:
+        x = x.to(device, non_blocking=True).float().div_(255)
+        if training:
+            x = augment_batch(x, cfg.crop_padding, cfg.hflip, cfg.scale_range)
+        return (x - mean_t) / std_t
+
+    train_set, eval_set = TensorDataset(*train), TensorDataset(*evaluation)
+    train_sampler = DistributedSampler(train_set, env.world_size, env.rank, shuffle=True, seed=cfg.seed,
+                                       drop_last=True)
+    eval_indices = list(range(env.rank, len(eval_set), env.world_size))  # every image once over all processes
+    return DataBundle(
+        train_loader=DataLoader(train_set, cfg.batch_size, sampler=train_sampler, drop_last=True),
+        eval_loader=DataLoader(Subset(eval_set, eval_indices), cfg.batch_size * 2),
+        num_classes=num_classes, input_size=(1, cfg.img_size, cfg.img_size), prepare=prepare)
+
+
+def _image_folder_data(cfg: TrainConfig, env: DistEnv, device: torch.device) -> DataBundle:
+    root = Path(cfg.data)
+    for split in ('train', 'val'):
+        if not (root / split).is_dir():
+            raise FileNotFoundError(f'ImageFolder data needs {root / split} (ImageNet layout: '
+                                    f'root/train/<class>/<image>, root/val/<class>/<image>)')
+    train_set = create_dataset('', root=str(root), split='train', is_training=True)
+    eval_set = create_dataset('', root=str(root), split='val')
+    input_size = (3, cfg.img_size, cfg.img_size)
+    prefetch = device.type == 'cuda'
+    common = dict(input_size=input_size, interpolation=cfg.interpolation, mean=IMAGENET_DEFAULT_MEAN,
+                  std=IMAGENET_DEFAULT_STD, num_workers=cfg.workers, distributed=env.distributed,
+                  use_prefetcher=prefetch, device=device, pin_memory=prefetch, persistent_workers=cfg.workers > 0)
+    train_loader = create_loader(
+        train_set, batch_size=cfg.batch_size, is_training=True, re_prob=cfg.re_prob, hflip=cfg.hflip,
+        color_jitter=cfg.color_jitter, auto_augment=cfg.auto_augment, **common)
+    eval_loader = create_loader(eval_set, batch_size=cfg.batch_size * 2, is_training=False, crop_pct=cfg.crop_pct,
+                                **common)
+    return DataBundle(train_loader=train_loader, eval_loader=eval_loader,
+                      num_classes=len(train_set.reader.class_to_idx), input_size=input_size,
+                      prepare=lambda x, training: x.to(device, non_blocking=True))
+
+
+def build_data(cfg: TrainConfig, env: DistEnv, device: torch.device) -> DataBundle:
+    if cfg.data in (FASHION_MNIST, SYNTHETIC):
+        return _tensor_data(cfg, env, device)
+    return _image_folder_data(cfg, env, device)
+
+
+# --------------------------------------------------------------------------- model and checkpoints
+def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> AsViT:
+    kwargs: Dict[str, Any] = dict(num_classes=num_classes, in_chans=in_chans, drop_path_rate=cfg.drop_path)
+    if cfg.genotype is not None:
+        kwargs['genotype'] = cfg.genotype
+    model = timm.create_model(cfg.model, **kwargs)
+    if not isinstance(model, AsViT):
+        raise ValueError(f'{cfg.model!r} is not an As-ViT model; progressive re-tokenization needs one')
+    return model
+
+
+def _rng_state() -> Dict[str, Any]:
+    return {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state(),
+            'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(state['python'])
+    np.random.set_state(state['numpy'])
+    torch.set_rng_state(state['torch'])
+    if state['cuda'] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def _gather_rng_states(env: DistEnv) -> List[Dict[str, Any]]:
+    """The RNG states of every process (in rank order), for an exact resume under torchrun too."""
+    state = _rng_state()
+    if not env.distributed:
+        return [state]
+    states: List[Any] = [None] * env.world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
+def write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write(tmp)`` to a temporary file in the same folder, then rename it over ``path``: a reader (or a
+    resume after a crash) sees the old file or the new one, never a partial one."""
+    tmp = path.with_name(f'.{path.name}.tmp')
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _write_metrics(path: Path, metrics: List[Dict[str, Any]]) -> None:
+    write_atomic(path, lambda tmp: tmp.write_text(''.join(json.dumps(m) + '\n' for m in metrics), encoding='utf-8'))
+
+
+def read_metrics(path: PathLike) -> List[Dict[str, Any]]:
+    """The records of a metrics.jsonl (one JSON object per line)."""
+    path = Path(path)
+    return [json.loads(line) for line in path.read_text(encoding='utf-8').splitlines() if line.strip()]
+
+
+# --------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(model: nn.Module, data: DataBundle, env: DistEnv, device: torch.device,
+             autocast: Callable[[], ContextManager[Any]]) -> Dict[str, float]:
+    """Loss, top-1 and top-5 (%) over the whole evaluation set (summed over processes), at full tokens."""
+    model.eval()
+    top_k = (1, min(5, data.num_classes))
+    loss_sum = correct1 = correct5 = count = 0.
+    for x, y in data.eval_loader:
+        x, y = data.prepare(x, False), y.to(device)
+        with autocast():
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction='sum').item()
+        acc1, acc5 = accuracy(logits, y, topk=top_k)
+        correct1 += acc1.item() * len(y) / 100
+        correct5 += acc5.item() * len(y) / 100
+        count += len(y)
+    loss_sum, correct1, correct5, count = _all_reduce_sum([loss_sum, correct1, correct5, count], env, device)
+    return {'loss': loss_sum / count, 'top1': 100 * correct1 / count, 'top5': 100 * correct5 / count}
+
+
+# --------------------------------------------------------------------------- training
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train` (also on disk: metrics.jsonl, last.pth.tar, config.json)."""
+
+    output: Path
+    metrics: List[Dict[str, Any]] = field(default_factory=list)
+    model: Optional[AsViT] = None
+
+    @property
+    def final(self) -> Dict[str, Any]:
+        return self.metrics[-1]
+
+
+def _loss_fn(cfg: TrainConfig, mixup: Optional[Mixup]) -> nn.Module:
+    if mixup is not None:
+        return SoftTargetCrossEntropy()  # the smoothing is in Mixup's soft targets
+    if cfg.smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=cfg.smoothing)
+    return nn.CrossEntropyLoss()
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """One training run: the parts built from ``cfg`` (data, model, optimizer, scheduler, EMA, AMP, Mixup,
+    re-tokenization schedule and its MAC account) and the state that a checkpoint carries."""
+
+    def __init__(self, cfg: TrainConfig, output: PathLike, progress: bool = True):
+        self.cfg = cfg
+        self.env, self.device = init_distributed(cfg.device)
+        self.output = Path(output)
+        self.progress = progress and self.env.is_main
+        _seed_everything(cfg.seed + self.env.rank)
+
+        self.data = build_data(cfg, self.env, self.device)
+        self.model = build_model(cfg, self.data.num_classes, self.data.input_size[0]).to(self.device)
+        self.schedule = parse_schedule(cfg.retokenization)
+        self.cost = schedule_cost(self.model, self.schedule, self.data.input_size)
+        self.optimizer = create_optimizer_v2(self.model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                             momentum=cfg.momentum, layer_decay=cfg.layer_decay)
+        self.steps_per_epoch = len(self.data.train_loader)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.scheduler, _ = create_scheduler_v2(
+            self.optimizer, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
+            warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, step_on_epochs=False, updates_per_epoch=self.steps_per_epoch)
+        self.ema = ModelEmaV3(self.model, decay=cfg.model_ema_decay) if cfg.model_ema else None
+        if cfg.amp == 'fp16' and self.device.type != 'cuda':
+            raise ValueError('amp=fp16 needs a CUDA device; use bf16 or none on CPU')
+        self.amp_dtype = AMP_DTYPES.get(cfg.amp)
+        self.scaler = NativeScaler(device=self.device.type) if cfg.amp == 'fp16' else None
+        self.mixup = None
+        if cfg.mixup > 0 or cfg.cutmix > 0:
+            self.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
+                               switch_prob=cfg.mixup_switch_prob, label_smoothing=cfg.smoothing,
+                               num_classes=self.data.num_classes)
+        self.loss_fn = _loss_fn(cfg, self.mixup)
+        self.ddp_model: nn.Module = self.model
+        if self.env.distributed:
+            device_ids = [self.device.index] if self.device.type == 'cuda' else None
+            self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids)
+        # carried by the checkpoint
+        self.start_epoch, self.train_macs, self.wall, self.cpu = 0, 0, 0., 0.
+        self.metrics: List[Dict[str, Any]] = []
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.output / CHECKPOINT
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.output / METRICS
+
+    def autocast(self) -> ContextManager[Any]:
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def resume(self) -> None:
+        """Load last.pth.tar: weights, optimizer, scheduler, EMA, scaler, counters and this process's RNG states."""
+        if not self.checkpoint_path.is_file():
+            raise FileNotFoundError(f'nothing to resume: {self.checkpoint_path} does not exist')
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        if state['config'] != self.cfg.to_dict():
+            changed = sorted(k for k, v in self.cfg.to_dict().items() if state['config'].get(k) != v)
+            raise ValueError(f'{self.checkpoint_path} was written with other settings ({", ".join(changed)}); '
+                             f'resume with the same config')
+        if len(state['rng']) != self.env.world_size:
+            raise ValueError(f'{self.checkpoint_path} was written by {len(state["rng"])} processes; '
+                             f'resume with as many')
+        self.model.load_state_dict(state['model'])
+        self.optimizer.load_state_dict(state['optimizer'])
+        self.scheduler.load_state_dict(state['scheduler'])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(state['ema'])
+        if self.scaler is not None:
+            self.scaler.load_state_dict(state['scaler'])
+        self.start_epoch, self.train_macs = state['epoch'] + 1, state['train_macs']
+        self.wall, self.cpu = state['wall_time'], state['cpu_time']
+        self.scheduler.step_update(self.start_epoch * self.steps_per_epoch)
+        if self.metrics_path.is_file():
+            self.metrics = [m for m in read_metrics(self.metrics_path) if m['epoch'] < self.start_epoch]
+        _set_rng_state(state['rng'][self.env.rank])
+
+    def save(self, epoch: int) -> None:
+        """Write last.pth.tar and metrics.jsonl (process 0); every process contributes its RNG states."""
+        rng = _gather_rng_states(self.env)
+        if not self.env.is_main:
+            return
+        checkpoint = {
+            'epoch': epoch, 'config': self.cfg.to_dict(), 'model': self.model.state_dict(),
+            'optimizer': self.optimizer.state_dict(), 'scheduler': self.scheduler.state_dict(),
+            'ema': self.ema.module.state_dict() if self.ema is not None else None,
+            'scaler': self.scaler.state_dict() if self.scaler is not None else None,
+            'train_macs': self.train_macs, 'wall_time': self.wall, 'cpu_time': self.cpu, 'rng': rng,
+            'schedule': str(self.schedule),
+        }
+        write_atomic(self.checkpoint_path, lambda tmp: torch.save(checkpoint, tmp))
+        _write_metrics(self.metrics_path, self.metrics)
+
+    def train_epoch(self, epoch: int) -> Dict[str, Any]:
+        """One epoch; each step runs at its phase's tokenizer setting. Returns the loss and the settings used."""
+        sampler = getattr(self.data.train_loader, 'sampler', None)
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
+        self.ddp_model.train()
+        embed = self.model.patch_embed
+        loss_sum, seen, settings_used = 0., 0, []
+        bar = tqdm(self.data.train_loader, total=self.steps_per_epoch, desc=f'epoch {epoch + 1}/{self.cfg.epochs}',
+                   leave=False, disable=not self.progress, dynamic_ncols=True)
+        for i, (x, y) in enumerate(bar):
+            step = epoch * self.steps_per_epoch + i
+            phase = self.schedule.phase_at(step, self.total_steps)
+            if (phase.stride, phase.dilation) != (embed.stride, embed.dilation):
+                self.model.set_tokenizer(phase.stride, phase.dilation)
+            setting = f'{phase.stride}:{phase.dilation}'
+            if setting not in settings_used:
+                settings_used.append(setting)
+            x, y = self.data.prepare(x, True), y.to(self.device)
+            if self.mixup is not None:
+                x, y = self.mixup(x, y)
+            with self.autocast():
+                loss = self.loss_fn(self.ddp_model(x), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler(loss, self.optimizer, clip_grad=self.cfg.clip_grad, parameters=self.model.parameters())
+            else:
+                loss.backward()
+                if self.cfg.clip_grad is not None:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
+                self.optimizer.step()
+            self.scheduler.step_update(step + 1)
+            if self.ema is not None:
+                self.ema.update(self.model, step=step)
+            loss_value = loss.item()
+            loss_sum += loss_value * len(x)
+            seen += len(x)
+            self.train_macs += self.cost.macs_of(phase.stride, phase.dilation) * len(x) * self.env.world_size
+            bar.set_postfix(loss=f'{loss_value:.4f}', tokens=setting)
+        bar.close()
+        self.model.set_tokenizer(*FULL_TOKENS)
+        loss_sum, seen = _all_reduce_sum([loss_sum, seen], self.env, self.device)
+        return {'train_loss': loss_sum / seen, 'lr': self.optimizer.param_groups[0]['lr'], 'tokenizer': settings_used}
+
+    def run(self, stop_after: Optional[int] = None) -> List[Dict[str, Any]]:
+        """Train from ``start_epoch`` to the end (or until ``stop_after`` epochs are done); evaluate, log and
+        checkpoint after every epoch."""
+        if self.env.is_main:
+            self.output.mkdir(parents=True, exist_ok=True)
+            config_text = json.dumps(self.cfg.to_dict(), indent=2) + '\n'
+            write_atomic(self.output / 'config.json', lambda tmp: tmp.write_text(config_text, encoding='utf-8'))
+            _write_metrics(self.metrics_path, self.metrics)
+            plot_schedule(self.cost, self.output / 'schedule.png')
+            if self.progress:
+                tqdm.write(f'{param_count(self.model) / 1e6:.2f}M params; re-tokenization {self.schedule}\n'
+                           f'{self.cost.table()}')
+        end_epoch = self.cfg.epochs if stop_after is None else min(self.cfg.epochs, stop_after)
+        for epoch in range(self.start_epoch, end_epoch):
+            t0, c0 = time.perf_counter(), time.process_time()
+            record: Dict[str, Any] = {'epoch': epoch, **self.train_epoch(epoch)}
+            epoch_time = time.perf_counter() - t0
+            self.wall += epoch_time
+            self.cpu += time.process_time() - c0
+            images = (epoch + 1) * self.steps_per_epoch * self.cfg.batch_size * self.env.world_size
+            record.update(train_macs=self.train_macs, train_macs_full=self.cost.full_macs * images)
+            record.update({f'eval_{k}': v for k, v in self.evaluate(self.model).items()})
+            if self.ema is not None:
+                record.update({f'ema_{k}': v for k, v in self.evaluate(self.ema.module).items()})
+            record.update(epoch_time=epoch_time, train_time=self.wall, train_cpu_time=self.cpu)
+            self.metrics.append(record)
+            self.save(epoch)
+            if self.progress:
+                tqdm.write(f'epoch {epoch + 1}/{self.cfg.epochs}  loss {record["train_loss"]:.4f}  '
+                           f'top1 {record["eval_top1"]:.2f}  top5 {record["eval_top5"]:.2f}  '
+                           f'tokens {",".join(record["tokenizer"])}  {epoch_time:.1f}s')
+        return self.metrics
+
+    def evaluate(self, model: nn.Module) -> Dict[str, float]:
+        return evaluate(model, self.data, self.env, self.device, self.autocast)
+
+
+def train(cfg: TrainConfig, output: PathLike, resume: bool = False, progress: bool = True,
+          stop_after: Optional[int] = None) -> TrainResult:
+    """Train the model of ``cfg``, writing metrics.jsonl and last.pth.tar to ``output`` every epoch.
+
+    ``resume=True`` continues from ``output``/last.pth.tar, which must have been written with the same
+    ``cfg`` and number of processes; the result is the one of an uninterrupted run. ``stop_after=N`` stops
+    once N epochs are done (a time-sliced job: continue it with ``resume=True``).
+    """
+    created_group = not dist.is_initialized()
+    trainer = Trainer(cfg, output, progress=progress)
+    try:
+        if resume:
+            trainer.resume()
+        metrics = trainer.run(stop_after)
+    finally:
+        if created_group and dist.is_initialized():
+            dist.destroy_process_group()
+    return TrainResult(output=trainer.output, metrics=metrics, model=trainer.model)

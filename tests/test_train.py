@@ -1,0 +1,167 @@
+"""The trainer: recipes, CLI overrides, batched augmentation, exact resume and a 2-process DDP run (gloo)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+import torch
+
+from asvit_zoo.cli import build_parser, main
+from asvit_zoo.train import (
+    CHECKPOINT, METRICS, TrainConfig, augment_batch, load_config, read_metrics, synthetic_images)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RECIPES = REPO_ROOT / 'recipes'
+TINY = '4,2,2,1|2,1,2,1|2,1,2,1|2,1,2,1|16,8'
+# Every random draw of the loop is on: shuffling, zoom/crop/flip, Mixup/CutMix (numpy), drop path (torch),
+# EMA, and the phase change from coarse to full tokens falls inside the first epoch.
+TINY_RUN = [
+    '--genotype', TINY, '--data', 'synthetic', '--img-size', '28', '--synthetic-train', '192',
+    '--synthetic-eval', '64', '--batch-size', '32', '--epochs', '2', '--warmup-epochs', '1', '--lr', '2e-3',
+    '--mixup', '0.2', '--cutmix', '1.0', '--mixup-prob', '0.5', '--drop-path', '0.1', '--scale-range', '1.3',
+    '--model-ema', '--model-ema-decay', '0.9', '--retokenization', '0.2:8:2,0.2:6:1,0.6:4:1', '--device', 'cpu',
+    '--no-progress',
+]
+LOSS_KEYS = ('train_loss', 'lr', 'tokenizer', 'train_macs', 'eval_loss', 'eval_top1', 'eval_top5', 'ema_loss',
+             'ema_top1')
+
+
+def _train(*args: str) -> None:
+    assert main(['train', *args]) == 0
+
+
+def _weights(run: Path) -> dict:
+    return torch.load(run / CHECKPOINT, map_location='cpu', weights_only=False)
+
+
+@pytest.mark.parametrize('name', ['fmnist_tiny.json', 'imagenet_paper.json'])
+def test_recipes_load(name):
+    cfg = load_config(RECIPES / name)
+    assert isinstance(cfg, TrainConfig) and cfg.epochs >= 1
+
+
+def test_imagenet_recipe_follows_the_paper_setup():
+    cfg = load_config(RECIPES / 'imagenet_paper.json')
+    assert (cfg.epochs, cfg.opt, cfg.img_size) == (300, 'adamw', 224)
+    assert cfg.mixup == 0.8 and cfg.cutmix == 1.0 and cfg.smoothing == 0.1 and cfg.auto_augment
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown training setting\(s\) \['epochz'\]"):
+        load_config(RECIPES / 'fmnist_tiny.json', epochz=3)
+    with pytest.raises(ValueError, match='fractions must sum to 1'):
+        load_config(retokenization='0.5:8:1')
+    with pytest.raises(ValueError, match="amp must be 'none', 'bf16' or 'fp16'"):
+        TrainConfig(amp='fp32')
+    (tmp_path / 'list.json').write_text('[1, 2]')
+    with pytest.raises(ValueError, match='a recipe is a mapping'):
+        load_config(tmp_path / 'list.json')
+
+
+def test_cli_options_override_the_recipe():
+    args = build_parser().parse_args(['train', '--config', str(RECIPES / 'fmnist_tiny.json'), '--output', 'x',
+                                      '--epochs', '3', '--lr', '0.01', '--model-ema', '--retokenization', 'short'])
+    assert (args.epochs, args.lr, args.model_ema, args.retokenization) == (3, 0.01, True, 'short')
+    assert not hasattr(args, 'batch_size')  # options not given leave the recipe's values
+
+
+def test_augment_batch_crops_and_flips_per_image():
+    x = torch.arange(2 * 1 * 5 * 5, dtype=torch.float32).view(2, 1, 5, 5)
+    torch.manual_seed(0)
+    out = augment_batch(x, padding=2, hflip=0.5)
+    assert out.shape == x.shape
+    torch.manual_seed(0)
+    assert torch.equal(out, augment_batch(x, padding=2, hflip=0.5))
+    assert torch.equal(augment_batch(x, padding=0, hflip=0.), x)
+    assert torch.equal(augment_batch(x, padding=0, hflip=1.), x.flip(-1))
+    assert torch.allclose(augment_batch(x, padding=0, hflip=0., scale_range=1.), x)
+
+
+def test_augment_batch_zooms_about_the_centre():
+    x = torch.zeros(64, 1, 16, 16)
+    x[:, :, 4:12, 4:12] = 1
+    out = augment_batch(x, padding=0, hflip=0., scale_range=2.)
+    area = out.sum(dim=(1, 2, 3))
+    assert area.min() >= 64 / 4 * 0.9 and area.max() <= 64 * 4 * 1.1  # zoom factor in [1/2, 2]
+    assert area.std() > 1  # a factor per image
+    assert torch.allclose(out, out.flip(-1), atol=1e-5) and torch.allclose(out, out.flip(-2), atol=1e-5)
+
+
+def test_synthetic_images_are_deterministic():
+    a, la = synthetic_images(20, 4, 16, seed=3)
+    b, lb = synthetic_images(20, 4, 16, seed=3)
+    assert a.dtype == torch.uint8 and a.shape == (20, 1, 16, 16)
+    assert torch.equal(a, b) and torch.equal(la, lb) and la.tolist()[:5] == [0, 1, 2, 3, 0]
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
+    _train('--output', str(straight), *TINY_RUN)
+    _train('--output', str(resumed), '--stop-after', '1', *TINY_RUN)
+    assert len(read_metrics(resumed / METRICS)) == 1
+    _train('--output', str(resumed), '--resume', *TINY_RUN)
+
+    a, b = read_metrics(straight / METRICS), read_metrics(resumed / METRICS)
+    assert [m['epoch'] for m in a] == [m['epoch'] for m in b] == [0, 1]
+    assert a[0]['tokenizer'] == ['8:2', '6:1', '4:1'] and a[1]['tokenizer'] == ['4:1']
+    for key in LOSS_KEYS:
+        assert [m[key] for m in a] == [m[key] for m in b], key
+    ca, cb = _weights(straight), _weights(resumed)
+    for part in ('model', 'ema'):
+        assert ca[part].keys() == cb[part].keys()
+        assert all(torch.equal(ca[part][k], cb[part][k]) for k in ca[part]), part
+    assert 0 < a[-1]['train_macs'] < a[-1]['train_macs_full']
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    run = tmp_path / 'run'
+    _train('--output', str(run), '--stop-after', '1', *TINY_RUN)
+    with pytest.raises(ValueError, match='other settings'):
+        from asvit_zoo.train import train
+        train(load_config(**{**json.loads((run / 'config.json').read_text()), 'lr': 1e-2}), run, resume=True)
+    assert main(['train', '--output', str(tmp_path / 'none'), '--resume', *TINY_RUN]) == 2
+
+
+def _torchrun(args: List[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+           str(REPO_ROOT / 'tools' / 'train.py'), *args]
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_two_process_ddp_run_on_cpu(tmp_path):
+    run = tmp_path / 'ddp'
+    proc = _torchrun(['--output', str(run), *TINY_RUN, '--batch-size', '16'])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = read_metrics(run / METRICS)
+    assert [m['epoch'] for m in metrics] == [0, 1]
+    state = _weights(run)
+    assert state['epoch'] == 1 and len(state['rng']) == 2  # the RNG states of both processes
+    assert not any(k.startswith('module.') for k in state['model'])
+    assert all(torch.isfinite(v).all() for v in state['model'].values())
+    assert 0 <= metrics[-1]['eval_top1'] <= 100 and metrics[-1]['train_macs'] < metrics[-1]['train_macs_full']
+
+
+def test_image_folder_run_through_timm_loaders(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / 'folder'
+    images, labels = synthetic_images(48, 3, 32, seed=0, in_chans=3)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        split = 'val' if i % 4 == 0 else 'train'
+        folder = root / split / f'class{int(label)}'
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f'{i}.png')
+    run = tmp_path / 'run'
+    _train('--output', str(run), '--genotype', TINY, '--data', str(root), '--img-size', '32', '--batch-size', '8',
+           '--epochs', '1', '--workers', '0', '--auto-augment', 'rand-m9-mstd0.5-inc1', '--re-prob', '0.25',
+           '--mixup', '0.8', '--cutmix', '1.0', '--layer-decay', '0.75', '--retokenization', '0.5:8:2,0.5:4:1',
+           '--device', 'cpu', '--no-progress')
+    (record,) = read_metrics(run / METRICS)
+    assert record['tokenizer'] == ['8:2', '4:1'] and 0 <= record['eval_top1'] <= 100
+    assert _weights(run)['model']['head.fc.weight'].shape == (3, 64)
