@@ -20,7 +20,8 @@ import math
 import re
 from collections import OrderedDict
 from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -35,9 +36,10 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq, named_apply
 
 from .genotype import Genotype
+from .hub import describe_mismatch, resolve_weights
 from .registry import VariantCard, load_registry
 
-__all__ = ['AsViT', 'checkpoint_filter_fn']
+__all__ = ['AsViT', 'checkpoint_filter_fn', 'register_cards']
 
 STEM_STRIDE = 4
 MERGE_STRIDE = 2
@@ -476,7 +478,17 @@ def _has_weights(cfg: Dict[str, Any]) -> bool:
     return any(cfg.get(k) for k in ('hf_hub_id', 'url', 'file', 'state_dict'))
 
 
+def _recorded_sha256(variant: str, cfg: Dict[str, Any]) -> Optional[str]:
+    """The sha256 the registry records for the cfg's ``file`` (None for any other file)."""
+    card, tag = _CARDS.get(variant), cfg.get('tag') or ''
+    if card is None or tag not in card.tags() or not cfg.get('file'):
+        return None
+    registered = card.weights_file(tag)
+    return card.weights_sha256(tag) if registered is not None and Path(cfg['file']) == registered else None
+
+
 def _create_asvit(variant: str, pretrained: bool = False, **kwargs: Any) -> AsViT:
+    weights: Optional[Path] = None
     if pretrained:
         overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
         if variant == 'asvit':
@@ -490,12 +502,22 @@ def _create_asvit(variant: str, pretrained: bool = False, **kwargs: Any) -> AsVi
                 f"{variant}{'.' + tag if tag else ''} has no pretrained weights (no hf_hub_id, url or file in its "
                 f"pretrained cfg). Variants with weights: {', '.join(list_pretrained_variants()) or 'none'}. "
                 f"To load your own file: pretrained_cfg_overlay=dict(file='path/to/model.safetensors').")
+        # Resolve (hf-hub: through the cache, honouring HF_HUB_OFFLINE) and verify the file before building.
+        genotype = resolve_genotype(kwargs['genotype'], kwargs.get('embed_dim'), kwargs.get('depths'))
+        weights = resolve_weights(cfg, genotype, _recorded_sha256(variant, cfg))
+        if weights is not None:
+            kwargs['pretrained_cfg_overlay'] = dict(overlay, file=str(weights), source='file')
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
-    return build_model_with_cfg(
-        AsViT, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs)
+    try:
+        return build_model_with_cfg(
+            AsViT, variant, pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+            **kwargs)
+    except RuntimeError as e:  # torch's load_state_dict: missing keys or size mismatch
+        if weights is None:
+            raise
+        raise describe_mismatch(weights, variant, genotype, e) from None
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
@@ -512,14 +534,10 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- registration
-# Every variant comes from its card in registry/ (nothing about a variant is written here).
-_CARDS: Dict[str, VariantCard] = {card.name: card for card in load_registry()}
+# Every variant comes from its card in registry/ (nothing about a variant is written here): see register_cards.
+_CARDS: Dict[str, VariantCard] = {}
 
-default_cfgs = generate_default_cfgs({
-    'asvit': _cfg(),
-    **{f'{card.name}.{tag}' if tag else card.name: _cfg(**card.pretrained_cfg(tag))
-       for card in _CARDS.values() for tag in card.tags()},
-})
+default_cfgs = generate_default_cfgs({'asvit': _cfg()})
 
 
 def list_pretrained_variants() -> List[str]:
@@ -548,5 +566,21 @@ def _variant_entrypoint(card: VariantCard) -> Callable[..., AsViT]:
     return entrypoint
 
 
-for _card in _CARDS.values():
-    register_model(_variant_entrypoint(_card))
+def register_cards(cards: Iterable[VariantCard]) -> None:
+    """Register each card's architecture with timm, with one pretrained cfg per tag (``import asvit_zoo``
+    registers the shipped registry; call this with ``load_registry(path)`` for another one).
+
+    The default cfg of an architecture is its card's own (timm's ``*`` mark): weights trained on another dataset
+    (``asvit_small.fmnist``: 10 classes, grayscale) do not change what ``create_model('asvit_small')`` builds.
+    """
+    cards = list(cards)
+    # The marked default goes last: timm would move a later tag with weights in front of it.
+    default_cfgs.update(generate_default_cfgs({
+        f'{card.name}.{tag}{"*" if tag == card.tag else ""}': _cfg(**card.pretrained_cfg(tag))
+        for card in cards for tag in reversed(card.tags())}))
+    for card in cards:
+        _CARDS[card.name] = card
+        register_model(_variant_entrypoint(card))
+
+
+register_cards(load_registry())

@@ -1,12 +1,17 @@
-"""The variant registry: one folder per variant under ``registry/``, laid out as a Hub model repo.
+"""The variant registry: one folder per Hub model repo under ``registry/``.
 
 Each folder holds ``config.json`` in timm's Hub format (architecture, num_classes, model_args with the
-genotype, pretrained_cfg) and a ``README.md`` model card. The cards are the single source of truth:
-``import asvit_zoo`` registers one timm model per card.
+genotype, pretrained_cfg) and a ``README.md`` model card. A folder named after its architecture
+(``asvit_small/``) is an architecture card; a folder ``<architecture>.<tag>/`` (``asvit_small.fmnist/``)
+adds the pretrained tag ``tag`` to that architecture and holds its weights (``model.safetensors``, whose
+sha256 is recorded in the ``weights`` field). The cards are the single source of truth: ``import asvit_zoo``
+registers one timm model per architecture, with one pretrained cfg per tag.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -21,8 +26,13 @@ __all__ = ['RegistryError', 'VariantCard', 'registry_root', 'load_registry', 'lo
 CONFIG_FILE = 'config.json'
 CARD_FILE = 'README.md'
 REQUIRED_KEYS = frozenset({'architecture', 'num_classes', 'model_args', 'pretrained_cfg'})
-# 'provenance': how the variant was made (seed, scaling step, measures, the command that regenerates it).
-OPTIONAL_KEYS = frozenset({'num_features', 'global_pool', 'label_names', 'label_descriptions', 'provenance'})
+# 'provenance': how the variant was made (seed, scaling step, measures, training run, the command that regenerates
+# it); 'weights': the weights file of a tagged folder and its sha256 ({"file": ..., "sha256": ..., "bytes": ...}).
+OPTIONAL_KEYS = frozenset({'num_features', 'global_pool', 'label_names', 'label_descriptions', 'provenance',
+                           'weights'})
+WEIGHTS_KEYS = frozenset({'file', 'sha256', 'bytes'})
+SHA256_PATTERN = re.compile(r'^[0-9a-f]{64}$')
+HUB_ID_PATTERN = re.compile(r'^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$')
 DEFAULT_PRETRAINED_CFG = {
     'tag': '', 'input_size': [3, 224, 224], 'crop_pct': 0.9, 'interpolation': 'bicubic',
     'mean': [0.485, 0.456, 0.406], 'std': [0.229, 0.224, 0.225], 'license': 'mit',
@@ -42,26 +52,62 @@ class RegistryError(ValueError):
 
 @dataclass(frozen=True)
 class VariantCard:
-    """One registry folder: a named variant, its genotype and its pretrained configuration."""
+    """A named variant (architecture), its genotype and its pretrained configurations.
+
+    ``path`` and ``config`` are those of the architecture's own folder (of its first tagged folder where it has
+    none); ``tagged`` holds the cards of its ``<name>.<tag>`` folders by tag.
+    """
 
     name: str
     path: Path
     genotype: Genotype
     config: Mapping[str, Any] = field(repr=False)
+    tagged: Mapping[str, 'VariantCard'] = field(default_factory=dict, repr=False)
 
     @property
     def model_args(self) -> Dict[str, Any]:
         return {'genotype': str(self.genotype)}
 
+    @property
+    def tag(self) -> str:
+        """The pretrained tag of this card's own folder ('' for an architecture card)."""
+        return self.config['pretrained_cfg'].get('tag', '')
+
     def tags(self) -> List[str]:
-        """Pretrained tags of this variant ('' is the untagged default)."""
-        return [self.config['pretrained_cfg'].get('tag', '')]
+        """Pretrained tags of this variant, the default first ('' is the untagged architecture card)."""
+        return list(dict.fromkeys([self.tag, *sorted(self.tagged)]))
+
+    def folder(self, tag: str = '') -> 'VariantCard':
+        """The card of the folder that defines ``tag``."""
+        if tag in self.tagged:
+            return self.tagged[tag]
+        if tag != self.tag:
+            raise KeyError(f'{self.name} has no pretrained tag {tag!r}; tags: {self.tags()}')
+        return self
+
+    def weights_file(self, tag: str = '') -> Optional[Path]:
+        """The local weights file of ``tag``, or None where the tag has no ``weights`` field."""
+        card = self.folder(tag)
+        weights = card.config.get('weights')
+        return card.path / weights['file'] if weights else None
+
+    def weights_sha256(self, tag: str = '') -> Optional[str]:
+        """The recorded sha256 of the weights file of ``tag`` (None without one)."""
+        weights = self.folder(tag).config.get('weights')
+        return weights['sha256'] if weights else None
 
     def pretrained_cfg(self, tag: str = '') -> Dict[str, Any]:
-        """The variant's timm pretrained cfg for ``tag`` (lists become tuples, as timm expects)."""
-        cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in self.config['pretrained_cfg'].items()}
+        """The variant's timm pretrained cfg for ``tag`` (lists become tuples, as timm expects); a tag with
+        weights gets ``file``, the weights in its registry folder (so that it loads without a network)."""
+        card = self.folder(tag)
+        cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in card.config['pretrained_cfg'].items()}
         cfg.pop('tag', None)
-        cfg['num_classes'] = self.config['num_classes']
+        cfg['num_classes'] = card.config['num_classes']
+        if 'label_names' in card.config:
+            cfg['label_names'] = tuple(card.config['label_names'])
+        weights_file = self.weights_file(tag)
+        if weights_file is not None:
+            cfg['file'] = str(weights_file)
         return cfg
 
 
@@ -92,9 +138,13 @@ def load_card(folder: Path) -> VariantCard:
     unknown = sorted(config.keys() - REQUIRED_KEYS - OPTIONAL_KEYS)
     if unknown:
         raise _fail(config_path, f'unknown field(s) {unknown}; allowed: {sorted(REQUIRED_KEYS | OPTIONAL_KEYS)}')
-    if config['architecture'] != folder.name:
+    if not isinstance(config['pretrained_cfg'], dict):
+        raise _fail(config_path, 'pretrained_cfg must be an object')
+    tag = config['pretrained_cfg'].get('tag', '')
+    if folder.name not in (config['architecture'], f"{config['architecture']}.{tag}"):
+        expected = f"{config['architecture']!r}" + (f" or {config['architecture'] + '.' + tag!r}" if tag else '')
         raise _fail(config_path, f"architecture {config['architecture']!r} does not match its folder name "
-                                 f'{folder.name!r}')
+                                 f'{folder.name!r}: expected the folder {expected} (pretrained_cfg.tag {tag!r})')
     model_args = config['model_args']
     if not isinstance(model_args, dict) or 'genotype' not in model_args:
         raise _fail(config_path, f'model_args must be an object with a "genotype", got {model_args!r}')
@@ -112,16 +162,44 @@ def load_card(folder: Path) -> VariantCard:
     if 'num_features' in config and config['num_features'] != genotype.stage_widths()[-1]:
         raise _fail(config_path, f"num_features {config['num_features']} does not match the genotype's last stage "
                                  f'width {genotype.stage_widths()[-1]}')
-    if not isinstance(config['pretrained_cfg'], dict):
-        raise _fail(config_path, 'pretrained_cfg must be an object')
-    return VariantCard(name=folder.name, path=folder, genotype=genotype, config=config)
+    hub_id = config['pretrained_cfg'].get('hf_hub_id')
+    if hub_id is not None and not (isinstance(hub_id, str) and HUB_ID_PATTERN.match(hub_id)):
+        raise _fail(config_path, f'pretrained_cfg.hf_hub_id must be a Hub repo id ORG/NAME, got {hub_id!r}')
+    if 'weights' in config:
+        _check_weights(config_path, config['weights'])
+    return VariantCard(name=config['architecture'], path=folder, genotype=genotype, config=config)
+
+
+def _check_weights(config_path: Path, weights: Any) -> None:
+    if not isinstance(weights, dict) or not {'file', 'sha256'} <= weights.keys():
+        raise _fail(config_path, f'weights must be an object with "file" and "sha256", got {weights!r}')
+    unknown = sorted(weights.keys() - WEIGHTS_KEYS)
+    if unknown:
+        raise _fail(config_path, f'unknown weights field(s) {unknown}; allowed: {sorted(WEIGHTS_KEYS)}')
+    file = weights['file']
+    if not isinstance(file, str) or not file.endswith('.safetensors') or Path(file).name != file:
+        raise _fail(config_path, f'weights.file must be a .safetensors file name in the folder, got {file!r}')
+    if not isinstance(weights['sha256'], str) or not SHA256_PATTERN.match(weights['sha256']):
+        raise _fail(config_path, f"weights.sha256 must be 64 lowercase hex digits, got {weights['sha256']!r}")
 
 
 def load_registry(root: Optional[Path] = None) -> List[VariantCard]:
-    """All variant cards under ``root`` (default: the shipped registry), sorted by name."""
+    """All variants under ``root`` (default: the shipped registry), sorted by name; each tagged folder is
+    attached to its architecture's card (and defines the architecture where it has no card of its own)."""
     root = registry_root() if root is None else Path(root)
     folders: Iterable[Path] = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(('_', '.')))
-    return [load_card(folder) for folder in folders]
+    cards = [load_card(folder) for folder in folders]
+    architectures = {card.name: card for card in cards if card.path.name == card.name}
+    tagged: Dict[str, Dict[str, VariantCard]] = {}
+    for card in cards:
+        if card.path.name == card.name:
+            continue
+        base = architectures.setdefault(card.name, card)
+        if card.genotype != base.genotype:
+            raise _fail(card.path / CONFIG_FILE, f'genotype {card.genotype} differs from the genotype {base.genotype} '
+                                                 f'of {card.name} in {base.path}')
+        tagged.setdefault(card.name, {})[card.tag] = card
+    return [dataclasses.replace(card, tagged=tagged.get(name, {})) for name, card in sorted(architectures.items())]
 
 
 def _format_value(value: Any) -> str:
@@ -134,21 +212,44 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
+def _weights_lines(config: Mapping[str, Any]) -> List[str]:
+    weights = config.get('weights')
+    if not weights:
+        return ['- Weights: none (architecture card)']
+    lines = [f"- Weights: `{weights['file']}`, sha256 `{weights['sha256']}`"]
+    hub_id = config['pretrained_cfg'].get('hf_hub_id')
+    return lines + ([f'- Hub: [{hub_id}](https://huggingface.co/{hub_id})'] if hub_id else [])
+
+
+def _provenance_lines(provenance: Mapping[str, Any]) -> List[str]:
+    """A table of the scalar fields, a JSON block per object field, then the command."""
+    lines = ['## Provenance', '', '| field | value |', '|---|---|']
+    lines += [f'| {key} | {_format_value(value)} |' for key, value in provenance.items()
+              if key != 'command' and not isinstance(value, dict)]
+    for key, value in provenance.items():
+        if isinstance(value, dict):
+            lines += ['', f'### {key}', '', '```json', json.dumps(value, indent=2), '```']
+    if 'command' in provenance:
+        lines += ['', 'Regenerate with:', '', '```bash', provenance['command'], '```']
+    return lines + ['']
+
+
 def render_model_card(config: Mapping[str, Any], description: str) -> str:
-    """The README.md of a variant folder: Hub YAML metadata, description, genotype and provenance."""
-    name, genotype = config['architecture'], config['model_args']['genotype']
+    """The README.md of a registry folder: Hub YAML metadata, description, genotype, weights, provenance."""
+    tag = config['pretrained_cfg'].get('tag', '')
+    name = config['architecture'] + (f'.{tag}' if tag else '')
+    genotype = config['model_args']['genotype']
     lines = ['---', 'library_name: timm', f"license: {config['pretrained_cfg'].get('license', 'mit')}", 'tags:',
              '- image-classification', '- timm', '- asvit', '---', f'# {name}', '', description, '',
              f'- Genotype: `{genotype}`', f"- Classes: {config['num_classes']}, features: {config.get('num_features')}",
-             '- Weights: none (architecture card)', '']
-    provenance = config.get('provenance')
-    if provenance:
-        lines += ['## Provenance', '', '| field | value |', '|---|---|']
-        lines += [f'| {key} | {_format_value(value)} |' for key, value in provenance.items() if key != 'command']
-        if 'command' in provenance:
-            lines += ['', 'Regenerate with:', '', '```bash', provenance['command'], '```']
-        lines.append('')
-    lines += ['## Use', '', '```python', 'import asvit_zoo, timm', f"model = timm.create_model('{name}')", '```', '',
+             *_weights_lines(config), '']
+    if config.get('provenance'):
+        lines += _provenance_lines(config['provenance'])
+    use = [f"model = timm.create_model('{name}'{', pretrained=True' if config.get('weights') else ''})"]
+    hub_id = config['pretrained_cfg'].get('hf_hub_id')
+    if hub_id:
+        use.append(f"model = timm.create_model('hf-hub:{hub_id}', pretrained=True)")
+    lines += ['## Use', '', '```python', 'import asvit_zoo, timm', *use, '```', '',
               '## Citation', '', '```bibtex', CITATION, '```', '']
     return '\n'.join(lines)
 

@@ -14,7 +14,7 @@ REPO_REGISTRY = Path(__file__).resolve().parents[1] / 'registry'
 def test_shipped_registry_is_the_repo_folder_and_every_card_registers():
     cards = load_registry()
     names = {card.name for card in cards}
-    assert names == {p.name for p in REPO_REGISTRY.iterdir() if (p / 'config.json').is_file()}
+    assert names == {p.name.split('.')[0] for p in REPO_REGISTRY.iterdir() if (p / 'config.json').is_file()}
     assert {'asvit_large_paper', 'asvit_seed'} <= names
     assert names <= set(timm.list_models('asvit_*'))
     for card in cards:
@@ -75,3 +75,61 @@ def test_missing_and_malformed_config(card_dir):
     (card_dir / 'config.json').unlink()
     with pytest.raises(RegistryError, match='missing config.json'):
         load_card(card_dir)
+
+
+# --------------------------------------------------------------------------- tagged folders (weights)
+SHA = '0' * 64
+
+
+@pytest.fixture
+def tagged_dir(card_dir: Path) -> Path:
+    """asvit_seed.fmnist: a tagged folder with weights of asvit_seed, beside the asvit_seed card."""
+    folder = card_dir.parent / 'asvit_seed.fmnist'
+    shutil.copytree(card_dir, folder)
+    config = json.loads((folder / 'config.json').read_text())
+    config['pretrained_cfg'].update(tag='fmnist', hf_hub_id='org/asvit_seed-fmnist')
+    config.update(num_classes=10, weights={'file': 'model.safetensors', 'sha256': SHA})
+    (folder / 'config.json').write_text(json.dumps(config))
+    return folder
+
+
+def test_tagged_folder_adds_a_tag_to_its_architecture(tagged_dir):
+    card, = load_registry(tagged_dir.parent)
+    assert card.name == 'asvit_seed' and card.path.name == 'asvit_seed' and card.tags() == ['', 'fmnist']
+    assert card.weights_file('') is None and card.weights_sha256('fmnist') == SHA
+    cfg = card.pretrained_cfg('fmnist')
+    assert cfg['file'] == str(tagged_dir / 'model.safetensors') and cfg['hf_hub_id'] == 'org/asvit_seed-fmnist'
+    assert cfg['num_classes'] == 10 and card.pretrained_cfg('')['num_classes'] == 1000
+    with pytest.raises(KeyError, match=r"asvit_seed has no pretrained tag 'x'; tags: \['', 'fmnist'\]"):
+        card.pretrained_cfg('x')
+
+
+def test_tagged_folder_defines_an_unknown_architecture(tagged_dir, card_dir):
+    shutil.rmtree(card_dir)
+    card, = load_registry(tagged_dir.parent)
+    assert card.name == 'asvit_seed' and card.path == tagged_dir and card.tags() == ['fmnist']
+
+
+def test_tagged_folder_with_another_genotype(tagged_dir):
+    _edit(tagged_dir, model_args={'genotype': '8,2,3,1|4,1,2,1|4,1,4,1|4,1,6,1|32,64'}, num_features=None)
+    with pytest.raises(RegistryError, match=r'asvit_seed.fmnist/config.json: genotype 8,2,3,1\|.*\|32,64 differs '
+                                            r'from the genotype .*\|32,32 of asvit_seed'):
+        load_registry(tagged_dir.parent)
+
+
+@pytest.mark.parametrize('changes, message', [
+    (dict(pretrained_cfg={'tag': 'other'}), "architecture 'asvit_seed' does not match its folder name "
+                                            "'asvit_seed.fmnist': expected the folder 'asvit_seed' or "
+                                            "'asvit_seed.other'"),
+    (dict(pretrained_cfg={'tag': 'fmnist', 'hf_hub_id': 'no-slash'}), 'hf_hub_id must be a Hub repo id ORG/NAME'),
+    (dict(weights={'file': 'model.safetensors'}), 'weights must be an object with "file" and "sha256"'),
+    (dict(weights={'file': 'model.safetensors', 'sha256': SHA, 'url': 'x'}), r"unknown weights field\(s\) \['url'\]"),
+    (dict(weights={'file': '../model.safetensors', 'sha256': SHA}), 'weights.file must be a .safetensors file name'),
+    (dict(weights={'file': 'model.bin', 'sha256': SHA}), 'weights.file must be a .safetensors file name'),
+    (dict(weights={'file': 'model.safetensors', 'sha256': 'ABC'}), 'weights.sha256 must be 64 lowercase hex digits'),
+])
+def test_tagged_validation_errors(tagged_dir, changes, message):
+    _edit(tagged_dir, **changes)
+    with pytest.raises(RegistryError, match=message) as info:
+        load_card(tagged_dir)
+    assert str(tagged_dir / 'config.json') in str(info.value)

@@ -1,0 +1,344 @@
+"""Weights on the Hugging Face Hub: safetensors export, push, resolution (online, offline cache, local dir) and
+integrity checks.
+
+* :func:`export_weights` turns a training checkpoint into a registry folder ``<variant>.<tag>/`` laid out as a
+  Hub model repo: ``model.safetensors`` (metadata: genotype, format, package version), ``config.json`` (timm's
+  Hub format; the sha256 of the weights in its ``weights`` field) and a ``README.md`` model card.
+* :func:`push_folder` uploads such a folder with ``huggingface_hub`` (token from ``HF_TOKEN`` or ``hf auth login``).
+* :func:`resolve_weights` turns a resolved timm pretrained cfg into a verified local file: a registry file, a
+  ``local-dir:`` folder or an ``hf-hub:`` repo fetched by ``hf_hub_download`` (which reads the local cache
+  only under ``HF_HUB_OFFLINE=1``). Every failure is one :class:`WeightsError` that names the file, what was
+  expected and what was found.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from .fileio import atomic_write, write_json, write_text
+from .genotype import Genotype
+from .registry import (CONFIG_FILE, DEFAULT_PRETRAINED_CFG, CARD_FILE, VariantCard, load_card, load_registry,
+                       registry_root, render_model_card)
+from .weights import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, WEIGHTS_FILE
+
+__all__ = ['WeightsError', 'HubUnavailableError', 'sha256_file', 'verify_sha256', 'read_metadata', 'check_genotype',
+           'hub_file', 'resolve_weights', 'describe_mismatch', 'read_checkpoint', 'export_weights', 'push_folder']
+
+PathLike = Union[str, os.PathLike]
+WEIGHTS_FORMAT = 'pt'  # safetensors' convention for torch tensors
+_CHUNK = 1 << 20
+_ERROR_LINES = 4  # lines of torch's load_state_dict error quoted in a mismatch error
+# A trainer checkpoint stores numpy RNG states: these globals (and nothing else) are allowed when unpickling it.
+_NUMPY_RNG_GLOBALS = [np.zeros(1).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+class WeightsError(RuntimeError):
+    """A weights file that is missing, corrupt, or does not fit the model it is loaded into."""
+
+
+class HubUnavailableError(WeightsError, FileNotFoundError):
+    """A Hub file that is neither in the local cache nor downloadable (offline mode or no network)."""
+
+
+# --------------------------------------------------------------------------- integrity
+def sha256_file(path: PathLike) -> str:
+    """The hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_sha256(path: PathLike, expected: str) -> None:
+    """Raise :class:`WeightsError` unless ``path`` exists and its sha256 is ``expected``."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f'{path}: weights file not found (expected a file with sha256 {expected}); '
+                           f're-export it with `asvit export` or download the repo again')
+    found = sha256_file(path)
+    if found != expected:
+        raise WeightsError(f'{path}: sha256 mismatch: expected {expected} (recorded in {CONFIG_FILE}), found {found} '
+                           f'({path.stat().st_size} bytes); the file is truncated, corrupt or was replaced. Re-export '
+                           f'it with `asvit export` or download it again')
+
+
+def read_metadata(path: PathLike) -> Dict[str, str]:
+    """The metadata of a safetensors file (empty if it has none); a file that is not safetensors is an error."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework='pt') as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # safetensors raises its own SafetensorError, or OSError, for unreadable files
+        raise WeightsError(f'{path}: not a readable safetensors file (expected a header and tensors, found: '
+                           f'{e})') from None
+
+
+def check_genotype(path: PathLike, expected: Genotype) -> None:
+    """Raise :class:`WeightsError` if the scaled genotype recorded in the file's metadata is not ``expected``
+    (a seed genotype, without widths and depths, is left to the shape check of the load)."""
+    metadata = read_metadata(path)
+    found = metadata.get('genotype')
+    if found is not None and not Genotype.parse(found).is_seed and Genotype.parse(found) != expected:
+        raise WeightsError(f'{path}: weights of another variant: expected genotype {expected}, found genotype '
+                           f"{found} (architecture {metadata.get('architecture', 'unknown')})")
+
+
+def _recorded_sha256(config_path: Path, filename: str) -> Optional[str]:
+    """The sha256 that the ``weights`` field of a Hub-format config.json records for ``filename`` (None without
+    one)."""
+    weights = json.loads(config_path.read_text(encoding='utf-8')).get('weights') if config_path.is_file() else None
+    return weights.get('sha256') if isinstance(weights, dict) and weights.get('file') == filename else None
+
+
+# --------------------------------------------------------------------------- resolution
+def _split_revision(hub_id: str) -> Tuple[str, Optional[str]]:
+    repo_id, _, revision = hub_id.partition('@')
+    return repo_id, revision or None
+
+
+def hub_file(hub_id: str, filename: str) -> Path:
+    """A file of a Hub repo (``ORG/NAME`` or ``ORG/NAME@REVISION``), from the cache or downloaded.
+
+    Under ``HF_HUB_OFFLINE=1`` only the cache is read, with no network attempt; a file that is not there (or
+    cannot be downloaded) raises :class:`HubUnavailableError` with the ways to fix it.
+    """
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    repo_id, revision = _split_revision(hub_id)
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        reason = 'HF_HUB_OFFLINE=1 is set' if constants.HF_HUB_OFFLINE else 'the Hub cannot be reached'
+        raise HubUnavailableError(
+            f'{HF_HUB_PREFIX}{hub_id}: {filename} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and '
+            f'{reason}. Fix: download it once while online (`hf download {repo_id}`), point HF_HUB_CACHE (or '
+            f'HF_HOME) at a cache that holds it and set HF_HUB_OFFLINE=1, or load a copy of the repo folder with '
+            f'{LOCAL_DIR_PREFIX}PATH') from None
+
+
+def resolve_weights(cfg: Mapping[str, Any], genotype: Genotype, sha256: Optional[str] = None) -> Optional[Path]:
+    """The verified local weights file of a resolved timm pretrained cfg, or None where timm loads it itself
+    (a ``url`` or an in-memory ``state_dict``).
+
+    ``local-dir:`` folders and ``hf-hub:`` repos are checked against the sha256 of their config.json, a ``file``
+    against ``sha256`` (the one its registry card records); every file against ``genotype``.
+    """
+    source = cfg.get('source') or ''
+    if source == 'local-dir':
+        folder = Path(cfg['file'])
+        path, sha256 = folder / WEIGHTS_FILE, _recorded_sha256(folder / CONFIG_FILE, WEIGHTS_FILE)
+    elif source == 'hf-hub' or (cfg.get('hf_hub_id') and not cfg.get('file') and not cfg.get('state_dict')):
+        hub_id, filename = cfg['hf_hub_id'], cfg.get('hf_hub_filename') or WEIGHTS_FILE
+        path = hub_file(hub_id, filename)
+        sha256 = _recorded_sha256(hub_file(hub_id, CONFIG_FILE), filename)
+    elif cfg.get('file'):
+        path = Path(cfg['file'])
+    else:
+        return None
+    if sha256 is not None:
+        verify_sha256(path, sha256)
+    elif not path.is_file():
+        raise WeightsError(f'{path}: weights file not found')
+    if path.suffix == '.safetensors':
+        check_genotype(path, genotype)
+    return path
+
+
+def describe_mismatch(path: PathLike, variant: str, genotype: Genotype, error: Exception) -> WeightsError:
+    """One clear error for weights that timm could not load into ``variant``: expected vs found shapes."""
+    from safetensors import safe_open
+
+    found = ''
+    if Path(path).suffix == '.safetensors':
+        with safe_open(str(path), framework='pt') as f:
+            meta = f.metadata() or {}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in ('patch_embed.proj.weight', 'head.fc.weight')
+                      if k in f.keys()}
+        found = f"; found genotype {meta.get('genotype', 'unknown (no metadata)')}, shapes {shapes}"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    shown = lines[:_ERROR_LINES] + ([f'... ({len(lines) - _ERROR_LINES} more)'] if len(lines) > _ERROR_LINES else [])
+    return WeightsError(f'{path}: does not fit {variant}: expected genotype {genotype}{found}. ' + '\n  '.join(shown))
+
+
+# --------------------------------------------------------------------------- export
+def read_checkpoint(path: PathLike, ema: bool = False) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """(model state dict, trainer info) of a checkpoint: a trainer ``last.pth.tar`` (state under ``model``, or
+    ``ema`` with ``ema=True``; info: its config, epoch, schedule), a plain state dict, or a safetensors file."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'{path}: checkpoint not found')
+    if path.suffix == '.safetensors':
+        return load_file(str(path)), {}
+    with torch.serialization.safe_globals(_NUMPY_RNG_GLOBALS):
+        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f'{path}: expected a trainer checkpoint or a state dict, found {type(checkpoint).__name__}')
+    key = 'ema' if ema else 'model'
+    if isinstance(checkpoint.get(key), dict):
+        info = {k: checkpoint[k] for k in ('config', 'epoch', 'schedule') if k in checkpoint}
+        return checkpoint[key], info
+    if ema:
+        raise ValueError(f'{path}: no EMA weights (the run was trained without --model-ema)')
+    if all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        return checkpoint, {}
+    raise ValueError(f'{path}: expected a trainer checkpoint (with "model") or a state dict, found keys '
+                     f'{sorted(checkpoint)[:8]}')
+
+
+def _dataset_cfg(train_cfg: Mapping[str, Any], in_chans: int) -> Dict[str, Any]:
+    """mean, std and label names of the data a run was trained on (the trainer's normalisation)."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    from .datasets import FASHION_MNIST_CLASSES
+    from .train import FASHION_MNIST, FASHION_MNIST_MEAN, FASHION_MNIST_STD, SYNTHETIC
+
+    data = train_cfg.get('data')
+    if data == FASHION_MNIST:
+        return dict(mean=list(FASHION_MNIST_MEAN), std=list(FASHION_MNIST_STD), label_names=list(FASHION_MNIST_CLASSES))
+    if data == SYNTHETIC:
+        return dict(mean=[0.5] * in_chans, std=[0.25] * in_chans)
+    if data:
+        return dict(mean=list(IMAGENET_DEFAULT_MEAN), std=list(IMAGENET_DEFAULT_STD))
+    return dict(mean=DEFAULT_PRETRAINED_CFG['mean'][:in_chans], std=DEFAULT_PRETRAINED_CFG['std'][:in_chans])
+
+
+def _final_metrics(checkpoint: Path) -> Dict[str, Any]:
+    """The last record of the run's metrics.jsonl (beside the checkpoint), reduced to the headline numbers."""
+    from .train import METRICS, read_metrics
+
+    path = checkpoint.parent / METRICS
+    if not path.is_file():
+        return {}
+    records = read_metrics(path)
+    keys = ('eval_top1', 'eval_top5', 'ema_top1', 'ema_top5', 'train_time', 'train_macs')
+    return {k: records[-1][k] for k in keys if records and k in records[-1]}
+
+
+def _check_state(state: Mapping[str, torch.Tensor], genotype: Genotype,
+                 checkpoint: Path) -> Tuple[Dict[str, torch.Tensor], int, int]:
+    """(state dict in our layout, in_chans, num_classes) of a state dict that loads strictly into an As-ViT of
+    ``genotype``."""
+    from .asvit import AsViT, checkpoint_filter_fn
+
+    state = checkpoint_filter_fn(dict(state), None)
+    shape = state.get('patch_embed.proj.weight')
+    fc = state.get('head.fc.weight')
+    if shape is None:
+        raise ValueError(f'{checkpoint}: no patch_embed.proj.weight: not an As-ViT state dict')
+    in_chans, num_classes = int(shape.shape[1]), int(fc.shape[0]) if fc is not None else 0
+    with torch.device('meta'):
+        model = AsViT(genotype, num_classes=num_classes, in_chans=in_chans)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as e:
+        raise ValueError(f'{checkpoint}: weights do not fit genotype {genotype}: {e}') from None
+    return state, in_chans, num_classes
+
+
+def _command(checkpoint: Path, variant: str, tag: str, hf_hub_id: Optional[str], ema: bool) -> str:
+    parts = ['asvit', 'export', str(checkpoint), '--variant', variant, '--tag', tag]
+    parts += ['--hf-hub-id', hf_hub_id] if hf_hub_id else []
+    return ' '.join(parts + (['--ema'] if ema else []))
+
+
+def export_weights(checkpoint: PathLike, variant: str, tag: str, root: Optional[PathLike] = None,
+                   hf_hub_id: Optional[str] = None, ema: bool = False, genotype: Optional[str] = None,
+                   description: Optional[str] = None) -> VariantCard:
+    """Write ``root/<variant>.<tag>/`` (model.safetensors, config.json, README.md) from a checkpoint.
+
+    The genotype is that of the registered ``variant``; a variant not in the registry is defined by the tagged
+    folder, with ``genotype`` or the one of the trainer's config. Returns the validated card of the folder.
+    """
+    from safetensors.torch import save
+
+    from . import __version__
+
+    if not tag or '.' in tag or '/' in tag:
+        raise ValueError(f'tag must be a non-empty name without "." or "/", got {tag!r}')
+    checkpoint = Path(checkpoint)
+    root = registry_root() if root is None else Path(root)
+    state, info = read_checkpoint(checkpoint, ema=ema)
+    train_cfg = info.get('config') or {}
+    known = {card.name: card for card in load_registry(root)} if root.is_dir() else {}
+    text = str(known[variant].genotype) if variant in known else genotype or train_cfg.get('genotype')
+    if text is None:
+        raise ValueError(f'{variant} is not in {root}: pass the genotype of the new variant')
+    parsed = Genotype.parse(text)
+    if train_cfg.get('genotype') and Genotype.parse(train_cfg['genotype']) != parsed:
+        raise ValueError(f"{checkpoint}: trained genotype {train_cfg['genotype']} is not the genotype {parsed} "
+                         f'of {variant}')
+    state, in_chans, num_classes = _check_state(state, parsed, checkpoint)
+    tensors = {k: v.detach().contiguous() for k, v in state.items()}
+    metadata = {'format': WEIGHTS_FORMAT, 'genotype': str(parsed), 'architecture': variant,
+                'asvit_zoo_version': __version__}
+    folder = root / f'{variant}.{tag}'
+    weights_path = atomic_write(folder / WEIGHTS_FILE, lambda f: f.write(save(tensors, metadata)))
+    img_size = int(train_cfg.get('img_size', 224))
+    dataset = _dataset_cfg(train_cfg, in_chans)
+    pretrained_cfg = {**DEFAULT_PRETRAINED_CFG, 'tag': tag, 'input_size': [in_chans, img_size, img_size],
+                      'crop_pct': 1.0 if img_size < 64 else DEFAULT_PRETRAINED_CFG['crop_pct'],
+                      'mean': dataset['mean'], 'std': dataset['std']}
+    if hf_hub_id:
+        pretrained_cfg['hf_hub_id'] = hf_hub_id
+    provenance: Dict[str, Any] = {
+        'checkpoint': str(checkpoint), 'epoch': info.get('epoch'), 'weights': 'ema' if ema else 'model',
+        'data': train_cfg.get('data'), 'retokenization': info.get('schedule', train_cfg.get('retokenization')),
+        **_final_metrics(checkpoint), 'asvit_zoo_version': __version__, 'torch_version': torch.__version__,
+    }
+    if train_cfg:
+        provenance['recipe'] = dict(train_cfg)
+    provenance['command'] = _command(checkpoint, variant, tag, hf_hub_id, ema)
+    config: Dict[str, Any] = {
+        'architecture': variant, 'num_classes': num_classes, 'num_features': parsed.stage_widths()[-1],
+        'global_pool': 'avg', 'model_args': {'genotype': str(parsed)}, 'pretrained_cfg': pretrained_cfg,
+        **({'label_names': dataset['label_names']} if 'label_names' in dataset and num_classes == len(
+            dataset['label_names']) else {}),
+        'weights': {'file': WEIGHTS_FILE, 'sha256': sha256_file(weights_path),
+                    'bytes': weights_path.stat().st_size},
+        'provenance': {k: v for k, v in provenance.items() if v is not None},
+    }
+    write_json(folder / CONFIG_FILE, config)
+    text = description or (f'As-ViT {variant} trained on {train_cfg.get("data", "unknown data")} '
+                           f'({img_size}x{img_size}, {num_classes} classes), exported by asvit-zoo.')
+    write_text(folder / CARD_FILE, render_model_card(config, text))
+    return load_card(folder)
+
+
+# --------------------------------------------------------------------------- push
+def push_folder(folder: PathLike, repo_id: str, token: Optional[str] = None, private: bool = False,
+                commit_message: Optional[str] = None) -> str:
+    """Create ``repo_id`` if needed and upload a registry folder to it; returns the commit URL.
+
+    The token comes from ``token``, else from ``HF_TOKEN`` or the ``hf auth login`` config (huggingface_hub's
+    usual lookup). The folder is checked first: a card that fails validation or weights that do not match
+    their recorded sha256 are not uploaded.
+    """
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    card = load_card(folder)
+    sha256 = card.weights_sha256(card.tag)
+    if sha256 is None:
+        raise ValueError(f'{folder}: no weights to push (config.json has no "weights" field); run `asvit export`')
+    verify_sha256(card.weights_file(card.tag), sha256)
+    hub_id = card.config['pretrained_cfg'].get('hf_hub_id')
+    if hub_id and _split_revision(hub_id)[0] != repo_id:
+        raise ValueError(f'{folder}: its pretrained_cfg.hf_hub_id is {hub_id!r}, not {repo_id!r}; re-export with '
+                         f'--hf-hub-id {repo_id}')
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type='model', private=private, exist_ok=True)
+    allow = [CONFIG_FILE, CARD_FILE, card.config['weights']['file']]
+    info = api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type='model', allow_patterns=allow,
+                             commit_message=commit_message or f'Upload {folder.name} with asvit-zoo')
+    return str(info)

@@ -1,0 +1,89 @@
+"""Resolve a weights source to a state dict: a file, a ``local-dir:``/``hf-hub:`` name or a registered variant.
+
+Sources, tried in this order:
+
+* an existing file: ``.safetensors`` (safetensors) or a torch pickle (``.pth``/``.pt``/``.bin``, read with
+  ``weights_only=True``); a ``state_dict``/``model`` wrapper and a ``module.`` prefix are removed;
+* ``local-dir:PATH``: ``PATH/model.safetensors`` (timm's layout of a saved Hub repo);
+* ``hf-hub:ORG/NAME``: ``model.safetensors`` of that Hub repo (downloaded, or from the local cache offline);
+* a registered timm name, optionally with a tag (``asvit_large.in1k``), whose pretrained cfg has a
+  ``file`` or an ``hf_hub_id``.
+
+The state dict is returned as stored; :func:`asvit_zoo.checkpoint_filter_fn` converts the authors' layout.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Mapping
+
+import torch
+
+__all__ = ['WEIGHTS_FILE', 'load_weights']
+
+WEIGHTS_FILE = 'model.safetensors'
+LOCAL_DIR_PREFIX = 'local-dir:'
+HF_HUB_PREFIX = 'hf-hub:'
+
+
+def _unwrap(state: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
+    for wrapper in ('state_dict', 'model'):
+        if wrapper in state and isinstance(state[wrapper], Mapping):
+            state = state[wrapper]
+    return {(k[len('module.'):] if k.startswith('module.') else k): v
+            for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _load_file(path: Path) -> Dict[str, torch.Tensor]:
+    if path.suffix == '.safetensors':
+        from safetensors.torch import load_file
+        return _unwrap(load_file(str(path), device='cpu'))
+    state = torch.load(path, map_location='cpu', weights_only=True)
+    if not isinstance(state, Mapping):
+        raise ValueError(f'{path}: expected a state dict (a mapping of names to tensors), got {type(state).__name__}')
+    return _unwrap(state)
+
+
+def _load_hub(repo_id: str) -> Dict[str, torch.Tensor]:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        path = hf_hub_download(repo_id, WEIGHTS_FILE)
+    except LocalEntryNotFoundError as e:
+        raise FileNotFoundError(
+            f'{HF_HUB_PREFIX}{repo_id}: {WEIGHTS_FILE} is not in the local Hugging Face cache and the Hub cannot '
+            f'be reached ({e.__class__.__name__}). Download it while online, or pass a file path or '
+            f'{LOCAL_DIR_PREFIX}PATH instead.') from None
+    return _load_file(Path(path))
+
+
+def _load_registered(name: str) -> Dict[str, torch.Tensor]:
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None or not timm.is_model(name.split('.')[0]):
+        raise FileNotFoundError(
+            f'weights source {name!r} is neither an existing file, {LOCAL_DIR_PREFIX}PATH, {HF_HUB_PREFIX}ORG/NAME '
+            f'nor a registered model name (e.g. asvit_large, asvit_large.TAG)')
+    if cfg.file:
+        return _load_file(Path(cfg.file))
+    if cfg.hf_hub_id:
+        return _load_hub(cfg.hf_hub_id)
+    raise FileNotFoundError(f'{name}: its pretrained cfg has neither a file nor an hf_hub_id, so there are no '
+                            f'weights to load; pass a file path, {LOCAL_DIR_PREFIX}PATH or {HF_HUB_PREFIX}ORG/NAME')
+
+
+def load_weights(source: str | Path) -> Dict[str, torch.Tensor]:
+    """The state dict named by ``source`` (see the module docstring for the accepted forms), on the CPU."""
+    text = str(source)
+    if Path(text).is_file():
+        return _load_file(Path(text))
+    if text.startswith(LOCAL_DIR_PREFIX):
+        path = Path(text[len(LOCAL_DIR_PREFIX):]) / WEIGHTS_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f'{text}: {path} not found')
+        return _load_file(path)
+    if text.startswith(HF_HUB_PREFIX):
+        return _load_hub(text[len(HF_HUB_PREFIX):])
+    return _load_registered(text)

@@ -1,0 +1,316 @@
+"""Weights as Hub repos: export (safetensors + config.json + model card), bit-identical loading through timm
+(registered tag, ``local-dir:``, ``hf-hub:`` from a real offline HF cache), integrity errors, push."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict
+
+import pytest
+import timm
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+import asvit_zoo
+from asvit_zoo.asvit import register_cards
+from asvit_zoo.cli import main as cli_main
+from asvit_zoo.datasets import FASHION_MNIST_CLASSES
+from asvit_zoo.genotype import Genotype
+from asvit_zoo.hub import WeightsError, export_weights, push_folder, sha256_file
+from asvit_zoo.registry import load_registry, write_card
+from asvit_zoo.summary import _row
+from asvit_zoo.train import TrainConfig
+
+GENOTYPE = '4,2,2,1|2,1,2,1|2,1,2,1|2,1,2,1|16,8'
+OTHER_GENOTYPE = '4,2,2,1|2,1,2,1|2,1,2,1|2,1,2,1|16,16'
+HUB_ID = 'asvit-zoo/asvit_hubtest-fmnist'
+MODEL_KWARGS = dict(num_classes=10, in_chans=1)
+
+
+def _trained_state(genotype: str, steps: int = 3) -> Dict[str, torch.Tensor]:
+    """A tiny As-ViT after a few SGD steps on random 28x28 grayscale images (real, non-initial weights)."""
+    torch.manual_seed(0)
+    model = timm.create_model('asvit', genotype=genotype, **MODEL_KWARGS)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(model(torch.randn(8, 1, 28, 28)), torch.randint(0, 10, (8,)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope='module')
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder as the trainer writes it: last.pth.tar (with numpy RNG states) and metrics.jsonl."""
+    import numpy as np
+    import random
+
+    folder = tmp_path_factory.mktemp('run')
+    cfg = TrainConfig(genotype=GENOTYPE, img_size=28, epochs=2, retokenization='short').to_dict()
+    torch.save({'epoch': 1, 'config': cfg, 'model': _trained_state(GENOTYPE), 'ema': None, 'schedule': 'short',
+                'rng': [{'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}]},
+               folder / 'last.pth.tar')
+    (folder / 'metrics.jsonl').write_text(json.dumps({'epoch': 1, 'eval_top1': 71.25, 'eval_top5': 98.5}) + '\n')
+    return folder
+
+
+@pytest.fixture(scope='module')
+def registry(tmp_path_factory: pytest.TempPathFactory, run_dir: Path) -> Path:
+    """A registry with the architecture card asvit_hubtest and its export asvit_hubtest.fmnist, registered."""
+    root = tmp_path_factory.mktemp('registry')
+    write_card(root, 'asvit_hubtest', Genotype.parse(GENOTYPE), 'Test architecture.')
+    export_weights(run_dir / 'last.pth.tar', 'asvit_hubtest', 'fmnist', root=root, hf_hub_id=HUB_ID)
+    register_cards(load_registry(root))
+    return root
+
+
+@pytest.fixture
+def export_dir(registry: Path) -> Path:
+    return registry / 'asvit_hubtest.fmnist'
+
+
+def _copy(export_dir: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(export_dir, tmp_path / export_dir.name))
+
+
+def _assert_same_weights(model: torch.nn.Module, weights: Path) -> None:
+    expected = load_file(str(weights))
+    state = model.state_dict()
+    assert state.keys() == expected.keys()
+    assert all(torch.equal(state[k], expected[k]) for k in expected)
+
+
+# --------------------------------------------------------------------------- export
+def test_export_writes_a_hub_repo(export_dir: Path, run_dir: Path):
+    assert sorted(p.name for p in export_dir.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    config = json.loads((export_dir / 'config.json').read_text())
+    assert config['architecture'] == 'asvit_hubtest' and config['num_classes'] == 10
+    cfg = config['pretrained_cfg']
+    assert cfg['tag'] == 'fmnist' and cfg['hf_hub_id'] == HUB_ID and cfg['input_size'] == [1, 28, 28]
+    assert cfg['mean'] == [0.286] and cfg['std'] == [0.353] and cfg['license'] == 'mit'
+    assert config['label_names'] == list(FASHION_MNIST_CLASSES)
+    assert config['weights']['sha256'] == sha256_file(export_dir / 'model.safetensors')
+    assert config['provenance']['eval_top1'] == 71.25 and config['provenance']['retokenization'] == 'short'
+    with safe_open(str(export_dir / 'model.safetensors'), framework='pt') as f:
+        assert f.metadata() == {'format': 'pt', 'genotype': GENOTYPE, 'architecture': 'asvit_hubtest',
+                                'asvit_zoo_version': asvit_zoo.__version__}
+    readme = (export_dir / 'README.md').read_text()
+    for text in ('# asvit_hubtest.fmnist', '| eval_top1 | 71.25 |', '| retokenization | short |', '### recipe',
+                 '"lr": 0.001', f"asvit export {run_dir / 'last.pth.tar'} --variant asvit_hubtest --tag fmnist",
+                 'fashion-mnist', 'license: mit', '@inproceedings{chen2022auto', f"'hf-hub:{HUB_ID}'",
+                 config['weights']['sha256']):
+        assert text in readme
+
+
+def test_export_rejects_weights_of_another_genotype(registry: Path, tmp_path: Path):
+    path = tmp_path / 'other.pth'
+    torch.save(_trained_state(OTHER_GENOTYPE, steps=0), path)
+    with pytest.raises(ValueError, match=f'weights do not fit genotype {GENOTYPE}.*size mismatch'):
+        export_weights(path, 'asvit_hubtest', 'other', root=registry)
+    assert not (registry / 'asvit_hubtest.other').exists()
+
+
+def test_cli_export(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    assert cli_main(['export', str(run_dir / 'last.pth.tar'), '--variant', 'asvit_newarch', '--tag', 'fmnist',
+                     '--registry', str(tmp_path)]) == 0
+    assert 'asvit_newarch.fmnist ->' in capsys.readouterr().out
+    card, = load_registry(tmp_path)  # a tagged folder of an unknown architecture defines it
+    assert card.name == 'asvit_newarch' and card.tags() == ['fmnist'] and str(card.genotype) == GENOTYPE
+
+
+# --------------------------------------------------------------------------- loading
+def test_registered_tag_loads_bit_identical_weights(registry: Path, export_dir: Path):
+    card = {c.name: c for c in load_registry(registry)}['asvit_hubtest']
+    assert card.tags() == ['', 'fmnist']
+    cfg = timm.get_pretrained_cfg('asvit_hubtest.fmnist')
+    assert cfg.file == str(export_dir / 'model.safetensors') and cfg.hf_hub_id == HUB_ID
+    model = timm.create_model('asvit_hubtest.fmnist', pretrained=True)
+    assert (model.num_classes, model.in_chans) == (10, 1)
+    assert model.pretrained_cfg['label_names'] == FASHION_MNIST_CLASSES
+    _assert_same_weights(model, export_dir / 'model.safetensors')
+    assert timm.create_model('asvit_hubtest').num_classes == 1000  # the architecture card stays the default
+    with torch.device('meta'):
+        row = _row(card, timm.create_model('asvit_hubtest'), 28)
+    assert (row.weights, row.hub_id) == ('yes (fmnist)', HUB_ID)
+
+
+def test_local_dir_loads_bit_identical_weights(export_dir: Path):
+    model = timm.create_model(f'local-dir:{export_dir}', pretrained=True)
+    _assert_same_weights(model, export_dir / 'model.safetensors')
+
+
+def _hf_cache(root: Path, repo_id: str, folder: Path) -> Path:
+    """The Hugging Face cache layout of a repo holding ``folder``'s files: blobs, snapshots (links), refs/main."""
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    commit = 'a' * 40
+    for file in folder.iterdir():
+        blob = repo / 'blobs' / sha256_file(file)
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file, blob)
+        link = repo / 'snapshots' / commit / file.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / 'refs').mkdir()
+    (repo / 'refs' / 'main').write_text(commit)
+    return root
+
+
+OFFLINE_SCRIPT = '''
+import json, sys, time
+from pathlib import Path
+import timm, torch
+from safetensors.torch import load_file
+from asvit_zoo.asvit import register_cards
+from asvit_zoo.hub import HubUnavailableError
+from asvit_zoo.registry import load_registry
+
+registry, hub_only, weights, hub_id, genotype = sys.argv[1:]
+register_cards(load_registry(Path(registry)) + load_registry(Path(hub_only)))
+expected = load_file(weights)
+
+def same(model):
+    state = model.state_dict()
+    return state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in expected)
+
+out = {
+    'hf_hub_name': same(timm.create_model('hf-hub:' + hub_id, pretrained=True)),
+    'registered_hub_id': same(timm.create_model('asvit_hubonly.fmnist', pretrained=True)),
+    'overlay_hub_id': same(timm.create_model('asvit', genotype=genotype, num_classes=10, in_chans=1, pretrained=True,
+                                             pretrained_cfg_overlay=dict(hf_hub_id=hub_id))),
+}
+start = time.perf_counter()
+try:
+    timm.create_model('asvit', genotype=genotype, num_classes=10, in_chans=1, pretrained=True,
+                      pretrained_cfg_overlay=dict(hf_hub_id='asvit-zoo/not-cached'))
+except HubUnavailableError as e:
+    out['missing'] = str(e)
+out['missing_seconds'] = time.perf_counter() - start
+print(json.dumps(out))
+'''
+
+
+def test_offline_hf_cache(export_dir: Path, tmp_path: Path):
+    cache = _hf_cache(tmp_path / 'hub', HUB_ID, export_dir)
+    hub_only = tmp_path / 'hub_only' / 'asvit_hubonly.fmnist'  # a registered tag with an hf_hub_id and no file
+    hub_only.mkdir(parents=True)
+    config = json.loads((export_dir / 'config.json').read_text())
+    del config['weights']
+    (hub_only / 'config.json').write_text(json.dumps(dict(config, architecture='asvit_hubonly')))
+    env = dict(os.environ, HF_HOME=str(tmp_path / 'hf_home'), HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE='1')
+    env.pop('HF_TOKEN', None)
+    result = subprocess.run([sys.executable, '-c', OFFLINE_SCRIPT, str(export_dir.parent), str(hub_only.parent),
+                             str(export_dir / 'model.safetensors'), HUB_ID, GENOTYPE],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.splitlines()[-1])
+    assert out['hf_hub_name'] and out['registered_hub_id'] and out['overlay_hub_id']
+    for text in ('hf-hub:asvit-zoo/not-cached: model.safetensors is not in the Hugging Face cache', str(cache),
+                 'HF_HUB_OFFLINE=1 is set', 'hf download asvit-zoo/not-cached', 'local-dir:PATH'):
+        assert text in out['missing']
+    assert out['missing_seconds'] < 5
+
+
+# --------------------------------------------------------------------------- integrity
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize('damage', [_truncate, _flip_byte], ids=['truncated', 'corrupt'])
+def test_local_dir_sha256_mismatch(export_dir: Path, tmp_path: Path, damage):
+    folder = _copy(export_dir, tmp_path)
+    expected = json.loads((folder / 'config.json').read_text())['weights']['sha256']
+    damage(folder / 'model.safetensors')
+    found = sha256_file(folder / 'model.safetensors')
+    with pytest.raises(WeightsError, match='sha256 mismatch') as info:
+        timm.create_model(f'local-dir:{folder}', pretrained=True)
+    assert all(text in str(info.value) for text in (str(folder / 'model.safetensors'), expected, found))
+
+
+def test_local_dir_missing_file(export_dir: Path, tmp_path: Path):
+    folder = _copy(export_dir, tmp_path)
+    (folder / 'model.safetensors').unlink()
+    with pytest.raises(WeightsError, match=f"{folder / 'model.safetensors'}: weights file not found"):
+        timm.create_model(f'local-dir:{folder}', pretrained=True)
+
+
+def test_corrupt_file_without_recorded_sha256(export_dir: Path, tmp_path: Path):
+    path = tmp_path / 'model.safetensors'
+    path.write_bytes((export_dir / 'model.safetensors').read_bytes()[:50])
+    with pytest.raises(WeightsError, match=f'{path}: not a readable safetensors file'):
+        timm.create_model('asvit', genotype=GENOTYPE, **MODEL_KWARGS, pretrained=True,
+                          pretrained_cfg_overlay=dict(file=str(path)))
+
+
+def test_registered_weights_are_checked(run_dir: Path, tmp_path: Path):
+    export_weights(run_dir / 'last.pth.tar', 'asvit_hubdamaged', 'fmnist', root=tmp_path)
+    register_cards(load_registry(tmp_path))
+    weights = tmp_path / 'asvit_hubdamaged.fmnist' / 'model.safetensors'
+    _truncate(weights)
+    with pytest.raises(WeightsError, match=f'{weights}: sha256 mismatch'):
+        timm.create_model('asvit_hubdamaged.fmnist', pretrained=True)
+
+
+def test_wrong_variant(export_dir: Path):
+    with pytest.raises(WeightsError, match=f'weights of another variant: expected genotype {OTHER_GENOTYPE}, '
+                                           f'found genotype {GENOTYPE} \\(architecture asvit_hubtest\\)'):
+        timm.create_model('asvit', genotype=OTHER_GENOTYPE, **MODEL_KWARGS, pretrained=True,
+                          pretrained_cfg_overlay=dict(file=str(export_dir / 'model.safetensors')))
+
+
+def test_wrong_shapes(tmp_path: Path):
+    path = tmp_path / 'plain.safetensors'  # no metadata: only the load can tell
+    save_file(_trained_state(OTHER_GENOTYPE, steps=0), str(path))
+    with pytest.raises(WeightsError) as info:
+        timm.create_model('asvit', genotype=GENOTYPE, **MODEL_KWARGS, pretrained=True,
+                          pretrained_cfg_overlay=dict(file=str(path), input_size=(1, 28, 28)))
+    message = str(info.value)
+    for text in (f'{path}: does not fit asvit: expected genotype {GENOTYPE}', 'found genotype unknown (no metadata)',
+                 "'head.fc.weight': (10, 128)", 'size mismatch'):
+        assert text in message
+
+
+# --------------------------------------------------------------------------- push
+class _FakeApi:
+    calls: list = []
+
+    def __init__(self, token=None):
+        self.token = token
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(('create_repo', repo_id, kwargs))
+
+    def upload_folder(self, **kwargs):
+        self.calls.append(('upload_folder', kwargs))
+        return f"https://huggingface.co/{kwargs['repo_id']}/commit/0"
+
+
+def test_push(export_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, 'HfApi', _FakeApi)
+    _FakeApi.calls = []
+    assert push_folder(export_dir, HUB_ID) == f'https://huggingface.co/{HUB_ID}/commit/0'
+    (_, repo_id, create), (_, upload) = _FakeApi.calls
+    assert repo_id == HUB_ID and create == dict(repo_type='model', private=False, exist_ok=True)
+    assert upload['folder_path'] == export_dir and upload['allow_patterns'] == [
+        'config.json', 'README.md', 'model.safetensors']
+    assert cli_main(['push', export_dir.name, '--repo', HUB_ID, '--registry', str(export_dir.parent)]) == 0
+    assert _FakeApi.calls[2:] == _FakeApi.calls[:2]
+    _FakeApi.calls = []
+    with pytest.raises(ValueError, match=f"hf_hub_id is '{HUB_ID}', not 'org/other'"):
+        push_folder(export_dir, 'org/other')
+    folder = _copy(export_dir, tmp_path)
+    _flip_byte(folder / 'model.safetensors')
+    with pytest.raises(WeightsError, match='sha256 mismatch'):
+        push_folder(folder, HUB_ID)
+    assert _FakeApi.calls == []  # nothing uploaded
