@@ -1,0 +1,60 @@
+"""mmdetection integration of asvit-zoo (installed as ``asvit_zoo.detection``).
+
+Importing it registers the ``AsViT`` backbone in mmdet's MODELS and the
+``TimmLayerDecayOptimWrapperConstructor`` in mmdet's OPTIM_WRAPPER_CONSTRUCTORS; configs load it with
+``custom_imports = dict(imports=['asvit_zoo.detection'], allow_failed_imports=False)``.
+The shipped configs are in ``configs/`` (see :func:`config_path`).
+"""
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import numpy as np
+import torch
+from mmengine.config import Config
+from mmengine.logging import HistoryBuffer
+
+from .backbone import AsViT, create_asvit
+from .layer_decay import TimmLayerDecayOptimWrapperConstructor
+
+__all__ = ['AsViT', 'TimmLayerDecayOptimWrapperConstructor', 'allow_mmengine_checkpoints', 'config_path',
+           'create_asvit', 'list_configs', 'load_config']
+
+CONFIG_DIR = Path(__file__).resolve().parent / 'configs'
+
+
+def list_configs() -> List[str]:
+    """Names of the shipped configs (file names without ``.py``), sorted."""
+    return sorted(p.stem for p in CONFIG_DIR.glob('*.py'))
+
+
+def config_path(name: str) -> Path:
+    """Path of a shipped config, by name (``mask-rcnn_asvit-large_fpn_1x_coco``) or by path."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    path = CONFIG_DIR / f'{name.removesuffix(".py")}.py'
+    if not path.is_file():
+        raise FileNotFoundError(f'config {name!r} is neither a file nor a shipped config; shipped: {list_configs()}')
+    return path
+
+
+def load_config(config: Union[str, Path], work_dir: Optional[Union[str, Path]] = None,
+                cfg_options: Optional[Dict[str, Any]] = None) -> Config:
+    """A config by name or path, with ``cfg_options`` merged and ``work_dir`` set (default:
+    ``work_dirs/<config name>``, as mmdet's tools do)."""
+    path = config_path(str(config))
+    cfg = Config.fromfile(str(path))
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    cfg.work_dir = str(work_dir) if work_dir is not None else cfg.get('work_dir') or str(Path('work_dirs') / path.stem)
+    return cfg
+
+
+def allow_mmengine_checkpoints() -> None:
+    """Let ``torch.load`` with ``weights_only=True`` (the default since torch 2.6, which mmengine 0.10's
+    ``load_checkpoint`` and resume rely on) read mmengine's training checkpoints: besides tensors, their
+    message hub holds ``HistoryBuffer`` objects of numpy arrays and scalars. The tools call this."""
+    core = np._core if hasattr(np, '_core') else np.core
+    numpy_dtypes = [type(np.dtype(code)) for code in np.typecodes['All'] if code != 'O']
+    torch.serialization.add_safe_globals([HistoryBuffer, np.ndarray, np.dtype, *numpy_dtypes, core.multiarray.scalar,
+                                          core.multiarray._reconstruct, getattr])

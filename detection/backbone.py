@@ -1,0 +1,111 @@
+"""As-ViT as an mmdetection backbone: a thin adapter over the timm model of :mod:`asvit_zoo`.
+
+The adapter creates the library model, prunes what detection does not use (stages after the last
+output, the final norm, the classifier head) and returns the stages' NCHW maps at strides 4/8/16/32.
+The library model pads internally, so padded, non-square mmdet batches of any size pass unchanged.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import timm
+import torch
+import torch.nn as nn
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+
+from mmdet.registry import MODELS
+
+from asvit_zoo import checkpoint_filter_fn
+from asvit_zoo.weights import load_weights
+
+__all__ = ['AsViT', 'create_asvit']
+
+
+def create_asvit(arch: str, **kwargs: Any) -> nn.Module:
+    """The library model of ``arch``: a registered variant name, or a scaled genotype string K,S,E,L|...|H,C."""
+    if '|' in arch:
+        return timm.create_model('asvit', genotype=arch, **kwargs)
+    if not timm.is_model(arch) or not arch.startswith('asvit_'):
+        raise ValueError(f'AsViT arch must be a registered As-ViT variant ({", ".join(timm.list_models("asvit_*"))}) '
+                         f'or a genotype string K,S,E,L|K,S,E,L|K,S,E,L|K,S,E,L|H,C, got {arch!r}')
+    return timm.create_model(arch, **kwargs)
+
+
+@MODELS.register_module()
+class AsViT(BaseModule):
+    """As-ViT backbone.
+
+    Args:
+        arch: A registered variant (``asvit_large``) or a scaled genotype string.
+        out_indices: Stages whose outputs are returned (0-3: strides 4, 8, 16, 32).
+        frozen_stages: -1 freezes nothing, 0 the stage-1 tokenizer, ``i >= 1`` also stages ``0..i-1``.
+        drop_path_rate: Stochastic depth rate, linearly increasing over the blocks.
+        with_cp: Gradient checkpointing of the blocks.
+        norm_eval: Keep the normalization layers in eval mode while training.
+        init_cfg: ``dict(type='Pretrained', checkpoint=SOURCE)``, SOURCE being a checkpoint file
+            (safetensors or torch), ``local-dir:PATH``, ``hf-hub:ORG/NAME`` or a registered variant
+            (with tag) that has weights; weights in the authors' layout are converted.
+    """
+
+    def __init__(self,
+                 arch: str = 'asvit_large',
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1,
+                 drop_path_rate: float = 0.1,
+                 with_cp: bool = False,
+                 norm_eval: bool = False,
+                 init_cfg: Optional[Dict[str, Any]] = None) -> None:
+        if init_cfg is not None and init_cfg.get('type') != 'Pretrained':
+            raise ValueError(f"AsViT init_cfg must be None or dict(type='Pretrained', checkpoint=...), got {init_cfg}")
+        super().__init__(init_cfg=init_cfg)
+        self.model = create_asvit(arch, num_classes=0, drop_path_rate=drop_path_rate)
+        num_stages = len(self.model.stages)
+        if not out_indices or any(not 0 <= i < num_stages for i in out_indices):
+            raise ValueError(f'AsViT out_indices must be stage indices in [0, {num_stages}), got {out_indices}')
+        if not -1 <= frozen_stages <= num_stages:
+            raise ValueError(f'AsViT frozen_stages must be in [-1, {num_stages}], got {frozen_stages}')
+        self.out_indices = tuple(self.model.prune_intermediate_layers(list(out_indices), prune_norm=True,
+                                                                      prune_head=True))
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.model.set_grad_checkpointing(with_cp)
+        self._freeze_stages()
+
+    @property
+    def channels(self) -> Tuple[int, ...]:
+        """Channels of the returned maps."""
+        return tuple(self.model.feature_info[i]['num_chs'] for i in self.out_indices)
+
+    def _freeze_stages(self) -> None:
+        frozen = [self.model.patch_embed] if self.frozen_stages >= 0 else []
+        frozen += list(self.model.stages[:max(self.frozen_stages, 0)])
+        for module in frozen:
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'AsViT':
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, (nn.LayerNorm, nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
+                    module.eval()
+        return self
+
+    def init_weights(self) -> None:
+        """Load the ``Pretrained`` weights (missing and unexpected keys are logged); without init_cfg the
+        model keeps the As-ViT initialisation it was built with."""
+        if self.init_cfg is None:
+            return
+        source = self.init_cfg['checkpoint']
+        state_dict = checkpoint_filter_fn(load_weights(source), self.model)
+        missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
+        print_log(f'AsViT: loaded {len(state_dict) - len(unexpected)} tensors from {source}; '
+                  f'missing keys: {missing or "none"}; unexpected keys: {unexpected or "none"}', logger='current')
+        self._is_init = True
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        return tuple(self.model.forward_intermediates(x, indices=list(self.out_indices), intermediates_only=True))
+

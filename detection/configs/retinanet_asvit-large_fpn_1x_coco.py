@@ -1,0 +1,6 @@
+_base_ = './_base_/retinanet_asvit_fpn_1x_coco.py'
+
+# neck in_channels: the channels of asvit_large's stages 2-4 (tests/test_detection.py checks them against the registry).
+model = dict(
+    backbone=dict(arch='asvit_large', out_indices=(1, 2, 3), init_cfg=dict(checkpoint='asvit_large')),
+    neck=dict(in_channels=[252, 504, 1008]))

@@ -1,0 +1,332 @@
+"""mmdetection integration: the AsViT backbone adapter, Pretrained loading, layer decay, the shipped configs,
+the Fashion-MNIST COCO generator, a loss/backward step of Mask R-CNN and RetinaNet, and the Runner tools.
+
+Everything runs on small images with a tiny genotype (or asvit_seed); the COCO configs are built, not trained.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import runpy
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+import pytest
+import timm
+import torch
+from mmengine.config import Config
+from mmengine.dataset import pseudo_collate
+from mmengine.optim import build_optim_wrapper
+from mmengine.registry import init_default_scope
+from mmengine.runner import Runner
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from safetensors.torch import save_file
+
+import asvit_zoo.detection.backbone as backbone_module
+from asvit_zoo import load_registry
+from asvit_zoo.datasets import FASHION_MNIST_CLASSES
+from asvit_zoo.detection import (AsViT, allow_mmengine_checkpoints, config_path, create_asvit, list_configs,
+                                 load_config)
+from asvit_zoo.detection.fmnist_coco import SceneConfig, annotation_file, data_root_options, make_dataset, make_split
+from asvit_zoo.weights import load_weights
+from mmdet.registry import DATASETS, MODELS
+
+from conftest import REPO_ROOT
+
+TINY = '4,2,2,1|2,1,2,1|2,1,2,1|2,1,2,1|16,16'
+FMNIST_CONFIG = 'mask-rcnn_asvit-seed_fpn_fmnist'
+RETINANET_CONFIG = 'retinanet_asvit-large_fpn_1x_coco'
+SMALL_SCENES = SceneConfig(canvas=(96, 144), item_side=(28, 72), max_items=3, seed=1)
+COCO_CONFIGS = [name for name in list_configs() if name.endswith('_coco')]
+REGISTERED = {card.name for card in load_registry()}
+
+pytestmark = pytest.mark.filterwarnings('ignore::UserWarning')
+
+
+@pytest.fixture(autouse=True)
+def _mmdet_scope() -> None:
+    init_default_scope('mmdet')
+
+
+@pytest.fixture(scope='module')
+def fmnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp('fmnist_coco')
+    make_dataset(root, num_train=6, num_val=4, config=SMALL_SCENES)
+    return root
+
+
+@lru_cache(maxsize=None)
+def _stage_channels(arch: str) -> Tuple[int, ...]:
+    return tuple(info['num_chs'] for info in create_asvit(arch, num_classes=0).feature_info)
+
+
+def _channels(arch: str, out_indices: Tuple[int, ...] = (0, 1, 2, 3)) -> List[int]:
+    return [_stage_channels(arch)[i] for i in out_indices]
+
+
+def _tiny_options(out_indices: Tuple[int, ...] = (0, 1, 2, 3)) -> Dict[str, Any]:
+    return {'model.backbone.arch': TINY, 'model.backbone.init_cfg': None,
+            'model.backbone.out_indices': out_indices, 'model.neck.in_channels': _channels(TINY, out_indices)}
+
+
+# --------------------------------------------------------------------------- backbone
+@pytest.mark.parametrize('shape', [(2, 3, 128, 96), (1, 3, 100, 157), (1, 3, 32, 32)])
+def test_backbone_maps_at_strides_4_to_32_for_any_size(shape: Tuple[int, ...]) -> None:
+    backbone = MODELS.build(dict(type='AsViT', arch=TINY))
+    outs = backbone(torch.randn(shape))
+    assert len(outs) == 4
+    for out, channels, stride in zip(outs, backbone.channels, (4, 8, 16, 32)):
+        assert out.shape == (shape[0], channels, -(-shape[2] // stride), -(-shape[3] // stride))
+    assert list(backbone.channels) == _channels(TINY)
+
+
+def test_backbone_out_indices_prune_and_registered_variant() -> None:
+    backbone = MODELS.build(dict(type='AsViT', arch='asvit_seed', out_indices=(1, 2)))
+    assert len(backbone.model.stages) == 3 and isinstance(backbone.model.norm, torch.nn.Identity)
+    assert not any(name.startswith('head.') for name, _ in backbone.model.named_parameters())
+    outs = backbone(torch.randn(1, 3, 64, 80))
+    assert [o.shape[1] for o in outs] == list(timm.create_model('asvit_seed').feature_info[i]['num_chs']
+                                               for i in (1, 2))
+
+
+def test_backbone_frozen_stages_with_cp_and_norm_eval() -> None:
+    backbone = MODELS.build(dict(type='AsViT', arch=TINY, frozen_stages=2, with_cp=True, norm_eval=True))
+    backbone.train()
+    frozen = [backbone.model.patch_embed, backbone.model.stages[0], backbone.model.stages[1]]
+    assert all(not p.requires_grad for m in frozen for p in m.parameters())
+    assert all(p.requires_grad for m in backbone.model.stages[2:] for p in m.parameters())
+    assert not any(m.training for m in frozen)
+    assert all(not m.training for m in backbone.modules() if isinstance(m, torch.nn.LayerNorm))
+    assert all(stage.grad_checkpointing for stage in backbone.model.stages)
+    x = torch.randn(1, 3, 64, 64)
+    sum(o.sum() for o in backbone(x)).backward()
+    assert backbone.model.stages[3].blocks[0].mlp.fc1.weight.grad is not None
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(arch='resnet50'), 'registered As-ViT variant'),
+    (dict(arch=TINY, out_indices=(4,)), 'out_indices'),
+    (dict(arch=TINY, frozen_stages=7), 'frozen_stages'),
+    (dict(arch=TINY, init_cfg=dict(type='Normal')), 'Pretrained'),
+])
+def test_backbone_rejects_bad_arguments(kwargs: Dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        MODELS.build(dict(type='AsViT', **kwargs))
+
+
+# --------------------------------------------------------------------------- Pretrained weights
+def _save(source: Dict[str, torch.Tensor], path: Path) -> str:
+    if path.suffix == '.safetensors':
+        save_file(source, str(path))
+    else:  # a training checkpoint: wrapped and with DistributedDataParallel's prefix
+        torch.save({'state_dict': {f'module.{k}': v for k, v in source.items()}, 'epoch': 3}, path)
+    return str(path)
+
+
+@pytest.mark.parametrize('file_name', ['weights.safetensors', 'checkpoint.pth', 'local-dir'])
+def test_pretrained_init_cfg_loads_our_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               file_name: str) -> None:
+    source = {k: v.contiguous() for k, v in timm.create_model('asvit', genotype=TINY, num_classes=10).state_dict().items()}
+    if file_name == 'local-dir':
+        _save(source, tmp_path / 'model.safetensors')
+        checkpoint = f'local-dir:{tmp_path}'
+    else:
+        checkpoint = _save(source, tmp_path / file_name)
+    logged: List[str] = []
+    monkeypatch.setattr(backbone_module, 'print_log', lambda msg, **kwargs: logged.append(msg))
+    backbone = MODELS.build(dict(type='AsViT', arch=TINY, init_cfg=dict(type='Pretrained', checkpoint=checkpoint)))
+    backbone.init_weights()
+    state = backbone.model.state_dict()
+    assert state and all(torch.equal(value, source[key]) for key, value in state.items())
+    assert len(logged) == 1 and 'missing keys: none' in logged[0]
+    unused = sorted(set(source) - set(state))
+    assert unused and all(key.startswith(('head.', 'norm.')) for key in unused)
+    reported_unexpected = logged[0].split('unexpected keys:')[1]
+    assert all(f"'{key}'" in reported_unexpected for key in unused)
+
+
+def test_pretrained_reports_missing_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = timm.create_model('asvit', genotype=TINY).state_dict()
+    partial = {k: v for k, v in source.items() if not k.startswith('stages.3.')}
+    checkpoint = _save(partial, tmp_path / 'partial.pth')
+    logged: List[str] = []
+    monkeypatch.setattr(backbone_module, 'print_log', lambda msg, **kwargs: logged.append(msg))
+    backbone = MODELS.build(dict(type='AsViT', arch=TINY, init_cfg=dict(type='Pretrained', checkpoint=checkpoint)))
+    backbone.init_weights()
+    assert "'stages.3.blocks.0.mlp.fc1.weight'" in logged[0].split('unexpected keys')[0]
+
+
+def test_load_weights_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    with pytest.raises(FileNotFoundError, match='model.safetensors'):
+        load_weights(f'local-dir:{tmp_path}')
+    with pytest.raises(FileNotFoundError, match='neither a file nor an hf_hub_id'):
+        load_weights('asvit_seed')
+    with pytest.raises(FileNotFoundError, match='neither an existing file'):
+        load_weights('no_such_model')
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+    monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'hub'))
+    with pytest.raises(FileNotFoundError, match='not in the local Hugging Face cache'):
+        load_weights('hf-hub:asvit-zoo-tests/not-a-repo')
+
+
+# --------------------------------------------------------------------------- layer decay
+def test_layer_decay_constructor_scales_backbone_lr_by_depth() -> None:
+    cfg = load_config('mask-rcnn_asvit-large_fpn_1x_coco', cfg_options=_tiny_options())
+    model = MODELS.build(cfg.model)
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    base_lr, rate = cfg.optim_wrapper.optimizer.lr, cfg.optim_wrapper.paramwise_cfg.layer_decay_rate
+    lr_of = {id(p): group['lr'] for group in wrapper.optimizer.param_groups for p in group['params']}
+    assert sum(len(g['params']) for g in wrapper.optimizer.param_groups) == len(list(model.parameters())) == len(lr_of)
+    backbone = model.backbone.model
+    last_block = backbone.stages[3].blocks[0].mlp.fc1.weight
+    assert lr_of[id(last_block)] == pytest.approx(base_lr)
+    # timm's grouping (the model's group_matcher): a stage's patch merging shares the layer of its first block
+    assert lr_of[id(backbone.stages[3].downsample.reduction.weight)] == pytest.approx(base_lr)
+    assert lr_of[id(backbone.stages[2].blocks[0].mlp.fc1.weight)] == pytest.approx(base_lr * rate)
+    num_blocks = sum(len(stage.blocks) for stage in backbone.stages)
+    assert lr_of[id(backbone.patch_embed.proj.weight)] == pytest.approx(base_lr * rate ** num_blocks)
+    assert all(lr_of[id(p)] == pytest.approx(base_lr) for p in model.neck.parameters())
+    decay_of = {id(p): group['weight_decay'] for group in wrapper.optimizer.param_groups for p in group['params']}
+    assert decay_of[id(last_block)] == cfg.optim_wrapper.optimizer.weight_decay
+    assert decay_of[id(backbone.stages[3].blocks[0].norm1.weight)] == 0
+
+
+# --------------------------------------------------------------------------- configs
+def _skip_unregistered(arch: str) -> None:
+    if '|' not in arch and arch not in REGISTERED:
+        pytest.skip(f'{arch} is not in the registry (yet): a config for a variant that the scaling run adds')
+
+
+@pytest.mark.parametrize('name', list_configs())
+def test_config_neck_in_channels_match_the_registry(name: str) -> None:
+    """The literal neck in_channels of every config are the channels of its backbone's stages."""
+    backbone = Config.fromfile(str(config_path(name))).model.backbone
+    _skip_unregistered(backbone.arch)
+    expected = _channels(backbone.arch, tuple(backbone.out_indices))
+    neck = Config.fromfile(str(config_path(name))).model.neck.in_channels
+    assert list(neck) == expected, f'{config_path(name)}: neck in_channels {neck}, {backbone.arch} has {expected}'
+
+
+@pytest.mark.parametrize('name', list_configs())
+def test_every_config_builds(name: str) -> None:
+    cfg = load_config(name, cfg_options={'model.backbone.init_cfg': None})
+    _skip_unregistered(cfg.model.backbone.arch)
+    assert cfg.custom_imports.imports == ['asvit_zoo.detection']
+    model = MODELS.build(cfg.model)
+    assert isinstance(model.backbone, AsViT)
+    assert list(model.backbone.channels) == list(cfg.model.neck.in_channels)
+    assert cfg.optim_wrapper.optimizer.type == 'AdamW'
+    assert cfg.optim_wrapper.constructor == 'TimmLayerDecayOptimWrapperConstructor'
+
+
+def test_coco_configs_cover_three_detectors_and_variants() -> None:
+    expected = {f'{detector}_asvit-{variant}_fpn_{schedule}_coco'
+                for variant in ('small', 'base', 'large')
+                for detector, schedule in (('mask-rcnn', '1x'), ('mask-rcnn', 'ms-crop-3x'), ('retinanet', '1x'))}
+    assert set(COCO_CONFIGS) == expected
+    three_x = load_config('mask-rcnn_asvit-large_fpn_ms-crop-3x_coco')
+    assert three_x.train_cfg.max_epochs == 36 and three_x.train_dataloader.dataset.type == 'CocoDataset'
+
+
+def test_fmnist_config_classes_are_fashion_mnist() -> None:
+    cfg = load_config(FMNIST_CONFIG)
+    assert tuple(cfg.train_dataloader.dataset.metainfo.classes) == FASHION_MNIST_CLASSES
+    assert cfg.train_dataloader.dataset.type == 'CocoDataset' and cfg.val_evaluator.type == 'CocoMetric'
+
+
+# --------------------------------------------------------------------------- the generated dataset
+def test_fmnist_coco_is_deterministic_and_valid(tmp_path: Path, fmnist_root: Path) -> None:
+    again = make_split(tmp_path, 'val', 4, SMALL_SCENES)
+    assert again.read_bytes() == annotation_file(fmnist_root, 'val').read_bytes()
+    assert (tmp_path / 'val' / '000003.png').read_bytes() == (fmnist_root / 'val' / '000003.png').read_bytes()
+    coco = COCO(str(annotation_file(fmnist_root, 'train')))
+    assert [c['name'] for c in coco.loadCats(coco.getCatIds())] == list(FASHION_MNIST_CLASSES)
+    for image in coco.loadImgs(coco.getImgIds()):
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=image['id']))
+        assert 1 <= len(anns) <= SMALL_SCENES.max_items
+        assert SMALL_SCENES.canvas[0] <= min(image['height'], image['width'])
+        assert max(image['height'], image['width']) <= SMALL_SCENES.canvas[1]
+        for ann in anns:
+            mask = mask_utils.decode(ann['segmentation'])
+            rows, cols = np.nonzero(mask)
+            assert ann['bbox'] == [cols.min(), rows.min(), cols.max() - cols.min() + 1, rows.max() - rows.min() + 1]
+            assert ann['area'] == mask.sum() and 1 <= ann['category_id'] <= 10
+    assert make_split(tmp_path, 'train', 2, SceneConfig(seed=2)).read_bytes() != annotation_file(
+        fmnist_root, 'train').read_bytes()
+
+
+def test_scene_config_rejects_items_larger_than_the_canvas() -> None:
+    with pytest.raises(ValueError, match='item_side'):
+        SceneConfig(canvas=(64, 96), item_side=(28, 80))
+
+
+# --------------------------------------------------------------------------- detectors on the generated data
+def _detector_and_batch(name: str, fmnist_root: Path, options: Dict[str, Any]) -> Tuple[torch.nn.Module, dict]:
+    data_cfg = load_config(FMNIST_CONFIG, cfg_options=data_root_options(fmnist_root))
+    model = MODELS.build(load_config(name, cfg_options=options).model)
+    dataset = DATASETS.build(data_cfg.train_dataloader.dataset)
+    return model, model.data_preprocessor(pseudo_collate([dataset[0], dataset[1]]), True)
+
+
+@pytest.mark.parametrize('name, options', [
+    (FMNIST_CONFIG, _tiny_options()),
+    (RETINANET_CONFIG, {**_tiny_options((1, 2, 3)), 'model.bbox_head.num_classes': 10}),
+])
+def test_loss_and_backward_on_generated_data(fmnist_root: Path, name: str, options: Dict[str, Any]) -> None:
+    torch.manual_seed(0)
+    model, data = _detector_and_batch(name, fmnist_root, options)
+    model.train()
+    loss, log_vars = model.parse_losses(model.loss(data['inputs'], data['data_samples']))
+    assert torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in model.backbone.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+    if name == FMNIST_CONFIG:
+        assert {'loss_rpn_cls', 'loss_cls', 'loss_bbox', 'loss_mask'} <= set(log_vars)
+
+
+def test_runner_trains_two_iterations_evaluates_and_resumes(fmnist_root: Path, tmp_path: Path) -> None:
+    """tools/det_train.py (2 iterations, evaluated), --resume to 3, det_test.py and det_infer.py, on a user config
+    that inherits the shipped one (a genotype string cannot pass through --cfg-options: its commas split it)."""
+    config = tmp_path / 'tiny_fmnist.py'
+    config.write_text(f"_base_ = '{config_path(FMNIST_CONFIG)}'\n"
+                      f"model = dict(backbone=dict(arch='{TINY}'), neck=dict(in_channels={_channels(TINY)}))\n")
+    options = {**data_root_options(fmnist_root), 'train_cfg.max_iters': 2, 'train_cfg.val_interval': 2,
+               'param_scheduler.0.end': 1, 'param_scheduler.1.begin': 1, 'param_scheduler.1.end': 3,
+               'train_dataloader.batch_size': 2, 'default_hooks.checkpoint.interval': 1,
+               'default_hooks.logger.interval': 1, 'model.test_cfg.rcnn.score_thr': 0.0}
+    work_dir = tmp_path / 'work'
+    allow_mmengine_checkpoints()
+    runner = Runner.from_cfg(load_config(config, work_dir, options))
+    runner.train()
+    assert runner.iter == 2 and (work_dir / 'iter_2.pth').is_file()
+    scalars = [json.loads(line) for path in work_dir.glob('*/vis_data/scalars.json')
+               for line in path.read_text().splitlines()]
+    assert any('coco/bbox_mAP' in record and 'coco/segm_mAP' in record for record in scalars)
+    logging.getLogger().handlers.clear()
+
+    tools = REPO_ROOT / 'tools'
+    cli_options = [f'{key}={value}' for key, value in options.items()]
+    runpy.run_path(str(tools / 'det_train.py'))['main']([
+        str(config), '--work-dir', str(work_dir), '--resume', '--cfg-options', *cli_options,
+        'train_cfg.max_iters=3'])
+    assert torch.load(work_dir / 'iter_3.pth', weights_only=True)['meta']['iter'] == 3
+
+    metrics_file = tmp_path / 'metrics.json'
+    runpy.run_path(str(tools / 'det_test.py'))['main']([
+        str(config), str(work_dir / 'iter_3.pth'), '--work-dir', str(tmp_path / 'test'),
+        '--metrics-out', str(metrics_file), '--cfg-options', *cli_options])
+    metrics = json.loads(metrics_file.read_text())
+    assert all(0 <= metrics[f'coco/{kind}_mAP'] <= 1 for kind in ('bbox', 'segm'))
+
+    png = tmp_path / 'prediction.png'
+    runpy.run_path(str(tools / 'det_infer.py'))['main']([
+        str(config), str(work_dir / 'iter_3.pth'), str(fmnist_root / 'val' / '000001.png'), '--out', str(png),
+        '--score-thr', '0.0', '--cfg-options', *cli_options])
+    assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

@@ -1,0 +1,40 @@
+"""Evaluate a detector checkpoint with mmengine's Runner, as mmdet's tools/test.py does:
+
+    python tools/det_test.py mask-rcnn_asvit-seed_fpn_fmnist work_dirs/seed/iter_3000.pth --metrics-out m.json
+
+The metrics (COCO bbox and segm mAP for the shipped configs) are printed and, with --metrics-out, written
+as JSON.
+"""
+import argparse
+import json
+import sys
+from typing import Optional, Sequence
+
+from mmengine.config import DictAction
+from mmengine.runner import Runner
+
+from asvit_zoo.detection import allow_mmengine_checkpoints, load_config
+from asvit_zoo.fileio import write_json
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description='Evaluate a detector checkpoint (mmengine Runner).')
+    parser.add_argument('config', help='shipped config name or config file')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='folder for the logs (default: work_dirs/<config>)')
+    parser.add_argument('--metrics-out', help='write the metrics to this JSON file')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys, key=value')
+    args = parser.parse_args(argv)
+    allow_mmengine_checkpoints()
+    cfg = load_config(args.config, args.work_dir, args.cfg_options)
+    cfg.load_from = args.checkpoint
+    metrics = {key: float(value) if isinstance(value, (int, float)) else value
+               for key, value in Runner.from_cfg(cfg).test().items()}
+    print(json.dumps(metrics, indent=2))
+    if args.metrics_out:
+        write_json(args.metrics_out, metrics)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
