@@ -171,13 +171,18 @@ class WindowAttention(nn.Module):
 
 
 class AsViTBlock(nn.Module):
-    """Pre-norm block: window attention over an S x S split of the grid, then an MLP. NHWC -> NHWC."""
+    """Pre-norm block: window attention over an S x S split of the grid, then an MLP. NHWC -> NHWC.
+
+    With ``window_side`` set, windows keep that side (in tokens) at any grid size instead, as Swin's do.
+    """
 
     def __init__(self, dim: int, num_heads: int, split: int, mlp_ratio: float, qkv_bias: bool = True,
                  proj_drop: float = 0., attn_drop: float = 0., drop_path: float = 0.,
-                 norm_layer: Callable = _LayerNormRef, act_layer: Callable = nn.GELU):
+                 norm_layer: Callable = _LayerNormRef, act_layer: Callable = nn.GELU,
+                 window_side: Optional[int] = None):
         super().__init__()
         self.split = split
+        self.window_side = window_side
         self.norm1 = norm_layer(dim)
         self.attn = WindowAttention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
@@ -187,8 +192,13 @@ class AsViTBlock(nn.Module):
 
     def _attention(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
-        win_h, n_h = window_grid(H, self.split)
-        win_w, n_w = window_grid(W, self.split)
+        side = self.window_side
+        if side is None:
+            win_h, n_h = window_grid(H, self.split)
+            win_w, n_w = window_grid(W, self.split)
+        else:
+            win_h, win_w = min(side, H), min(side, W)
+            n_h, n_w = math.ceil(H / win_h), math.ceil(W / win_w)
         pad_h, pad_w = win_h * n_h - H, win_w * n_w - W
         mask: Optional[torch.Tensor] = None
         if pad_h or pad_w:
@@ -274,9 +284,14 @@ class AsViT(nn.Module):
             drop_path_rate: float = 0.,
             norm_layer: Callable = _LayerNormRef,
             act_layer: Callable = nn.GELU,
+            window_img_size: Optional[int] = None,
     ):
+        """``window_img_size``: None (default) cuts every stage's grid into S x S windows at any input size, as
+        the genotype says; an image size (e.g. 224 for detection) fixes each stage's window side to the one the
+        S x S split gives at that size, so larger inputs get more windows of the same size (Swin-like cost)."""
         super().__init__()
         self.genotype = resolve_genotype(genotype, embed_dim, depths)
+        self.window_img_size = window_img_size
         self.num_classes = num_classes
         self.global_pool = _check_pool(global_pool)
         self.output_fmt = 'NHWC'
@@ -290,12 +305,18 @@ class AsViT(nn.Module):
 
         self.patch_embed = ElasticPatchEmbed(in_chans, widths[0], g.kernels[0], norm_layer=norm_layer)
         dpr = [x.tolist() for x in torch.linspace(0, drop_path_rate, sum(g.depths), device='cpu').split(list(g.depths))]
+        window_sides: List[Optional[int]] = [None] * len(widths)
+        if window_img_size is not None:
+            grid = math.ceil(window_img_size / STEM_STRIDE)
+            for i, split in enumerate(g.splits):
+                window_sides[i] = window_grid(grid, split)[0]
+                grid = math.ceil(grid / MERGE_STRIDE)
         self.stages = nn.Sequential(*[
             AsViTStage(
                 dim=widths[max(i - 1, 0)], out_dim=widths[i], depth=g.depths[i], num_heads=heads[i],
                 split=g.splits[i], mlp_ratio=g.expansions[i], merge_kernel=g.kernels[i] if i > 0 else None,
                 drop_path=dpr[i], qkv_bias=qkv_bias, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate,
-                norm_layer=norm_layer, act_layer=act_layer)
+                norm_layer=norm_layer, act_layer=act_layer, window_side=window_sides[i])
             for i in range(len(widths))])
         self.feature_info = [
             dict(num_chs=w, reduction=STEM_STRIDE * MERGE_STRIDE ** i, module=f'stages.{i}')

@@ -43,6 +43,9 @@ class AsViT(BaseModule):
         drop_path_rate: Stochastic depth rate, linearly increasing over the blocks.
         with_cp: Gradient checkpointing of the blocks.
         norm_eval: Keep the normalization layers in eval mode while training.
+        window_img_size: Image size at which the genotype's S x S attention split fixes each stage's window
+            side (default 224, the pretraining size): detection inputs get more windows of that side, as in
+            Swin. None keeps S x S windows at any input size (attention cost quadratic in the image area).
         init_cfg: ``dict(type='Pretrained', checkpoint=SOURCE)``, SOURCE being a checkpoint file
             (safetensors or torch), ``local-dir:PATH``, ``hf-hub:ORG/NAME`` or a registered variant
             (with tag) that has weights; weights in the authors' layout are converted.
@@ -55,11 +58,12 @@ class AsViT(BaseModule):
                  drop_path_rate: float = 0.1,
                  with_cp: bool = False,
                  norm_eval: bool = False,
+                 window_img_size: Optional[int] = 224,
                  init_cfg: Optional[Dict[str, Any]] = None) -> None:
         if init_cfg is not None and init_cfg.get('type') != 'Pretrained':
             raise ValueError(f"AsViT init_cfg must be None or dict(type='Pretrained', checkpoint=...), got {init_cfg}")
         super().__init__(init_cfg=init_cfg)
-        self.model = create_asvit(arch, num_classes=0, drop_path_rate=drop_path_rate)
+        self.model = create_asvit(arch, num_classes=0, drop_path_rate=drop_path_rate, window_img_size=window_img_size)
         num_stages = len(self.model.stages)
         if not out_indices or any(not 0 <= i < num_stages for i in out_indices):
             raise ValueError(f'AsViT out_indices must be stage indices in [0, {num_stages}), got {out_indices}')

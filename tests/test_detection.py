@@ -330,3 +330,12 @@ def test_runner_trains_two_iterations_evaluates_and_resumes(fmnist_root: Path, t
         str(config), str(work_dir / 'iter_3.pth'), str(fmnist_root / 'val' / '000001.png'), '--out', str(png),
         '--score-thr', '0.0', '--cfg-options', *cli_options])
     assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_backbone_windows_keep_their_224_side():
+    """Detection inputs get more windows of the 224 side (Swin-like cost), unless window_img_size=None."""
+    from asvit_zoo.detection.backbone import AsViT as AsViTBackbone
+    fixed = AsViTBackbone(arch='asvit_seed')
+    assert [stage.blocks[0].window_side for stage in fixed.model.stages] == [28, 28, 14, 7]
+    per_split = AsViTBackbone(arch='asvit_seed', window_img_size=None)
+    assert all(stage.blocks[0].window_side is None for stage in per_split.model.stages)

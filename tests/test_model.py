@@ -138,6 +138,28 @@ def test_padded_windows_equal_unpadded_attention(grid, split, fused):
     assert torch.allclose(got, want, atol=1e-5)
 
 
+def test_window_img_size_fixes_window_sides():
+    """Windows fixed at their 224 side: equal outputs at 224, more windows of the same side on larger inputs."""
+    torch.manual_seed(0)
+    split_windows = timm.create_model('asvit_seed').eval()
+    fixed = timm.create_model('asvit_seed', window_img_size=224).eval()
+    fixed.load_state_dict(split_windows.state_dict())
+    assert [stage.blocks[0].window_side for stage in fixed.stages] == [28, 28, 14, 7]  # splits 2,1,1,1 at 224
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(fixed(x), split_windows(x), atol=1e-6)
+        block = fixed.stages[0].blocks[0]
+        tokens = torch.randn(1, 60, 90, block.norm1.normalized_shape[0])
+        got = block._attention(tokens)
+        want = torch.empty_like(tokens)
+        for i in range(0, 60, 28):
+            for j in range(0, 90, 28):
+                window = tokens[:, i:i + 28, j:j + 28]
+                b, h, w, c = window.shape
+                want[:, i:i + 28, j:j + 28] = block.attn(window.reshape(b, h * w, c)).reshape(b, h, w, c)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
 def test_window_grid_every_window_has_real_tokens():
     for size in range(1, 80):
         for split in (1, 2, 4, 8):
