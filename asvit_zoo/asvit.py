@@ -39,7 +39,7 @@ from .genotype import Genotype
 from .hub import describe_mismatch, resolve_weights
 from .registry import VariantCard, load_registry
 
-__all__ = ['AsViT', 'checkpoint_filter_fn', 'register_cards']
+__all__ = ['AsViT', 'checkpoint_filter_fn', 'register_cards', 'registered_card']
 
 STEM_STRIDE = 4
 MERGE_STRIDE = 2
@@ -559,6 +559,11 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
 _CARDS: Dict[str, VariantCard] = {}
 
 default_cfgs = generate_default_cfgs({'asvit': _cfg()})
+
+
+def registered_card(name: str) -> Optional[VariantCard]:
+    """The registry card behind a registered variant name (without tag), None for another name."""
+    return _CARDS.get(name)
 
 
 def list_pretrained_variants() -> List[str]:

@@ -25,12 +25,14 @@ from .fileio import atomic_write, write_json, write_text
 from .genotype import Genotype
 from .registry import (CONFIG_FILE, DEFAULT_PRETRAINED_CFG, CARD_FILE, VariantCard, load_card, load_registry,
                        registry_root, render_model_card)
-from .weights import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, WEIGHTS_FILE
 
 __all__ = ['WeightsError', 'HubUnavailableError', 'sha256_file', 'verify_sha256', 'read_metadata', 'check_genotype',
            'hub_file', 'resolve_weights', 'describe_mismatch', 'read_checkpoint', 'export_weights', 'push_folder']
 
 PathLike = Union[str, os.PathLike]
+WEIGHTS_FILE = 'model.safetensors'  # timm's file name in a Hub repo
+LOCAL_DIR_PREFIX = 'local-dir:'
+HF_HUB_PREFIX = 'hf-hub:'
 WEIGHTS_FORMAT = 'pt'  # safetensors' convention for torch tensors
 _CHUNK = 1 << 20
 _ERROR_LINES = 4  # lines of torch's load_state_dict error quoted in a mismatch error

@@ -7,7 +7,10 @@ Sources, tried in this order:
 * ``local-dir:PATH``: ``PATH/model.safetensors`` (timm's layout of a saved Hub repo);
 * ``hf-hub:ORG/NAME``: ``model.safetensors`` of that Hub repo (downloaded, or from the local cache offline);
 * a registered timm name, optionally with a tag (``asvit_large.in1k``), whose pretrained cfg has a
-  ``file`` or an ``hf_hub_id``.
+  ``file`` (checked against the sha256 its registry card records) or an ``hf_hub_id``.
+
+Hub files are fetched by :func:`asvit_zoo.hub.hub_file`: from the cache under ``HF_HUB_OFFLINE=1``, with one
+clear error when a file is neither cached nor downloadable.
 
 The state dict is returned as stored; :func:`asvit_zoo.checkpoint_filter_fn` converts the authors' layout.
 """
@@ -18,11 +21,9 @@ from typing import Any, Dict, Mapping
 
 import torch
 
-__all__ = ['WEIGHTS_FILE', 'load_weights']
+from .hub import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, WEIGHTS_FILE, hub_file, verify_sha256
 
-WEIGHTS_FILE = 'model.safetensors'
-LOCAL_DIR_PREFIX = 'local-dir:'
-HF_HUB_PREFIX = 'hf-hub:'
+__all__ = ['load_weights']
 
 
 def _unwrap(state: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
@@ -44,17 +45,7 @@ def _load_file(path: Path) -> Dict[str, torch.Tensor]:
 
 
 def _load_hub(repo_id: str) -> Dict[str, torch.Tensor]:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        path = hf_hub_download(repo_id, WEIGHTS_FILE)
-    except LocalEntryNotFoundError as e:
-        raise FileNotFoundError(
-            f'{HF_HUB_PREFIX}{repo_id}: {WEIGHTS_FILE} is not in the local Hugging Face cache and the Hub cannot '
-            f'be reached ({e.__class__.__name__}). Download it while online, or pass a file path or '
-            f'{LOCAL_DIR_PREFIX}PATH instead.') from None
-    return _load_file(Path(path))
+    return _load_file(hub_file(repo_id, WEIGHTS_FILE))  # from the cache offline; one clear error if absent
 
 
 def _load_registered(name: str) -> Dict[str, torch.Tensor]:
@@ -67,6 +58,13 @@ def _load_registered(name: str) -> Dict[str, torch.Tensor]:
             f'weights source {name!r} is neither an existing file, {LOCAL_DIR_PREFIX}PATH, {HF_HUB_PREFIX}ORG/NAME '
             f'nor a registered model name (e.g. asvit_large, asvit_large.TAG)')
     if cfg.file:
+        from .asvit import registered_card
+        arch, _, tag = name.partition('.')
+        tag = tag or cfg.tag or ''
+        card = registered_card(arch)
+        expected = card.weights_sha256(tag) if card is not None and tag in card.tags() else None
+        if expected:
+            verify_sha256(cfg.file, expected)
         return _load_file(Path(cfg.file))
     if cfg.hf_hub_id:
         return _load_hub(cfg.hf_hub_id)

@@ -170,7 +170,7 @@ def test_load_weights_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         load_weights('no_such_model')
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
     monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'hub'))
-    with pytest.raises(FileNotFoundError, match='not in the local Hugging Face cache'):
+    with pytest.raises(FileNotFoundError, match='is not in the Hugging Face cache'):
         load_weights('hf-hub:asvit-zoo-tests/not-a-repo')
 
 

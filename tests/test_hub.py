@@ -23,6 +23,7 @@ from asvit_zoo.hub import WeightsError, export_weights, push_folder, sha256_file
 from asvit_zoo.registry import load_registry, write_card
 from asvit_zoo.summary import _row
 from asvit_zoo.train import TrainConfig
+from asvit_zoo.weights import load_weights
 
 GENOTYPE = '4,2,2,1|2,1,2,1|2,1,2,1|2,1,2,1|16,8'
 OTHER_GENOTYPE = '4,2,2,1|2,1,2,1|2,1,2,1|2,1,2,1|16,16'
@@ -258,6 +259,8 @@ def test_registered_weights_are_checked(run_dir: Path, tmp_path: Path):
     _truncate(weights)
     with pytest.raises(WeightsError, match=f'{weights}: sha256 mismatch'):
         timm.create_model('asvit_hubdamaged.fmnist', pretrained=True)
+    with pytest.raises(WeightsError, match=f'{weights}: sha256 mismatch'):  # the mmdet Pretrained path too
+        load_weights('asvit_hubdamaged.fmnist')
 
 
 def test_wrong_variant(export_dir: Path):
