@@ -79,6 +79,7 @@ from timm.models import load_state_dict
 from .asvit import AsViT, checkpoint_filter_fn, resolve_genotype
 from .cost import count_macs, param_count
 from .datasets import noise_batch
+from .devices import resolve_device
 from .genotype import Genotype
 
 __all__ = [
@@ -490,20 +491,6 @@ class Measures:
         return clean(dataclasses.asdict(self))
 
 
-def _device(device: Union[str, torch.device]) -> torch.device:
-    allowed = "'cpu', 'cuda' or 'cuda:N' (with a visible GPU)"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f'device {device!r} is not a device name; allowed: {allowed}') from None
-    if dev.type == 'cuda' and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise ValueError(f'device {device!r} is not available here ({torch.cuda.device_count()} CUDA devices); '
-                         f'allowed: {allowed}')
-    if dev.type not in ('cpu', 'cuda'):
-        raise ValueError(f'device {device!r} is not supported; allowed: {allowed}')
-    return dev
-
-
 def _load_weights(path: Union[str, Path], genotype: Genotype) -> Dict[str, torch.Tensor]:
     """The state dict of a weights file (authors' or our layout), checked against its ``genotype`` metadata."""
     path = Path(path)
@@ -605,7 +592,7 @@ def measure_genotype(
         raise ValueError(f'image_size must be a positive integer, got {image_size!r}')
     if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
         raise ValueError(f'repeat must be an integer >= 1, got {repeat!r}')
-    dev = _device(device)
+    dev = resolve_device(device)
     state_dict, num_classes = None, NUM_CLASSES
     if weights is not None:
         if repeat != 1:

@@ -57,11 +57,12 @@ from torch.distributions import Categorical
 from tqdm import tqdm
 
 from .datasets import search_batch
+from .devices import resolve_device
 from .fileio import save_torch, write_json
 from .genotype import SEARCH_SPACE, Genotype
 from .measures import Measures, measure_genotype
 
-__all__ = ['SearchConfig', 'SearchResult', 'Policy', 'MeasureHistory', 'Baseline', 'budget_penalty', 'resolve_device', 'search']
+__all__ = ['SearchConfig', 'SearchResult', 'Policy', 'MeasureHistory', 'Baseline', 'budget_penalty', 'search']
 
 MEASURE_SIGNS = {'ntk': -1.0, 'exp': 1.0}  # reward sign: lower NTK condition is better, longer curves are better
 SEARCH_EMBED_DIM = 32
@@ -81,24 +82,6 @@ SUMMARY_FILE = 'summary.json'
 CURVES_FILE = 'curves.png'
 
 Scorer = Callable[..., Measures]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``name`` as a torch device the search can run on (cpu, cuda, cuda:N), or a ``ValueError`` saying why not."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f'device {name!r} is not a torch device; use cpu, cuda or cuda:N') from None
-    if device.type == 'cpu':
-        return device
-    if device.type != 'cuda':
-        raise ValueError(f'device {name!r}: the search runs on cpu or cuda, not {device.type}')
-    if not torch.cuda.is_available():
-        raise ValueError(f'device {name!r}: no CUDA GPU is available here (torch.cuda.is_available() is False); '
-                         f'use --device cpu')
-    if device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f'device {name!r}: only {torch.cuda.device_count()} CUDA device(s) are visible')
-    return device
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from asvit_zoo.commands.search import parse_count, parse_positive
 from asvit_zoo.datasets import DEFAULT_ROOT
 from asvit_zoo.genotype import Genotype
 from asvit_zoo.measures import Measures, measure_genotype
-from asvit_zoo.search import (
-    Baseline, MeasureHistory, SearchConfig, budget_penalty, resolve_device, search)
+from asvit_zoo.devices import resolve_device
+from asvit_zoo.search import Baseline, MeasureHistory, SearchConfig, budget_penalty, search
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # real images when Debian's dataset-fashion-mnist is installed, Gaussian noise otherwise
@@ -213,7 +213,7 @@ def test_budget_parsing() -> None:
     (['--data', '/no/such/folder'], """data source '/no/such/folder' is neither "fashion-mnist", "noise" nor an """
                                     'existing ImageFolder directory'),
     (['--device', 'tpu'], "device 'tpu' is not a torch device; use cpu, cuda or cuda:N"),
-    (['--device', 'mps'], "device 'mps': the search runs on cpu or cuda, not mps"),
+    (['--device', 'mps'], "device 'mps': measures run on cpu or cuda, not mps"),
     (['--max-params=-3M'], "--max-params must be a positive count such as 30M, 1.5G or 250000, got '-3M'"),
     (['--max-params', 'abc'], "--max-params must be a positive count such as 30M, 1.5G or 250000, got 'abc'"),
     (['--max-gmacs', '-1'], "--max-gmacs must be a positive number, got '-1'"),
