@@ -24,7 +24,7 @@ import asvit_zoo  # noqa: F401  (registers the As-ViT models with timm)
 from asvit_zoo.asvit import AsViT
 from asvit_zoo.cost import count_macs, param_count
 
-ASVIT_MODELS = ('asvit_large', 'asvit_seed')
+ASVIT_MODELS = ('asvit_large', 'asvit_large_paper', 'asvit_seed')
 REFERENCE_MODEL = 'swin_tiny_patch4_window7_224'
 SDPA, PLAIN = 'SDPA', 'plain'
 
