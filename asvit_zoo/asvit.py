@@ -21,7 +21,7 @@ import re
 from collections import OrderedDict
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -39,7 +39,7 @@ from .genotype import Genotype
 from .hub import describe_mismatch, resolve_weights
 from .registry import VariantCard, load_registry
 
-__all__ = ['AsViT', 'checkpoint_filter_fn', 'register_cards', 'registered_card']
+__all__ = ['AsViT', 'checkpoint_filter_fn', 'unwrap_state_dict', 'register_cards', 'registered_card']
 
 STEM_STRIDE = 4
 MERGE_STRIDE = 2
@@ -472,18 +472,24 @@ _AUTHOR_KEY_RULES = (
 )
 
 
+def unwrap_state_dict(state: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
+    """The tensors of a state dict, with a ``state_dict``/``model`` wrapper and a DistributedDataParallel
+    ``module.`` prefix removed."""
+    for wrapper in ('state_dict', 'model'):
+        if wrapper in state and isinstance(state[wrapper], Mapping):
+            state = state[wrapper]
+    return {(k[len('module.'):] if k.startswith('module.') else k): v
+            for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: AsViT) -> Dict[str, torch.Tensor]:
     """Convert a state dict in the authors' layout (``layers.*``, ``mlps.0.*``, ``head.0/2``) to ours.
 
     State dicts already in our layout pass through; a ``model``/``state_dict`` wrapper and a
     DistributedDataParallel ``module.`` prefix are removed.
     """
-    for wrapper in ('state_dict', 'model'):
-        if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
-            state_dict = state_dict[wrapper]
     out = {}
-    for key, value in state_dict.items():
-        key = key[len('module.'):] if key.startswith('module.') else key
+    for key, value in unwrap_state_dict(state_dict).items():
         if key.endswith('attn_mask'):
             continue  # the reference registers a (None) buffer for shifted windows; we have none
         for pattern, repl in _AUTHOR_KEY_RULES:

@@ -12,7 +12,7 @@ from typing import Any, Callable, IO, Union
 
 import torch
 
-__all__ = ['atomic_write', 'write_text', 'write_json', 'save_torch', 'append_jsonl']
+__all__ = ['atomic_write', 'write_text', 'write_json', 'save_torch']
 
 PathLike = Union[str, os.PathLike]
 
@@ -45,9 +45,3 @@ def write_json(path: PathLike, obj: Any) -> Path:
 def save_torch(path: PathLike, obj: Any) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
-
-def append_jsonl(path: PathLike, records: list) -> Path:
-    """Rewrite ``path`` atomically with its existing lines plus ``records`` (one JSON object per line)."""
-    path = Path(path)
-    old = path.read_text() if path.exists() else ''
-    return write_text(path, old + ''.join(json.dumps(r) + '\n' for r in records))

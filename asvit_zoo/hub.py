@@ -27,7 +27,7 @@ from .registry import (CONFIG_FILE, DEFAULT_PRETRAINED_CFG, CARD_FILE, VariantCa
                        registry_root, render_model_card)
 
 __all__ = ['WeightsError', 'HubUnavailableError', 'sha256_file', 'verify_sha256', 'read_metadata', 'check_genotype',
-           'hub_file', 'resolve_weights', 'describe_mismatch', 'read_checkpoint', 'export_weights', 'push_folder']
+           'hub_file', 'resolve_weights', 'describe_mismatch', 'load_torch_checkpoint', 'read_checkpoint', 'export_weights', 'push_folder']
 
 PathLike = Union[str, os.PathLike]
 WEIGHTS_FILE = 'model.safetensors'  # timm's file name in a Hub repo
@@ -172,6 +172,12 @@ def describe_mismatch(path: PathLike, variant: str, genotype: Genotype, error: E
 
 
 # --------------------------------------------------------------------------- export
+def load_torch_checkpoint(path: PathLike) -> Any:
+    """``torch.load`` with ``weights_only=True``, allowing the numpy RNG states of trainer checkpoints."""
+    with torch.serialization.safe_globals(_NUMPY_RNG_GLOBALS):
+        return torch.load(path, map_location='cpu', weights_only=True)
+
+
 def read_checkpoint(path: PathLike, ema: bool = False) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """(model state dict, trainer info) of a checkpoint: a trainer ``last.pth.tar`` (state under ``model``, or
     ``ema`` with ``ema=True``; info: its config, epoch, schedule), a plain state dict, or a safetensors file."""
@@ -182,8 +188,7 @@ def read_checkpoint(path: PathLike, ema: bool = False) -> Tuple[Dict[str, torch.
         raise FileNotFoundError(f'{path}: checkpoint not found')
     if path.suffix == '.safetensors':
         return load_file(str(path)), {}
-    with torch.serialization.safe_globals(_NUMPY_RNG_GLOBALS):
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    checkpoint = load_torch_checkpoint(path)
     if not isinstance(checkpoint, dict):
         raise ValueError(f'{path}: expected a trainer checkpoint or a state dict, found {type(checkpoint).__name__}')
     key = 'ema' if ema else 'model'

@@ -17,31 +17,24 @@ The state dict is returned as stored; :func:`asvit_zoo.checkpoint_filter_fn` con
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Mapping
+from typing import Dict, Mapping
 
 import torch
 
-from .hub import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, WEIGHTS_FILE, hub_file, verify_sha256
+from .asvit import registered_card, unwrap_state_dict
+from .hub import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, WEIGHTS_FILE, hub_file, load_torch_checkpoint, verify_sha256
 
 __all__ = ['load_weights']
-
-
-def _unwrap(state: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
-    for wrapper in ('state_dict', 'model'):
-        if wrapper in state and isinstance(state[wrapper], Mapping):
-            state = state[wrapper]
-    return {(k[len('module.'):] if k.startswith('module.') else k): v
-            for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
 def _load_file(path: Path) -> Dict[str, torch.Tensor]:
     if path.suffix == '.safetensors':
         from safetensors.torch import load_file
-        return _unwrap(load_file(str(path), device='cpu'))
-    state = torch.load(path, map_location='cpu', weights_only=True)
+        return unwrap_state_dict(load_file(str(path), device='cpu'))
+    state = load_torch_checkpoint(path)
     if not isinstance(state, Mapping):
         raise ValueError(f'{path}: expected a state dict (a mapping of names to tensors), got {type(state).__name__}')
-    return _unwrap(state)
+    return unwrap_state_dict(state)
 
 
 def _load_hub(repo_id: str) -> Dict[str, torch.Tensor]:
@@ -58,7 +51,6 @@ def _load_registered(name: str) -> Dict[str, torch.Tensor]:
             f'weights source {name!r} is neither an existing file, {LOCAL_DIR_PREFIX}PATH, {HF_HUB_PREFIX}ORG/NAME '
             f'nor a registered model name (e.g. asvit_large, asvit_large.TAG)')
     if cfg.file:
-        from .asvit import registered_card
         arch, _, tag = name.partition('.')
         tag = tag or cfg.tag or ''
         card = registered_card(arch)
