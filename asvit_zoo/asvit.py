@@ -472,14 +472,13 @@ _AUTHOR_KEY_RULES = (
 )
 
 
-def unwrap_state_dict(state: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
-    """The tensors of a state dict, with a ``state_dict``/``model`` wrapper and a DistributedDataParallel
-    ``module.`` prefix removed."""
+def unwrap_state_dict(state: Mapping[str, Any]) -> Dict[str, Any]:
+    """A state dict with a ``state_dict``/``model`` wrapper and a DistributedDataParallel ``module.`` prefix
+    removed."""
     for wrapper in ('state_dict', 'model'):
         if wrapper in state and isinstance(state[wrapper], Mapping):
             state = state[wrapper]
-    return {(k[len('module.'):] if k.startswith('module.') else k): v
-            for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in state.items()}
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: AsViT) -> Dict[str, torch.Tensor]:

@@ -30,11 +30,12 @@ __all__ = ['load_weights']
 def _load_file(path: Path) -> Dict[str, torch.Tensor]:
     if path.suffix == '.safetensors':
         from safetensors.torch import load_file
-        return unwrap_state_dict(load_file(str(path), device='cpu'))
-    state = load_torch_checkpoint(path)
+        state = load_file(str(path), device='cpu')
+    else:
+        state = load_torch_checkpoint(path)
     if not isinstance(state, Mapping):
         raise ValueError(f'{path}: expected a state dict (a mapping of names to tensors), got {type(state).__name__}')
-    return unwrap_state_dict(state)
+    return {k: v for k, v in unwrap_state_dict(state).items() if isinstance(v, torch.Tensor)}
 
 
 def _load_hub(repo_id: str) -> Dict[str, torch.Tensor]:
