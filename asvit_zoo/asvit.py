@@ -37,7 +37,7 @@ from timm.models._manipulate import checkpoint_seq, named_apply
 
 from .genotype import Genotype
 from .hub import describe_mismatch, resolve_weights
-from .registry import VariantCard, load_registry
+from .registry import VariantCard, extra_registries, load_card, load_registry
 
 __all__ = ['AsViT', 'checkpoint_filter_fn', 'unwrap_state_dict', 'register_cards', 'registered_card']
 
@@ -614,4 +614,15 @@ def register_cards(cards: Iterable[VariantCard]) -> None:
         register_model(_variant_entrypoint(card))
 
 
+def register_folder(folder: Union[str, Path]) -> str:
+    """Register the variant of one Hub-format folder (an export, a ``local-dir:`` copy, a Hub snapshot) with timm
+    unless its architecture is known already; returns the architecture's name."""
+    card = load_card(Path(folder), check_name=False)
+    if card.name not in _CARDS:
+        register_cards([card])
+    return card.name
+
+
 register_cards(load_registry())
+for _extra in extra_registries():
+    register_cards(load_registry(_extra))

@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Callable, List, Optional
 
-from .commands import hub, measure, scale, search, summary, train
+from .commands import build, correlate, evaluate, hub, measure, scale, search, summary, train
 
 __all__ = ['main', 'build_parser']
 
@@ -16,6 +16,9 @@ SUBCOMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [
     search.add_parser,
     scale.add_parser,
     train.add_parser,
+    evaluate.add_parser,
+    build.add_parser,
+    correlate.add_parser,
     hub.add_parser,
 ]
 

@@ -27,7 +27,8 @@ from .registry import (CONFIG_FILE, DEFAULT_PRETRAINED_CFG, CARD_FILE, VariantCa
                        registry_root, render_model_card)
 
 __all__ = ['WeightsError', 'HubUnavailableError', 'sha256_file', 'verify_sha256', 'read_metadata', 'check_genotype',
-           'hub_file', 'resolve_weights', 'describe_mismatch', 'load_torch_checkpoint', 'read_checkpoint', 'export_weights', 'push_folder']
+           'hub_file', 'resolve_weights', 'describe_mismatch', 'load_torch_checkpoint', 'read_checkpoint',
+           'checkpoint_model', 'export_weights', 'push_folder']
 
 PathLike = Union[str, os.PathLike]
 WEIGHTS_FILE = 'model.safetensors'  # timm's file name in a Hub repo
@@ -220,6 +221,48 @@ def _dataset_cfg(train_cfg: Mapping[str, Any], in_chans: int) -> Dict[str, Any]:
     return dict(mean=DEFAULT_PRETRAINED_CFG['mean'][:in_chans], std=DEFAULT_PRETRAINED_CFG['std'][:in_chans])
 
 
+def _pretrained_cfg(train_cfg: Mapping[str, Any], in_chans: int, tag: str = '') -> Dict[str, Any]:
+    """timm pretrained cfg of weights trained with ``train_cfg``: its input size and normalisation."""
+    img_size = int(train_cfg.get('img_size', 224))
+    dataset = _dataset_cfg(train_cfg, in_chans)
+    return {**DEFAULT_PRETRAINED_CFG, 'tag': tag, 'input_size': [in_chans, img_size, img_size],
+            'crop_pct': 1.0 if img_size < 64 else DEFAULT_PRETRAINED_CFG['crop_pct'],
+            'mean': dataset['mean'], 'std': dataset['std']}
+
+
+def _checkpoint_genotype(checkpoint: Path, train_cfg: Mapping[str, Any], variant: Optional[str] = None,
+                         genotype: Optional[str] = None) -> Genotype:
+    """The genotype of a checkpoint's weights: ``genotype``, else that of the registered ``variant``, else the
+    trainer config's genotype or model name, else the genotype in a safetensors file's metadata."""
+    from .asvit import registered_card
+
+    names = [n for n in (variant, train_cfg.get('model')) if n]
+    text = genotype or next((str(registered_card(n).genotype) for n in names if registered_card(n)), None) \
+        or train_cfg.get('genotype')
+    if text is None and checkpoint.suffix == '.safetensors':
+        text = read_metadata(checkpoint).get('genotype')
+    if text is None:
+        raise ValueError(f'{checkpoint}: no genotype (not in its trainer config or metadata, and '
+                         f'{variant or train_cfg.get("model")!r} is not a registered variant)')
+    return Genotype.parse(text)
+
+
+def checkpoint_model(checkpoint: PathLike, ema: bool = False) -> 'torch.nn.Module':
+    """The As-ViT of a trainer checkpoint (``last.pth.tar``) with its weights, and a pretrained cfg (input
+    size, normalisation) for the data it was trained on."""
+    from .asvit import AsViT
+
+    checkpoint = Path(checkpoint)
+    state, info = read_checkpoint(checkpoint, ema=ema)
+    train_cfg = info.get('config') or {}
+    genotype = _checkpoint_genotype(checkpoint, train_cfg)
+    state, in_chans, num_classes = _check_state(state, genotype, checkpoint)
+    model = AsViT(genotype, num_classes=num_classes, in_chans=in_chans)
+    model.load_state_dict(state, strict=True)
+    model.pretrained_cfg = model.default_cfg = _pretrained_cfg(train_cfg, in_chans)
+    return model
+
+
 def _final_metrics(checkpoint: Path) -> Dict[str, Any]:
     """The last record of the run's metrics.jsonl (beside the checkpoint), reduced to the headline numbers."""
     from .train import METRICS, read_metrics
@@ -293,9 +336,7 @@ def export_weights(checkpoint: PathLike, variant: str, tag: str, root: Optional[
     weights_path = atomic_write(folder / WEIGHTS_FILE, lambda f: f.write(save(tensors, metadata)))
     img_size = int(train_cfg.get('img_size', 224))
     dataset = _dataset_cfg(train_cfg, in_chans)
-    pretrained_cfg = {**DEFAULT_PRETRAINED_CFG, 'tag': tag, 'input_size': [in_chans, img_size, img_size],
-                      'crop_pct': 1.0 if img_size < 64 else DEFAULT_PRETRAINED_CFG['crop_pct'],
-                      'mean': dataset['mean'], 'std': dataset['std']}
+    pretrained_cfg = _pretrained_cfg(train_cfg, in_chans, tag)
     if hf_hub_id:
         pretrained_cfg['hf_hub_id'] = hf_hub_id
     provenance: Dict[str, Any] = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -44,6 +45,7 @@ CITATION = '''@inproceedings{chen2022auto,
   year={2022}
 }'''
 MODEL_ARG_KEYS = frozenset({'genotype'})
+REGISTRY_ENV = 'ASVIT_ZOO_REGISTRY'
 
 
 class RegistryError(ValueError):
@@ -116,12 +118,25 @@ def registry_root() -> Path:
     return Path(str(resources.files('asvit_zoo._registry')))
 
 
+def extra_registries() -> List[Path]:
+    """Registry folders named by ``ASVIT_ZOO_REGISTRY`` (``os.pathsep``-separated), registered on import beside
+    the shipped one: the registry an ``asvit build`` wrote, for example."""
+    value = os.environ.get(REGISTRY_ENV, '')
+    folders = [Path(p) for p in value.split(os.pathsep) if p.strip()]
+    for folder in folders:
+        if not folder.is_dir():
+            raise RegistryError(f'{REGISTRY_ENV}={value!r}: {folder} is not a folder (expected registry folders '
+                                f'separated by {os.pathsep!r}, each with one sub-folder per variant)')
+    return folders
+
+
 def _fail(path: Path, message: str) -> RegistryError:
     return RegistryError(f'{path}: {message}')
 
 
-def load_card(folder: Path) -> VariantCard:
-    """Read and validate one variant folder."""
+def load_card(folder: Path, check_name: bool = True) -> VariantCard:
+    """Read and validate one variant folder. ``check_name=False`` accepts any folder name (a Hub snapshot, a
+    ``local-dir:`` copy): the card's name is then its ``architecture`` alone."""
     folder = Path(folder)
     config_path = folder / CONFIG_FILE
     if not config_path.is_file():
@@ -141,7 +156,7 @@ def load_card(folder: Path) -> VariantCard:
     if not isinstance(config['pretrained_cfg'], dict):
         raise _fail(config_path, 'pretrained_cfg must be an object')
     tag = config['pretrained_cfg'].get('tag', '')
-    if folder.name not in (config['architecture'], f"{config['architecture']}.{tag}"):
+    if check_name and folder.name not in (config['architecture'], f"{config['architecture']}.{tag}"):
         expected = f"{config['architecture']!r}" + (f" or {config['architecture'] + '.' + tag!r}" if tag else '')
         raise _fail(config_path, f"architecture {config['architecture']!r} does not match its folder name "
                                  f'{folder.name!r}: expected the folder {expected} (pretrained_cfg.tag {tag!r})')

@@ -1,0 +1,105 @@
+"""Evaluate pretrained As-ViT weights on a labelled test set (``asvit eval``).
+
+A model is named the ways users meet the zoo: a registered variant with its tag (``asvit_tiny.fmnist``), an
+``hf-hub:ORG/NAME`` repo, a ``local-dir:PATH`` folder (all three through ``timm.create_model(...,
+pretrained=True)``, with the registry's integrity checks), or a checkpoint file: a trainer ``last.pth.tar`` or
+an exported ``model.safetensors`` beside its ``config.json``. The test images are prepared exactly as the
+trainer prepares its evaluation images (:func:`asvit_zoo.train.build_data`), at the model's input size.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import timm
+import torch
+from torch import nn
+
+from .asvit import AsViT, register_folder
+from .devices import resolve_device
+from .hub import CONFIG_FILE, HF_HUB_PREFIX, LOCAL_DIR_PREFIX, checkpoint_model, hub_file
+from .train import FASHION_MNIST, DistEnv, TrainConfig, build_data, evaluate
+
+__all__ = ['load_pretrained', 'evaluate_pretrained']
+
+PathLike = Union[str, os.PathLike]
+
+
+def load_pretrained(model: str, ema: bool = False) -> AsViT:
+    """The pretrained As-ViT named by ``model`` (see the module docstring), in eval mode on the CPU.
+
+    ``ema=True`` takes the EMA weights of a trainer checkpoint. An ``hf-hub:`` repo that is neither cached nor
+    reachable raises :class:`~asvit_zoo.hub.HubUnavailableError` before timm tries the network.
+    """
+    path = Path(model)
+    if path.is_file():
+        if path.suffix == '.safetensors':
+            if not (path.parent / CONFIG_FILE).is_file():
+                raise FileNotFoundError(f'{path}: a safetensors file is evaluated with the config.json of its '
+                                        f'folder (an `asvit export` folder), and {path.parent / CONFIG_FILE} is missing')
+            model = LOCAL_DIR_PREFIX + str(path.parent)
+        else:
+            return checkpoint_model(path, ema=ema).eval()
+    elif ema:
+        raise ValueError(f'--ema needs a trainer checkpoint file, got {model!r}')
+    if model.startswith(HF_HUB_PREFIX):
+        # A clear offline/no-cache error before timm's own fetch; a variant outside the registry gets registered.
+        register_folder(hub_file(model[len(HF_HUB_PREFIX):], CONFIG_FILE).parent)
+    elif model.startswith(LOCAL_DIR_PREFIX):
+        register_folder(model[len(LOCAL_DIR_PREFIX):])
+    created = timm.create_model(model, pretrained=True)
+    if not isinstance(created, AsViT):
+        raise ValueError(f'{model!r} is a {type(created).__name__}, not an As-ViT model')
+    return created.eval()
+
+
+def _check_fits(model: nn.Module, name: str, data: str, num_classes: int, mean: Any, std: Any) -> None:
+    cfg = model.pretrained_cfg
+    if model.num_classes != num_classes:
+        raise ValueError(f'{name} has {model.num_classes} classes and {data} has {num_classes}: evaluate a model '
+                         f'trained on {data}')
+    if [round(v, 4) for v in cfg['mean']] != [round(v, 4) for v in mean] or \
+            [round(v, 4) for v in cfg['std']] != [round(v, 4) for v in std]:
+        raise ValueError(f"{name} expects inputs normalised with mean {list(cfg['mean'])} and std "
+                         f"{list(cfg['std'])}; {data} is prepared with mean {list(mean)} and std {list(std)}")
+
+
+@torch.no_grad()
+def evaluate_pretrained(model: str, data: str = FASHION_MNIST, data_root: Optional[PathLike] = None,
+                        batch_size: int = 256, subset: Optional[int] = None, device: str = 'cpu',
+                        ema: bool = False) -> Dict[str, Any]:
+    """Top-1 and top-5 accuracy (%) and mean loss of ``model`` on the test split of ``data``.
+
+    ``data``: ``fashion-mnist`` (its test set, from ``data_root`` or the Debian package) or an ImageFolder root
+    (its ``val/`` split). ``subset``: the first N test images only.
+    """
+    from .train import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+
+    start = time.perf_counter()
+    net = load_pretrained(model, ema=ema)
+    in_chans, height, width = net.pretrained_cfg['input_size']
+    if height != width:
+        raise ValueError(f'{model}: evaluation uses square images, the model expects {height}x{width}')
+    # The trainer's data builder (evaluation batches are twice its batch size); it also reads a training split,
+    # of which one batch is kept.
+    half = max(1, batch_size // 2)
+    cfg = TrainConfig(data=data, data_root=None if data_root is None else str(data_root), img_size=int(height),
+                      batch_size=half, eval_subset=subset, train_subset=half,
+                      crop_pct=net.pretrained_cfg.get('crop_pct', 1.0),
+                      interpolation=net.pretrained_cfg.get('interpolation', 'bicubic'), workers=0, device=device)
+    dev = resolve_device(device)
+    env = DistEnv()
+    bundle = build_data(cfg, env, dev)
+    if bundle.input_size[0] != in_chans:
+        raise ValueError(f'{model} takes {in_chans}-channel images; {data} has {bundle.input_size[0]} channels')
+    if data == FASHION_MNIST:
+        _check_fits(net, model, data, bundle.num_classes, FASHION_MNIST_MEAN, FASHION_MNIST_STD)
+    elif net.num_classes != bundle.num_classes:
+        raise ValueError(f'{model} has {net.num_classes} classes and {data} has {bundle.num_classes}')
+    net.to(dev)
+    metrics = evaluate(net, bundle, env, dev, contextlib.nullcontext)
+    return {'model': model, 'data': data, 'images': len(bundle.eval_loader.dataset), 'top1': metrics['top1'],
+            'top5': metrics['top5'], 'loss': metrics['loss'], 'seconds': time.perf_counter() - start}
