@@ -1,0 +1,368 @@
+"""The main job: regenerate a zoo in one command (``asvit build``).
+
+Stages, in order, each a library call:
+
+1. ``search``: REINFORCE seed search with training-free rewards (:func:`asvit_zoo.search.search`);
+2. ``scale``: greedy depth/width scaling of that seed to the preset's parameter budgets, one registry card per
+   budget (:func:`asvit_zoo.scaling.run_scaling`, :func:`~asvit_zoo.scaling.write_variant_cards`);
+3. ``train``: each variant trained with the preset's recipe and re-tokenization schedule
+   (:func:`asvit_zoo.train.train`; DDP under torchrun);
+4. ``export``: the trained weights as ``<variant>.<tag>`` Hub folders of the build's registry
+   (:func:`asvit_zoo.hub.export_weights`);
+5. ``evaluate``: each export scored on the test split (:func:`asvit_zoo.evaluation.evaluate_pretrained`);
+6. ``report``: ``report.md`` with a results table and the PNGs of the run.
+
+A preset is a JSON file (:data:`PRESETS` ships ``fmnist-cpu`` and ``imagenet-paper``). Every stage records
+the fingerprint of its inputs in ``stages.json`` when it completes; a later build with the same inputs skips
+it, and a stage that was interrupted continues from its own checkpoint (search ``state.pt``, scaling
+``trajectory.json``, trainer ``last.pth.tar``), so a killed build picks up where it stopped and ends with
+the results of an uninterrupted one. A stage whose inputs changed is run again from scratch, and so is
+everything after it.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+
+import torch
+
+from .cost import count_macs, param_count
+from .fileio import write_json, write_text
+from .genotype import Genotype
+
+__all__ = ['STAGES', 'PRESETS', 'BuildPreset', 'load_preset', 'build']
+
+PathLike = Union[str, os.PathLike]
+STAGES = ('search', 'scale', 'train', 'export', 'evaluate', 'report')
+PRESETS = ('fmnist-cpu', 'imagenet-paper')
+STAGES_FILE = 'stages.json'
+REPORT_FILE = 'report.md'
+ACCURACY_PLOT = 'accuracy.png'
+
+
+@dataclass(frozen=True)
+class BuildPreset:
+    """What a build makes: the settings of each stage (keyword arguments of the library's configs)."""
+
+    name: str
+    search: Mapping[str, Any]  # SearchConfig fields
+    scale: Mapping[str, Any]  # ScalingConfig fields (not seed_genotype) and ``names``, one per budget
+    train: Mapping[str, Any]  # TrainConfig fields (not model/genotype)
+    tag: str = 'fmnist'  # pretrained tag of the exported weights
+    evaluate: Mapping[str, Any] = field(default_factory=dict)  # evaluate_pretrained options (batch_size, subset)
+    description: str = ''
+
+    def __post_init__(self) -> None:
+        from .scaling import ScalingConfig
+        from .search import SearchConfig
+        from .train import TrainConfig
+
+        names = list(self.scale.get('names') or [])
+        budgets = list(self.scale.get('budgets') or [])
+        if not names or len(names) != len(budgets) or len(set(names)) != len(names):
+            raise ValueError(f'preset {self.name}: scale needs distinct "names", one per budget; got names {names} '
+                             f'for budgets {budgets}')
+        SearchConfig(**dict(self.search, device='cpu'))  # the device is checked when the search runs
+        ScalingConfig(seed_genotype='4,2,2|2,1,2|2,1,2|2,1,2|16', **self._scaling_kwargs())
+        unknown = sorted(set(self.train) & {'model', 'genotype'})
+        if unknown:
+            raise ValueError(f'preset {self.name}: train must not set {unknown} (the build trains its own variants)')
+        TrainConfig(**self.train)
+
+    def _scaling_kwargs(self) -> Dict[str, Any]:
+        kwargs = {k: v for k, v in self.scale.items() if k != 'names'}
+        for key in ('budgets',):
+            kwargs[key] = tuple(float(b) for b in kwargs[key])
+        for key in ('upper_limit', 'lower_bound'):
+            if kwargs.get(key) is not None:
+                kwargs[key] = float(kwargs[key])
+        return kwargs
+
+    def with_data(self, data: str) -> 'BuildPreset':
+        """The preset with every stage on ``data`` (fashion-mnist, or an ImageFolder root)."""
+        return dataclasses.replace(self, search=dict(self.search, data=data), scale=dict(self.scale, data=data),
+                                   train=dict(self.train, data=data), evaluate=dict(self.evaluate, data=data))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def load_preset(name_or_path: PathLike) -> BuildPreset:
+    """A shipped preset by name (:data:`PRESETS`) or a preset JSON file."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        if str(name_or_path) not in PRESETS:
+            raise FileNotFoundError(f'preset {str(name_or_path)!r} is neither a shipped preset ({", ".join(PRESETS)}) '
+                                    f'nor a JSON file')
+        path = Path(str(resources.files('asvit_zoo.presets') / f'{name_or_path}.json'))
+    try:
+        data = json.loads(path.read_text(encoding='utf-8'))
+    except json.JSONDecodeError as e:
+        raise ValueError(f'{path}: not valid JSON: {e}') from None
+    data = {k: v for k, v in data.items() if not k.startswith('_')}
+    known = {f.name for f in dataclasses.fields(BuildPreset)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f'{path}: unknown preset field(s) {unknown}; allowed: {sorted(known)}')
+    data.setdefault('name', path.stem)
+    return BuildPreset(**data)
+
+
+# --------------------------------------------------------------------------- stage bookkeeping
+def _fingerprint(inputs: Any) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class _Stages:
+    """``stages.json``: the inputs fingerprint and outputs of each completed stage."""
+
+    def __init__(self, folder: Path, writer: bool = True):
+        self.path = folder / STAGES_FILE
+        self.writer = writer  # under torchrun only rank 0 writes
+        self.done: Dict[str, Dict[str, Any]] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.invalidated = False
+
+    def outputs(self, stage: str, inputs: Any) -> Optional[Dict[str, Any]]:
+        """The recorded outputs of ``stage`` if it completed with these inputs (and no earlier stage was rerun)."""
+        record = self.done.get(stage)
+        if self.invalidated or record is None or record['fingerprint'] != _fingerprint(inputs):
+            self.invalidated = self.invalidated or record is not None
+            return None
+        return record['outputs']
+
+    def complete(self, stage: str, inputs: Any, outputs: Dict[str, Any], seconds: float) -> Dict[str, Any]:
+        self.done[stage] = {'fingerprint': _fingerprint(inputs), 'outputs': outputs, 'seconds': seconds}
+        if self.writer:
+            write_json(self.path, self.done)
+        return outputs
+
+
+def _fresh(folder: Path, resumable: bool) -> bool:
+    """Whether a stage folder's partial work can be continued; stale work (other inputs) is removed."""
+    if folder.exists() and not resumable:
+        shutil.rmtree(folder)
+    return folder.exists()
+
+
+# --------------------------------------------------------------------------- the stages
+def _search(preset: BuildPreset, folder: Path, resume: bool, progress: bool) -> Dict[str, Any]:
+    from .search import SearchConfig, search
+
+    out = folder / 'search'
+    result = search(SearchConfig(**preset.search), out, resume=_fresh(out, resume), progress=progress)
+    return {'seed_genotype': str(result.genotype), 'measures': result.summary['measures'],
+            'wall_seconds': result.summary['wall_seconds']}
+
+
+def _scale(preset: BuildPreset, folder: Path, seed: str, resume: bool) -> Dict[str, Any]:
+    from .scaling import ScalingConfig, plot_trajectory, run_scaling, select_variants, write_variant_cards
+
+    out = folder / 'scale'
+    config = ScalingConfig(seed_genotype=seed, **preset._scaling_kwargs())
+    steps = run_scaling(config, out, resume=_fresh(out, resume))
+    plot_trajectory(steps, config.budgets, out / 'trajectory.png')
+    variants = select_variants(seed, steps, config.budgets)
+    write_json(out / 'variants.json', variants)
+    registry = folder / 'registry'
+    write_variant_cards(registry, preset.scale['names'], config, steps, f'asvit build --preset {preset.name}')
+    return {'variants': [dict(v, name=name) for name, v in zip(preset.scale['names'], variants)]}
+
+
+def _train(preset: BuildPreset, folder: Path, variant: Dict[str, Any], resume: bool,
+           progress: bool) -> Dict[str, Any]:
+    from .train import TrainConfig, train
+
+    out = folder / 'train' / variant['name']
+    cfg = TrainConfig(**dict(preset.train, model='asvit', genotype=variant['genotype']))
+    resumable = resume and (out / 'last.pth.tar').is_file()
+    result = train(cfg, out, resume=_fresh(out, resumable), progress=progress)
+    final = result.final
+    model = result.model
+    in_chans, size = int(model.patch_embed.proj.in_channels), cfg.img_size
+    return {'checkpoint': str(out / 'last.pth.tar'), 'params': param_count(model),
+            'gmacs': count_macs(model, (in_chans, size, size)) / 1e9, 'img_size': size,
+            'top1': final['eval_top1'], 'top5': final['eval_top5'], 'train_macs': final['train_macs'],
+            'train_macs_full': final['train_macs_full'], 'train_time': final['train_time'],
+            'schedule': cfg.retokenization}
+
+
+def _export(preset: BuildPreset, folder: Path, name: str, checkpoint: str) -> Dict[str, Any]:
+    from .hub import export_weights
+
+    card = export_weights(checkpoint, name, preset.tag, root=folder / 'registry')
+    return {'folder': str(card.path), 'sha256': card.config['weights']['sha256']}
+
+
+def _evaluate(preset: BuildPreset, export_folder: str) -> Dict[str, Any]:
+    from .evaluation import evaluate_pretrained
+
+    result = evaluate_pretrained(f'local-dir:{export_folder}', **preset.evaluate)
+    return {k: result[k] for k in ('top1', 'top5', 'loss', 'images')}
+
+
+# --------------------------------------------------------------------------- report
+def _plot_accuracy(folder: Path, names: Sequence[str], path: Path) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    from .train import METRICS, read_metrics
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name in names:
+        records = read_metrics(folder / 'train' / name / METRICS)
+        ax.plot([r['epoch'] + 1 for r in records], [r['eval_top1'] for r in records], marker='o', label=name)
+    ax.set_xlabel('epoch')
+    ax.set_ylabel('test top-1 (%)')
+    ax.set_title('Accuracy during training')
+    ax.grid(alpha=.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def results_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The report's results table (markdown)."""
+    lines = ['| variant | genotype | params (M) | GMACs | top-1 % | top-5 % | training TMACs | vs full tokens '
+             '| train time (s) |', '|---|---|---:|---:|---:|---:|---:|---:|---:|']
+    for r in rows:
+        lines.append(f"| {r['name']}.{r['tag']} | `{r['genotype']}` | {r['params'] / 1e6:.2f} | "
+                     f"{r['gmacs']:.4f} | {r['top1']:.2f} | {r['top5']:.2f} | {r['train_macs'] / 1e12:.2f} | "
+                     f"{r['train_macs'] / r['train_macs_full']:.1%} | {r['train_time']:.0f} |")
+    return '\n'.join(lines)
+
+
+def _report(preset: BuildPreset, folder: Path, search: Mapping[str, Any], scale: Mapping[str, Any],
+            rows: List[Dict[str, Any]], seconds: Mapping[str, float]) -> str:
+    names = [r['name'] for r in rows]
+    _plot_accuracy(folder, names, folder / ACCURACY_PLOT)
+    stage_lines = '\n'.join(f'| {stage} | {s:.0f} |' for stage, s in seconds.items())
+    schedule = rows[0]['schedule'] if rows else ''
+    variants = '\n'.join(f"- `{v['name']}`: budget {v['budget'] / 1e6:.2f}M, scaling step {v['step']}, "
+                         f"`{v['genotype']}` ({v['params'] / 1e6:.2f}M parameters at 1000 classes)"
+                         for v in scale['variants'])
+    text = f"""# asvit build: {preset.name}
+
+{preset.description}
+
+## Results
+
+{results_table(rows)}
+
+Accuracy is that of the exported weights, re-scored by `asvit eval` on the test split. Parameters and GMACs are
+those of the trained networks at {rows[0]['img_size'] if rows else '?'}x{rows[0]['img_size'] if rows else '?'}
+input; training MACs are counted per step at the tokenizer setting of that step (forward pass).
+
+Load a variant: `ASVIT_ZOO_REGISTRY={folder / 'registry'}` in the environment, then
+`timm.create_model('{names[0] if names else 'NAME'}.{preset.tag}', pretrained=True)` after `import asvit_zoo`
+(or `timm.create_model('local-dir:{folder / 'registry'}/NAME.{preset.tag}', pretrained=True)`).
+
+![accuracy]({ACCURACY_PLOT})
+
+## Seed search
+
+Seed `{search['seed_genotype']}`, measures {json.dumps(search['measures'])}, {search['wall_seconds']:.0f} s.
+
+![search](search/curves.png)
+
+## Scaling
+
+{variants}
+
+![scaling](scale/trajectory.png)
+
+## Progressive re-tokenization
+
+Schedule `{schedule}` (fraction:stride:dilation).
+
+![schedule](train/{names[0] if names else ''}/schedule.png)
+
+## Wall time per stage (s)
+
+| stage | seconds |
+|---|---:|
+{stage_lines}
+"""
+    write_text(folder / REPORT_FILE, text)
+    return str(folder / REPORT_FILE)
+
+
+# --------------------------------------------------------------------------- the build
+@contextlib.contextmanager
+def _timed() -> Iterator[Callable[[], float]]:
+    start = time.perf_counter()
+    yield lambda: time.perf_counter() - start
+
+
+def build(preset: BuildPreset, folder: PathLike, resume: bool = True, until: Optional[str] = None,
+          progress: bool = True, log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Run the stages of ``preset`` into ``folder`` up to ``until`` (default: all), skipping completed ones.
+
+    Under torchrun only the training stage runs on every process (DDP); the others must have completed
+    before (a build with ``until='scale'`` on one process), and only rank 0 exports, evaluates and reports.
+    """
+    if until is not None and until not in STAGES:
+        raise ValueError(f'until must be one of {", ".join(STAGES)}, got {until!r}')
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / 'preset.json', preset.to_dict())
+    rank, world = int(os.environ.get('RANK', '0')), int(os.environ.get('WORLD_SIZE', '1'))
+    stages = _Stages(folder, writer=rank == 0)
+    last = STAGES.index(until) if until else len(STAGES) - 1
+    outputs: Dict[str, Any] = {}
+
+    def run(stage: str, inputs: Any, fn: Callable[[], Dict[str, Any]], key: Optional[str] = None) -> Dict[str, Any]:
+        key = key or stage
+        done = stages.outputs(key, inputs)
+        if done is not None:
+            log(f'[{key}] done before (same inputs): skipped')
+            return done
+        if world > 1 and stage != 'train':
+            raise RuntimeError(f'stage {key} runs on one process: run `asvit build ... --until scale` without '
+                               f'torchrun first, then train under torchrun')
+        log(f'[{key}] running')
+        with _timed() as elapsed:
+            result = fn()
+        log(f'[{key}] finished in {elapsed():.0f}s')
+        return stages.complete(key, inputs, result, elapsed())
+
+    search_in = {'search': preset.search}
+    outputs['search'] = run('search', search_in, lambda: _search(preset, folder, not stages.invalidated, progress))
+    if last >= STAGES.index('scale'):
+        scale_in = {'scale': preset.scale, 'seed': outputs['search']['seed_genotype']}
+        outputs['scale'] = run('scale', scale_in, lambda: _scale(preset, folder, outputs['search']['seed_genotype'],
+                                                                 not stages.invalidated))
+    rows: List[Dict[str, Any]] = []
+    for variant in outputs.get('scale', {}).get('variants', []) if last >= STAGES.index('train') else []:
+        name = variant['name']
+        train_in = {'train': preset.train, 'genotype': variant['genotype']}
+        trained = run('train', train_in, lambda: _train(preset, folder, variant, not stages.invalidated, progress),
+                      key=f'train/{name}')
+        if rank != 0 or last < STAGES.index('export'):
+            continue
+        export_in = {'tag': preset.tag, 'trained': trained}
+        exported = run('export', export_in, lambda: _export(preset, folder, name, trained['checkpoint']),
+                       key=f'export/{name}')
+        row = dict(name=name, tag=preset.tag, genotype=variant['genotype'], **trained)
+        if last >= STAGES.index('evaluate'):
+            eval_in = {'evaluate': preset.evaluate, 'sha256': exported['sha256']}
+            scored = run('evaluate', eval_in, lambda: _evaluate(preset, exported['folder']), key=f'evaluate/{name}')
+            row.update(top1=scored['top1'], top5=scored['top5'], trainer_top1=trained['top1'])
+        rows.append(row)
+    if rank == 0 and last >= STAGES.index('report'):
+        seconds = {stage: record['seconds'] for stage, record in stages.done.items()}
+        report = _report(preset, folder, outputs['search'], outputs['scale'], rows, seconds)
+        log(f'[report] {report}')
+        outputs['report'] = report
+    outputs['rows'] = rows
+    return outputs

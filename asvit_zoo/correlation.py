@@ -1,0 +1,195 @@
+"""The complexity study (``asvit correlate``): do the training-free measures rank trained accuracy?
+
+``N`` topologies are drawn uniformly from the search space (distinct, from ``seed``), each as the network the
+search measures (stage-1 width ``embed_dim``, one block per stage). Each is measured at initialisation
+(length distortion, curvature, their combination and the NTK condition number, :func:`measure_genotype`) and
+trained briefly on Fashion-MNIST with the trainer; Kendall's tau between test accuracy and each measure (and
+parameters and GMACs as baselines) says how well the measure ranks the topologies. The paper's claim is that
+length distortion ranks them well (larger is better) and that a smaller NTK condition number is better.
+
+Results are written after every topology (``records.json``), so an interrupted study resumes where it stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from tqdm import tqdm
+
+from .cost import count_macs, param_count
+from .datasets import search_batch
+from .fileio import write_json, write_text
+from .genotype import SEARCH_SPACE, Genotype
+from .measures import measure_genotype
+
+__all__ = ['CorrelationConfig', 'sample_topologies', 'kendall_table', 'correlate']
+
+PathLike = Union[str, os.PathLike]
+RECORDS_FILE = 'records.json'
+SUMMARY_FILE = 'correlation.json'
+TABLE_FILE = 'correlation.md'
+# name in a record -> (label, sign the paper expects for accuracy: +1 larger is better, -1 smaller is better)
+SCORES = {
+    'exp': ('length distortion', +1),
+    'curvature': ('curvature', +1),
+    'combined': ('length distortion x curvature (combined)', +1),
+    'ntk': ('NTK condition number', -1),
+    'params': ('parameters (baseline)', +1),
+    'gmacs': ('GMACs (baseline)', +1),
+}
+
+
+@dataclass(frozen=True)
+class CorrelationConfig:
+    n: int = 24
+    embed_dim: int = 32
+    depths: Tuple[int, ...] = (1, 1, 1, 1)
+    measure_image_size: int = 32
+    repeat: int = 1
+    ntk_batch: int = 8
+    img_size: int = 28
+    epochs: int = 1
+    train_subset: Optional[int] = 15000
+    eval_subset: Optional[int] = 2000
+    batch_size: int = 128
+    lr: float = 2e-3
+    seed: int = 0
+    device: str = 'cpu'
+
+    def __post_init__(self) -> None:
+        if self.n < 3:
+            raise ValueError(f'n must be >= 3 topologies for a rank correlation, got {self.n}')
+
+
+def sample_topologies(n: int, seed: int) -> List[Genotype]:
+    """``n`` distinct seed topologies drawn uniformly from the search space."""
+    generator = torch.Generator().manual_seed(seed)
+    sizes = [len(values) for values in SEARCH_SPACE.values()]
+    total = math.prod(sizes)
+    if n > total:
+        raise ValueError(f'n={n} exceeds the {total} topologies of the search space')
+    found: Dict[str, Genotype] = {}
+    while len(found) < n:
+        decisions = [int(torch.randint(size, (1,), generator=generator)) for size in sizes]
+        genotype = Genotype.from_decisions(decisions)
+        found.setdefault(str(genotype), genotype)
+    return list(found.values())
+
+
+def _study_one(config: CorrelationConfig, index: int, seed_genotype: Genotype, out: Path) -> Dict[str, Any]:
+    from .train import TrainConfig, train
+
+    genotype = seed_genotype.scaled(config.depths, config.embed_dim)
+    start = time.perf_counter()
+    inputs = search_batch('fashion-mnist', config.ntk_batch, config.measure_image_size, seed=config.seed)
+    m = measure_genotype(genotype, image_size=config.measure_image_size, repeat=config.repeat, inputs=inputs,
+                         seed=config.seed + index, device=config.device)
+    measured = time.perf_counter()
+    cfg = TrainConfig(genotype=str(genotype), img_size=config.img_size, epochs=config.epochs,
+                      train_subset=config.train_subset, eval_subset=config.eval_subset, batch_size=config.batch_size,
+                      lr=config.lr, warmup_epochs=0, seed=config.seed, device=config.device)
+    result = train(cfg, out / 'runs' / f'{index:03d}', resume=(out / 'runs' / f'{index:03d}' / 'last.pth.tar').is_file(),
+                   progress=False)
+    model = result.model.cpu()
+
+    def finite(value: Optional[float]) -> Optional[float]:
+        return value if value is not None and math.isfinite(value) else None
+
+    return {
+        'index': index, 'genotype': str(genotype), 'exp': finite(m.exp), 'curvature': finite(m.curvature),
+        'combined': finite(m.combined), 'ntk': finite(m.ntk), 'bad': bool(m.bad), 'params': param_count(model),
+        'gmacs': count_macs(model, (1, config.img_size, config.img_size)) / 1e9, 'top1': result.final['eval_top1'],
+        'measure_seconds': measured - start, 'train_seconds': result.final['train_time'],
+    }
+
+
+def kendall_table(records: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Kendall's tau (tau-b) and its p-value between test top-1 and each score, over the records where the
+    score is finite; ``agrees`` says whether the sign is the one the paper expects."""
+    from scipy.stats import kendalltau
+
+    rows = []
+    for key, (label, sign) in SCORES.items():
+        pairs = [(r[key], r['top1']) for r in records if r.get(key) is not None]
+        if len(pairs) < 3:
+            rows.append(dict(score=key, label=label, n=len(pairs), tau=None, p_value=None, agrees=None))
+            continue
+        result = kendalltau([p[0] for p in pairs], [p[1] for p in pairs])
+        tau, p = float(result.statistic), float(result.pvalue)
+        rows.append(dict(score=key, label=label, n=len(pairs), tau=tau, p_value=p, expected_sign=sign,
+                         agrees=bool(tau * sign > 0)))
+    return rows
+
+
+def _markdown(rows: Sequence[Dict[str, Any]], config: CorrelationConfig, seconds: float) -> str:
+    lines = [f'Kendall tau between Fashion-MNIST test top-1 after {config.epochs} epoch(s) and each score, '
+             f'{config.n} topologies, {seconds / 60:.1f} min.', '',
+             '| score | n | Kendall tau | p-value | expected sign | sign as expected |', '|---|---:|---:|---:|---|---|']
+    for r in rows:
+        if r['tau'] is None:
+            lines.append(f"| {r['label']} | {r['n']} | - | - | - | - |")
+            continue
+        lines.append(f"| {r['label']} | {r['n']} | {r['tau']:+.3f} | {r['p_value']:.3g} | "
+                     f"{'+' if r['expected_sign'] > 0 else '-'} | {'yes' if r['agrees'] else 'no'} |")
+    return '\n'.join(lines) + '\n'
+
+
+def _scatter(records: Sequence[Dict[str, Any]], rows: Sequence[Dict[str, Any]], out: Path) -> List[Path]:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for row in rows:
+        key = row['score']
+        points = [(r[key], r['top1']) for r in records if r.get(key) is not None]
+        fig, ax = plt.subplots(figsize=(5, 4))
+        ax.scatter([p[0] for p in points], [p[1] for p in points], s=18)
+        if key in ('ntk', 'params', 'gmacs', 'combined') and points and min(p[0] for p in points) > 0:
+            ax.set_xscale('log')
+        ax.set_xlabel(row['label'])
+        ax.set_ylabel('test top-1 (%)')
+        tau = 'n/a' if row['tau'] is None else f"{row['tau']:+.3f}"
+        ax.set_title(f'Kendall tau {tau} (n={row["n"]})')
+        ax.grid(alpha=.3)
+        fig.tight_layout()
+        path = out / f'scatter_{key}.png'
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def correlate(config: CorrelationConfig, out: PathLike, progress: bool = True) -> Dict[str, Any]:
+    """Run (or continue) the study into ``out``; returns the summary written to ``correlation.json``."""
+    import json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records_path = out / RECORDS_FILE
+    saved = json.loads(records_path.read_text()) if records_path.is_file() else {}
+    if saved and saved['config'] != json.loads(json.dumps(dataclasses.asdict(config))):
+        raise ValueError(f'{records_path} was written with another configuration {saved["config"]}; use the same '
+                         f'options to continue it, or another output folder')
+    records: List[Dict[str, Any]] = saved.get('records', [])
+    seconds = saved.get('seconds', 0.)
+    topologies = sample_topologies(config.n, config.seed)
+    for index in tqdm(range(len(records), config.n), desc='correlate', initial=len(records), total=config.n,
+                      disable=not progress):
+        start = time.perf_counter()
+        records.append(_study_one(config, index, topologies[index], out))
+        seconds += time.perf_counter() - start
+        write_json(records_path, {'config': dataclasses.asdict(config), 'records': records, 'seconds': seconds})
+    rows = kendall_table(records)
+    _scatter(records, rows, out)
+    table = _markdown(rows, config, seconds)
+    write_text(out / TABLE_FILE, table)
+    summary = {'config': dataclasses.asdict(config), 'kendall': rows, 'seconds': seconds, 'table': table}
+    write_json(out / SUMMARY_FILE, summary)
+    return summary

@@ -1,0 +1,64 @@
+"""``asvit correlate``: topology sampling, Kendall tau, and a small real study that resumes exactly."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from asvit_zoo.cli import main as cli_main
+from asvit_zoo.correlation import RECORDS_FILE, CorrelationConfig, correlate, kendall_table, sample_topologies
+from asvit_zoo.genotype import Genotype
+
+TINY = CorrelationConfig(n=3, measure_image_size=32, ntk_batch=4, train_subset=256, eval_subset=100, batch_size=64)
+TIMED = ('measure_seconds', 'train_seconds')
+
+
+def test_samples_are_distinct_valid_and_reproducible():
+    first = sample_topologies(30, seed=1)
+    assert len({str(g) for g in first}) == 30
+    assert all(Genotype.parse(str(g)).is_seed for g in first)
+    assert [str(g) for g in sample_topologies(30, seed=1)] == [str(g) for g in first]
+    assert [str(g) for g in sample_topologies(30, seed=2)] != [str(g) for g in first]
+
+
+def test_kendall_signs():
+    records = [dict(top1=a, exp=a / 10, curvature=-a, combined=None, ntk=100 - a, params=5, gmacs=a % 3)
+               for a in (10., 20., 30., 40.)]
+    rows = {r['score']: r for r in kendall_table(records)}
+    assert rows['exp']['tau'] == pytest.approx(1.0) and rows['exp']['agrees']
+    assert rows['ntk']['tau'] == pytest.approx(-1.0) and rows['ntk']['agrees']  # smaller condition is better
+    assert rows['curvature']['tau'] == pytest.approx(-1.0) and not rows['curvature']['agrees']
+    assert rows['combined']['tau'] is None and rows['combined']['n'] == 0
+    assert math.isnan(rows['params']['tau'])  # a constant score does not rank
+
+
+def _untimed(record):
+    return {k: v for k, v in record.items() if k not in TIMED}
+
+
+def test_a_small_study_runs_and_resumes_exactly(tmp_path: Path):
+    summary = correlate(TINY, tmp_path, progress=False)
+    saved = json.loads((tmp_path / RECORDS_FILE).read_text())
+    records = saved['records']
+    assert [r['index'] for r in records] == [0, 1, 2]
+    assert all(0 <= r['top1'] <= 100 and r['params'] > 0 for r in records)
+    assert {r['score'] for r in summary['kendall']} == {'exp', 'curvature', 'combined', 'ntk', 'params', 'gmacs'}
+    for score in ('exp', 'ntk', 'params'):
+        assert (tmp_path / f'scatter_{score}.png').read_bytes()[:4] == b'\x89PNG'
+    assert '| length distortion |' in (tmp_path / 'correlation.md').read_text()
+
+    # Interrupted after two topologies: the third is measured and trained again, to the same record.
+    (tmp_path / RECORDS_FILE).write_text(json.dumps(dict(saved, records=records[:2])))
+    for run in (tmp_path / 'runs').iterdir():
+        if run.name == '002':
+            for f in run.iterdir():
+                f.unlink()
+    correlate(TINY, tmp_path, progress=False)
+    again = json.loads((tmp_path / RECORDS_FILE).read_text())['records']
+    assert [_untimed(r) for r in again] == [_untimed(r) for r in records]
+
+
+def test_other_options_do_not_continue_a_study(tmp_path: Path, capsys: pytest.CaptureFixture):
+    (tmp_path / RECORDS_FILE).write_text(json.dumps({'config': {'n': 99}, 'records': [], 'seconds': 0}))
+    assert cli_main(['correlate', '--out', str(tmp_path), '-n', '3', '--no-progress']) == 2
+    assert 'was written with another configuration' in capsys.readouterr().err
