@@ -188,7 +188,7 @@ def _train(preset: BuildPreset, folder: Path, variant: Dict[str, Any], resume: b
     final = result.final
     model = result.model
     in_chans, size = int(model.patch_embed.proj.in_channels), cfg.img_size
-    return {'checkpoint': str(out / 'last.pth.tar'), 'params': param_count(model),
+    return {'checkpoint': str((out / 'last.pth.tar').relative_to(folder)), 'params': param_count(model),
             'gmacs': count_macs(model, (in_chans, size, size)) / 1e9, 'img_size': size,
             'top1': final['eval_top1'], 'top5': final['eval_top5'], 'train_macs': final['train_macs'],
             'train_macs_full': final['train_macs_full'], 'train_time': final['train_time'],
@@ -198,8 +198,8 @@ def _train(preset: BuildPreset, folder: Path, variant: Dict[str, Any], resume: b
 def _export(preset: BuildPreset, folder: Path, name: str, checkpoint: str) -> Dict[str, Any]:
     from .hub import export_weights
 
-    card = export_weights(checkpoint, name, preset.tag, root=folder / 'registry')
-    return {'folder': str(card.path), 'sha256': card.config['weights']['sha256']}
+    card = export_weights(folder / checkpoint, name, preset.tag, root=folder / 'registry')
+    return {'folder': str(card.path.relative_to(folder)), 'sha256': card.config['weights']['sha256']}
 
 
 def _evaluate(preset: BuildPreset, export_folder: str) -> Dict[str, Any]:
@@ -356,7 +356,8 @@ def build(preset: BuildPreset, folder: PathLike, resume: bool = True, until: Opt
         row = dict(name=name, tag=preset.tag, genotype=variant['genotype'], **trained)
         if last >= STAGES.index('evaluate'):
             eval_in = {'evaluate': preset.evaluate, 'sha256': exported['sha256']}
-            scored = run('evaluate', eval_in, lambda: _evaluate(preset, exported['folder']), key=f'evaluate/{name}')
+            scored = run('evaluate', eval_in, lambda: _evaluate(preset, str(folder / exported['folder'])),
+                         key=f'evaluate/{name}')
             row.update(top1=scored['top1'], top5=scored['top5'], trainer_top1=trained['top1'])
         rows.append(row)
     if rank == 0 and last >= STAGES.index('report'):

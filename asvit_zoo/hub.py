@@ -221,6 +221,21 @@ def _dataset_cfg(train_cfg: Mapping[str, Any], in_chans: int) -> Dict[str, Any]:
     return dict(mean=DEFAULT_PRETRAINED_CFG['mean'][:in_chans], std=DEFAULT_PRETRAINED_CFG['std'][:in_chans])
 
 
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header in sorted key order.
+
+    safetensors writes its header (tensor entries and ``__metadata__``) in hash-map order, which changes from one
+    process to the next; sorted, equal tensors and metadata always give the same bytes and the same sha256. The
+    data offsets are relative to the end of the header, so they stay valid; the header is padded with spaces to
+    a multiple of 8 bytes, as safetensors does.
+    """
+    size = int.from_bytes(data[:8], 'little')
+    header = json.loads(data[8:8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(',', ':')).encode()
+    text += b' ' * (-len(text) % 8)
+    return len(text).to_bytes(8, 'little') + text + data[8 + size:]
+
+
 def _pretrained_cfg(train_cfg: Mapping[str, Any], in_chans: int, tag: str = '') -> Dict[str, Any]:
     """timm pretrained cfg of weights trained with ``train_cfg``: its input size and normalisation."""
     img_size = int(train_cfg.get('img_size', 224))
@@ -333,7 +348,7 @@ def export_weights(checkpoint: PathLike, variant: str, tag: str, root: Optional[
     metadata = {'format': WEIGHTS_FORMAT, 'genotype': str(parsed), 'architecture': variant,
                 'asvit_zoo_version': __version__}
     folder = root / f'{variant}.{tag}'
-    weights_path = atomic_write(folder / WEIGHTS_FILE, lambda f: f.write(save(tensors, metadata)))
+    weights_path = atomic_write(folder / WEIGHTS_FILE, lambda f: f.write(canonical_safetensors(save(tensors, metadata))))
     img_size = int(train_cfg.get('img_size', 224))
     dataset = _dataset_cfg(train_cfg, in_chans)
     pretrained_cfg = _pretrained_cfg(train_cfg, in_chans, tag)

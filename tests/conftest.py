@@ -3,8 +3,10 @@ need them skip with a clear reason where they are absent, as in a user's clone."
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Callable, Dict
 
 import pytest
 
@@ -26,3 +28,28 @@ def reference_dir() -> Path:
 def reference_expected(reference_dir: Path) -> Dict[str, Dict[str, Any]]:
     """expected.json of the golden fixtures, per network name."""
     return json.loads((reference_dir / 'expected.json').read_text())
+
+
+def _hf_cache(root: Path, repo_id: str, folder: Path) -> Path:
+    """The Hugging Face cache layout of a repo holding ``folder``'s files: blobs, snapshots (links), refs/main."""
+    from asvit_zoo.hub import sha256_file
+
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    commit = 'a' * 40
+    for file in folder.iterdir():
+        blob = repo / 'blobs' / sha256_file(file)
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file, blob)
+        link = repo / 'snapshots' / commit / file.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / 'refs').mkdir()
+    (repo / 'refs' / 'main').write_text(commit)
+    return root
+
+
+@pytest.fixture(scope='session')
+def hf_cache() -> Callable[[Path, str, Path], Path]:
+    """``hf_cache(root, repo_id, folder)``: a Hugging Face cache under ``root`` holding ``folder`` as ``repo_id``
+    (what ``hf download`` leaves), for offline tests with ``HF_HUB_CACHE=root`` and ``HF_HUB_OFFLINE=1``."""
+    return _hf_cache

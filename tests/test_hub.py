@@ -144,22 +144,6 @@ def test_local_dir_loads_bit_identical_weights(export_dir: Path):
     _assert_same_weights(model, export_dir / 'model.safetensors')
 
 
-def _hf_cache(root: Path, repo_id: str, folder: Path) -> Path:
-    """The Hugging Face cache layout of a repo holding ``folder``'s files: blobs, snapshots (links), refs/main."""
-    repo = root / f"models--{repo_id.replace('/', '--')}"
-    commit = 'a' * 40
-    for file in folder.iterdir():
-        blob = repo / 'blobs' / sha256_file(file)
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(file, blob)
-        link = repo / 'snapshots' / commit / file.name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo / 'refs').mkdir()
-    (repo / 'refs' / 'main').write_text(commit)
-    return root
-
-
 OFFLINE_SCRIPT = '''
 import json, sys, time
 from pathlib import Path
@@ -194,8 +178,8 @@ print(json.dumps(out))
 '''
 
 
-def test_offline_hf_cache(export_dir: Path, tmp_path: Path):
-    cache = _hf_cache(tmp_path / 'hub', HUB_ID, export_dir)
+def test_offline_hf_cache(export_dir: Path, tmp_path: Path, hf_cache):
+    cache = hf_cache(tmp_path / 'hub', HUB_ID, export_dir)
     hub_only = tmp_path / 'hub_only' / 'asvit_hubonly.fmnist'  # a registered tag with an hf_hub_id and no file
     hub_only.mkdir(parents=True)
     config = json.loads((export_dir / 'config.json').read_text())
@@ -317,3 +301,22 @@ def test_push(export_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(WeightsError, match='sha256 mismatch'):
         push_folder(folder, HUB_ID)
     assert _FakeApi.calls == []  # nothing uploaded
+
+
+def test_exported_bytes_do_not_depend_on_header_order():
+    """safetensors writes its header in hash-map order; the export sorts it, so equal weights hash equally."""
+    from safetensors.torch import load, save
+
+    from asvit_zoo.hub import canonical_safetensors
+
+    tensors = {'b.weight': torch.randn(3, 5), 'a.bias': torch.arange(7), 'c': torch.ones(2, dtype=torch.float16)}
+    data = save(tensors, {'genotype': GENOTYPE, 'format': 'pt'})
+    size = int.from_bytes(data[:8], 'little')
+    header = json.loads(data[8:8 + size])
+    shuffled = json.dumps(dict(reversed(list(header.items())))).encode()
+    shuffled += b' ' * (-len(shuffled) % 8)
+    other = len(shuffled).to_bytes(8, 'little') + shuffled + data[8 + size:]
+    assert other != data
+    assert canonical_safetensors(other) == canonical_safetensors(data)
+    loaded = load(canonical_safetensors(data))
+    assert all(torch.equal(loaded[k], v) for k, v in tensors.items())

@@ -18,6 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument('--genotype', help='genotype of a variant that is not in the registry')
     export.add_argument('--ema', action='store_true', help="export the checkpoint's EMA weights")
     export.add_argument('--registry', type=Path, help='registry folder (default: the shipped registry)')
+    export.add_argument('--description', help="the model card's opening paragraph (default: a generated one)")
     export.set_defaults(func=run_export)
     push = subparsers.add_parser('push', help='upload a registry folder VARIANT.TAG to a Hub model repo')
     push.add_argument('name', help='registry folder name, e.g. asvit_small.fmnist')
@@ -29,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     card = export_weights(args.checkpoint, args.variant, args.tag, root=args.registry, hf_hub_id=args.hf_hub_id,
-                          ema=args.ema, genotype=args.genotype)
+                          ema=args.ema, genotype=args.genotype, description=args.description)
     weights = card.config['weights']
     print(f"{card.name}.{card.tag} -> {card.path} ({weights['bytes']} bytes, sha256 {weights['sha256']})")
     return 0
