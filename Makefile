@@ -8,7 +8,7 @@ setup:
 	bash scripts/setup.sh
 
 build: setup
-	.venv/bin/asvit summary
+	.venv/bin/asvit build --preset fmnist-cpu --out builds/fmnist-cpu
 
 test: setup
 	$(PY) -m pytest -q

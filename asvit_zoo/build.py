@@ -163,12 +163,12 @@ def _search(preset: BuildPreset, folder: Path, resume: bool, progress: bool) -> 
             'wall_seconds': result.summary['wall_seconds']}
 
 
-def _scale(preset: BuildPreset, folder: Path, seed: str, resume: bool) -> Dict[str, Any]:
+def _scale(preset: BuildPreset, folder: Path, seed: str, resume: bool, progress: bool) -> Dict[str, Any]:
     from .scaling import ScalingConfig, plot_trajectory, run_scaling, select_variants, write_variant_cards
 
     out = folder / 'scale'
     config = ScalingConfig(seed_genotype=seed, **preset._scaling_kwargs())
-    steps = run_scaling(config, out, resume=_fresh(out, resume))
+    steps = run_scaling(config, out, resume=_fresh(out, resume), progress=progress)
     plot_trajectory(steps, config.budgets, out / 'trajectory.png')
     variants = select_variants(seed, steps, config.budgets)
     write_json(out / 'variants.json', variants)
@@ -236,7 +236,8 @@ def results_table(rows: Sequence[Mapping[str, Any]]) -> str:
     lines = ['| variant | genotype | params (M) | GMACs | top-1 % | top-5 % | training TMACs | vs full tokens '
              '| train time (s) |', '|---|---|---:|---:|---:|---:|---:|---:|---:|']
     for r in rows:
-        lines.append(f"| {r['name']}.{r['tag']} | `{r['genotype']}` | {r['params'] / 1e6:.2f} | "
+        genotype = r['genotype'].replace('|', '\\|')  # a pipe inside a table cell must be escaped
+        lines.append(f"| {r['name']}.{r['tag']} | `{genotype}` | {r['params'] / 1e6:.2f} | "
                      f"{r['gmacs']:.4f} | {r['top1']:.2f} | {r['top5']:.2f} | {r['train_macs'] / 1e12:.2f} | "
                      f"{r['train_macs'] / r['train_macs_full']:.1%} | {r['train_time']:.0f} |")
     return '\n'.join(lines)
@@ -260,8 +261,8 @@ def _report(preset: BuildPreset, folder: Path, search: Mapping[str, Any], scale:
 {results_table(rows)}
 
 Accuracy is that of the exported weights, re-scored by `asvit eval` on the test split. Parameters and GMACs are
-those of the trained networks at {rows[0]['img_size'] if rows else '?'}x{rows[0]['img_size'] if rows else '?'}
-input; training MACs are counted per step at the tokenizer setting of that step (forward pass).
+those of the trained networks at {rows[0]['img_size'] if rows else '?'}x{rows[0]['img_size'] if rows else '?'} input;
+training MACs are counted per step at the tokenizer setting of that step (forward pass).
 
 Load a variant: `ASVIT_ZOO_REGISTRY={folder / 'registry'}` in the environment, then
 `timm.create_model('{names[0] if names else 'NAME'}.{preset.tag}', pretrained=True)` after `import asvit_zoo`
@@ -341,7 +342,7 @@ def build(preset: BuildPreset, folder: PathLike, resume: bool = True, until: Opt
     if last >= STAGES.index('scale'):
         scale_in = {'scale': preset.scale, 'seed': outputs['search']['seed_genotype']}
         outputs['scale'] = run('scale', scale_in, lambda: _scale(preset, folder, outputs['search']['seed_genotype'],
-                                                                 not stages.invalidated))
+                                                                 not stages.invalidated, progress))
     rows: List[Dict[str, Any]] = []
     for variant in outputs.get('scale', {}).get('variants', []) if last >= STAGES.index('train') else []:
         name = variant['name']

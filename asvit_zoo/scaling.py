@@ -185,9 +185,9 @@ def _step_from_dict(d: Dict[str, Any]) -> ScalingStep:
     return ScalingStep(**{**d, 'depths': tuple(d['depths']), 'candidates': candidates})
 
 
-def run_scaling(config: ScalingConfig, out_dir: Path, resume: bool = False) -> List[ScalingStep]:
+def run_scaling(config: ScalingConfig, out_dir: Path, resume: bool = False, progress: bool = True) -> List[ScalingStep]:
     """Grow the seed until the real-size network reaches ``config.stop_at`` parameters; write the
-    trajectory (atomically, after every step) to ``out_dir/trajectory.json``."""
+    trajectory (atomically, after every step) to ``out_dir/trajectory.json``. ``progress``: tqdm bars."""
     out_dir = Path(out_dir)
     steps: List[ScalingStep] = []
     if (out_dir / TRAJECTORY_FILE).exists():
@@ -220,14 +220,14 @@ def run_scaling(config: ScalingConfig, out_dir: Path, resume: bool = False) -> L
         m = measure(depths, START_WIDTH, 0)
         record(0, depths, START_WIDTH, _params(real_size(seed, depths, START_WIDTH)), m.ntk, m.exp, 0, start, [])
     depths, width, params = steps[-1].depths, steps[-1].width, steps[-1].params
-    bar = tqdm(desc='scaling', unit='step', initial=len(steps))
+    bar = tqdm(desc='scaling', unit='step', initial=len(steps), disable=not progress)
     while params < config.stop_at:
         start = time.perf_counter()
         step_index = len(steps)
         candidates = _candidates(seed, depths, width, config.upper_limit)
         if not candidates:
             break
-        for c in tqdm(candidates, desc=f'step {step_index}', unit='cand', leave=False):
+        for c in tqdm(candidates, desc=f'step {step_index}', unit='cand', leave=False, disable=not progress):
             m = measure(c.depths, c.width, step_index)
             c.ntk, c.exp, c.bad = m.ntk, m.exp, m.bad
         chosen = _choose(candidates)

@@ -84,7 +84,11 @@ def test_wheel_ships_modules_registry_and_console_script(wheel: Path) -> None:
     assert modules - names == set(), 'source modules missing from the wheel'
     assert VARIANTS, f'no variant folders with config.json in {REGISTRY}'
     cards = {f'asvit_zoo/_registry/{name}/{file}' for name in VARIANTS for file in ('config.json', 'README.md')}
-    assert cards - names == set(), 'registry files missing from the wheel'
+    weights = {f'asvit_zoo/_registry/{path.parent.name}/{path.name}' for path in REGISTRY.glob('*/*.safetensors')}
+    assert weights, f'no weights in {REGISTRY}'
+    assert (cards | weights) - names == set(), 'registry files missing from the wheel'
+    presets = {f'asvit_zoo/presets/{path.name}' for path in (REPO / 'asvit_zoo' / 'presets').glob('*.json')}
+    assert presets and presets - names == set(), 'build presets missing from the wheel'
     assert scripts.get('console_scripts', 'asvit', fallback=None) == 'asvit_zoo.cli:main'
 
 
@@ -96,7 +100,7 @@ def test_installed_zoo_registers_and_runs_every_variant(site: Path) -> None:
     assert outside == {}, f'asvit_zoo modules imported from outside the install {site}'
     assert 'asvit_zoo' in info['modules']
     assert Path(info['registry_root']).resolve() == (site / 'asvit_zoo' / '_registry').resolve()
-    assert set(VARIANTS) <= set(info['models'])
+    assert {name.split('.')[0] for name in VARIANTS} <= set(info['models'])
     assert info['logits_shape'] == [2, 1000] and info['logits_finite']
 
 
@@ -105,3 +109,20 @@ def test_installed_console_script_runs(site: Path) -> None:
     assert script.is_file(), f'pip did not install the asvit console script into {script.parent}'
     result = run_installed(site, [sys.executable, str(script), '--help'])
     assert 'usage: asvit' in result.stdout
+
+
+def test_installed_weights_reproduce_their_cards_offline(site: Path, tmp_path: Path) -> None:
+    """The shipped weights load offline from the install (no Hub, an empty HF cache) and `asvit eval` gives the
+    accuracy their cards record."""
+    script = site / 'bin' / 'asvit'
+    env = {**os.environ, 'PYTHONPATH': str(site), 'HF_HUB_OFFLINE': '1', 'HF_HOME': str(tmp_path / 'hf'),
+           'HF_HUB_CACHE': str(tmp_path / 'hf' / 'hub')}
+    shipped = sorted(path.parent for path in REGISTRY.glob('*/model.safetensors'))
+    assert shipped
+    for folder in shipped:
+        card = json.loads((folder / 'config.json').read_text())
+        result = run([sys.executable, str(script), 'eval', folder.name, '--json'], cwd=site.parent, env=env)
+        scored = json.loads(result.stdout)
+        assert scored['images'] == 10000
+        assert abs(scored['top1'] - card['provenance']['eval_top1']) <= 0.2, (folder.name, scored)
+        assert abs(scored['top5'] - card['provenance']['eval_top5']) <= 0.2, (folder.name, scored)

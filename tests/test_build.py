@@ -1,0 +1,136 @@
+"""``asvit build`` end to end on a tiny preset: every stage runs for real (search, scaling, training, export,
+evaluation, report), a build killed mid-training and restarted ends with the results of an uninterrupted one,
+and the variants it produced load with ``timm.create_model`` afterwards."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+
+from asvit_zoo.build import STAGES_FILE, build, load_preset
+
+NAME = 'asvit_tb_a'
+TINY_PRESET: Dict[str, Any] = {
+    'description': 'Tiny preset of the tests.',
+    'search': {'steps': 3, 'repeat': 1, 'batch_size': 4, 'image_size': 32, 'measures': ['ntk', 'exp'],
+               'data': 'fashion-mnist', 'device': 'cpu', 'seed': 0},
+    'scale': {'budgets': [2500000], 'names': [NAME], 'upper_limit': 4000000, 'image_size': 32, 'repeat': 1,
+              'batch_size': 4, 'data': 'fashion-mnist', 'seed': 0, 'device': 'cpu'},
+    'train': {'data': 'fashion-mnist', 'img_size': 28, 'epochs': 3, 'batch_size': 64, 'train_subset': 1024,
+              'eval_subset': 200, 'lr': 0.002, 'warmup_epochs': 0, 'retokenization': '0.5:8:2,0.5:4:1',
+              'seed': 0, 'device': 'cpu'},
+    'tag': 'fmnist',
+    'evaluate': {'subset': 200, 'batch_size': 200, 'device': 'cpu'},
+}
+TIMED = {'seconds', 'wall_seconds', 'train_time'}
+
+
+@pytest.fixture(scope='module')
+def preset_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp('preset') / 'tiny.json'
+    path.write_text(json.dumps(TINY_PRESET))
+    return path
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(preset_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp('build_a')
+    build(load_preset(preset_file), folder, progress=False, log=lambda _: None)
+    return folder
+
+
+def _untimed(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _untimed(v) for k, v in value.items() if k not in TIMED}
+    if isinstance(value, list):
+        return [_untimed(v) for v in value]
+    return value
+
+
+def _stage_outputs(folder: Path) -> Dict[str, Any]:
+    done = json.loads((folder / STAGES_FILE).read_text())
+    return {stage: _untimed(record['outputs']) for stage, record in done.items()}
+
+
+def test_build_runs_every_stage(uninterrupted: Path):
+    outputs = _stage_outputs(uninterrupted)
+    assert sorted(outputs) == sorted(['search', 'scale', f'train/{NAME}', f'export/{NAME}', f'evaluate/{NAME}'])
+    trained, scored = outputs[f'train/{NAME}'], outputs[f'evaluate/{NAME}']
+    assert scored['images'] == 200
+    assert scored['top1'] == pytest.approx(trained['top1'], abs=1e-6)  # the export scores what the trainer saw
+    assert trained['train_macs'] < trained['train_macs_full']  # the coarse phase saved MACs
+    report = (uninterrupted / 'report.md').read_text()
+    genotype = outputs['scale']['variants'][0]['genotype'].replace('|', '\\|')
+    assert f'| {NAME}.fmnist | `{genotype}` |' in report
+    for png in ('accuracy.png', 'search/curves.png', 'scale/trajectory.png', f'train/{NAME}/schedule.png'):
+        assert (uninterrupted / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n', png
+        assert f']({png})' in report
+
+
+def test_a_finished_build_is_skipped(uninterrupted: Path, preset_file: Path):
+    before = (uninterrupted / STAGES_FILE).read_text()
+    lines = []
+    build(load_preset(preset_file), uninterrupted, progress=False, log=lines.append)
+    assert sum('skipped' in line for line in lines) == 5
+    assert (uninterrupted / STAGES_FILE).read_text() == before
+
+
+def test_killed_build_resumes_to_the_same_results(uninterrupted: Path, preset_file: Path, tmp_path: Path):
+    folder = tmp_path / 'build_b'
+    command = [sys.executable, '-m', 'asvit_zoo.cli', 'build', '--preset', str(preset_file), '--out', str(folder),
+               '--no-progress']
+    metrics = folder / 'train' / NAME / 'metrics.jsonl'
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    while not (metrics.is_file() and metrics.read_text().count('\n') >= 1):  # killed during the 2nd epoch
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert metrics.read_text().count('\n') < TINY_PRESET['train']['epochs']
+    assert f'train/{NAME}' not in json.loads((folder / STAGES_FILE).read_text())
+
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert '[search] done before (same inputs): skipped' in result.stdout
+    assert _stage_outputs(folder) == _stage_outputs(uninterrupted)
+    assert [json.loads(line)['train_loss'] for line in metrics.read_text().splitlines()] == \
+        [json.loads(line)['train_loss'] for line in (uninterrupted / 'train' / NAME / 'metrics.jsonl').read_text().splitlines()]
+
+
+LOAD_SCRIPT = '''
+import sys, timm, torch, asvit_zoo
+from safetensors.torch import load_file
+model = timm.create_model(sys.argv[1], pretrained=True)
+expected = load_file(sys.argv[2])
+print(all(torch.equal(model.state_dict()[k], v) for k, v in expected.items()))
+'''
+
+
+def test_timm_loads_the_built_variants(uninterrupted: Path):
+    weights = uninterrupted / 'registry' / f'{NAME}.fmnist' / 'model.safetensors'
+    env = dict(os.environ, ASVIT_ZOO_REGISTRY=str(uninterrupted / 'registry'))
+    result = subprocess.run([sys.executable, '-c', LOAD_SCRIPT, f'{NAME}.fmnist', str(weights)], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == 'True'
+
+
+def test_preset_errors_name_the_problem(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match="preset 'nope' is neither a shipped preset"):
+        load_preset('nope')
+    bad = tmp_path / 'bad.json'
+    bad.write_text(json.dumps(dict(TINY_PRESET, scale=dict(TINY_PRESET['scale'], names=['a', 'b']))))
+    with pytest.raises(ValueError, match='one per budget'):
+        load_preset(bad)
+    bad.write_text(json.dumps(dict(TINY_PRESET, trian={})))
+    with pytest.raises(ValueError, match=r"unknown preset field\(s\) \['trian'\]"):
+        load_preset(bad)
+    for name in ('fmnist-cpu', 'imagenet-paper'):
+        assert load_preset(name).name == name
