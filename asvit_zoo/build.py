@@ -33,11 +33,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
-import torch
-
 from .cost import count_macs, param_count
 from .fileio import write_json, write_text
-from .genotype import Genotype
 
 __all__ = ['STAGES', 'PRESETS', 'BuildPreset', 'load_preset', 'build']
 

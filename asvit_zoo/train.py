@@ -57,6 +57,7 @@ from timm.utils import ModelEmaV3, NativeScaler, accuracy
 from .asvit import AsViT
 from .datasets import DEFAULT_ROOT, load_fashion_mnist
 from .cost import param_count
+from .fileio import save_torch, write_text
 from .retokenization import FULL_TOKENS, parse_schedule, plot_schedule, schedule_cost
 
 __all__ = ['TrainConfig', 'TrainResult', 'Trainer', 'load_config', 'train']
@@ -353,16 +354,8 @@ def _gather_rng_states(env: DistEnv) -> List[Dict[str, Any]]:
     return states
 
 
-def write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    """``write(tmp)`` to a temporary file in the same folder, then rename it over ``path``: a reader (or a
-    resume after a crash) sees the old file or the new one, never a partial one."""
-    tmp = path.with_name(f'.{path.name}.tmp')
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _write_metrics(path: Path, metrics: List[Dict[str, Any]]) -> None:
-    write_atomic(path, lambda tmp: tmp.write_text(''.join(json.dumps(m) + '\n' for m in metrics), encoding='utf-8'))
+    write_text(path, ''.join(json.dumps(m) + '\n' for m in metrics))
 
 
 def read_metrics(path: PathLike) -> List[Dict[str, Any]]:
@@ -513,7 +506,7 @@ class Trainer:
             'train_macs': self.train_macs, 'wall_time': self.wall, 'cpu_time': self.cpu, 'rng': rng,
             'schedule': str(self.schedule),
         }
-        write_atomic(self.checkpoint_path, lambda tmp: torch.save(checkpoint, tmp))
+        save_torch(self.checkpoint_path, checkpoint)
         _write_metrics(self.metrics_path, self.metrics)
 
     def train_epoch(self, epoch: int) -> Dict[str, Any]:
@@ -566,7 +559,7 @@ class Trainer:
         if self.env.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
             config_text = json.dumps(self.cfg.to_dict(), indent=2) + '\n'
-            write_atomic(self.output / 'config.json', lambda tmp: tmp.write_text(config_text, encoding='utf-8'))
+            write_text(self.output / 'config.json', config_text)
             _write_metrics(self.metrics_path, self.metrics)
             plot_schedule(self.cost, self.output / 'schedule.png')
             if self.progress:

@@ -5,7 +5,6 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 from timm.optim import create_optimizer_v2
 

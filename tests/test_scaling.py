@@ -10,7 +10,7 @@ from asvit_zoo.genotype import PAPER_SEED, Genotype
 from asvit_zoo.registry import load_card
 from asvit_zoo.scaling import (
     Candidate, ScalingConfig, _candidates, _choose, _dense_ranks, load_trajectory, run_scaling, select_variants,
-    _step_from_dict, TRAJECTORY_FILE)
+    TRAJECTORY_FILE)
 
 SEED = Genotype.parse(PAPER_SEED)
 TINY = dict(budgets=(2.6e6,), upper_limit=4e6, image_size=16, batch_size=2, data='noise')
