@@ -21,9 +21,11 @@ def test_tables_list_every_variant_with_counts(capsys, command):
         row = rows[card.name]
         assert row['genotype'] == f'`{card.genotype}`'
         assert float(row['params (M)']) > 0 and float(row['GMACs @64']) > 0
-        assert row['weights'] == 'no' and row['hub id'] == '-'
+        shipped = [tag for tag in card.tags() if card.weights_file(tag) is not None]
+        assert row['weights'] == (f"yes ({', '.join(shipped)})" if shipped else 'no')
         assert ('forward (s)' in row) == (command == 'summary')
     assert rows['asvit_large_paper']['params (M)'] == '87.58'
+    assert rows['asvit_tiny']['weights'] == 'yes (fmnist)' and rows['asvit_tiny']['hub id'] == 'asvit-zoo/asvit_tiny-fmnist'
     assert main(['list']) == 0
     assert _table(capsys.readouterr().out)['asvit_large_paper']['GMACs @224'] == '22.36'
 
@@ -32,6 +34,6 @@ def test_show_prints_the_card_and_rejects_unknown_names(capsys):
     assert main(['show', 'asvit_small']) == 0
     out = capsys.readouterr().out
     assert out.startswith('---\nlibrary_name: timm') and '# asvit_small' in out and 'asvit scale --seed' in out
-    assert main(['show', 'asvit_tiny']) == 2
+    assert main(['show', 'asvit_huge']) == 2
     err = capsys.readouterr().err
-    assert "unknown variant 'asvit_tiny'" in err and 'asvit_small' in err
+    assert "unknown variant 'asvit_huge'" in err and 'asvit_small' in err
