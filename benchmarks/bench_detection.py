@@ -1,7 +1,8 @@
 """Detection with an As-ViT backbone, measured on the CPU.
 
 ``train``: generate the Fashion-MNIST scenes (tools/make_det_data.py), train the CPU-sized Mask R-CNN
-(``mask-rcnn_asvit-seed_fpn_fmnist``: asvit_seed from scratch) with tools/det_train.py, evaluate the
+(``mask-rcnn_asvit-tiny_fpn_fmnist``: asvit_tiny from the shipped Fashion-MNIST classification weights;
+``--config mask-rcnn_asvit-seed_fpn_fmnist`` trains asvit_seed from scratch) with tools/det_train.py, evaluate the
 last checkpoint on the val split with tools/det_test.py (COCO bbox and segm mAP) and draw the
 predictions on one val image with tools/det_infer.py. The tools run as subprocesses, as a user runs
 them; wall times are measured around them. Training uses ``--threads`` torch threads (on a shared
@@ -39,7 +40,7 @@ from asvit_zoo.fileio import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = REPO / 'tools'
-TRAIN_CONFIG = 'mask-rcnn_asvit-seed_fpn_fmnist'
+TRAIN_CONFIG = 'mask-rcnn_asvit-tiny_fpn_fmnist'  # pretrained backbone (asvit_tiny.fmnist)
 SWIN_T_CONFIG = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
 TARGET_BBOX_MAP = 0.50
 
@@ -58,7 +59,8 @@ def _run(args: Sequence[str], threads: int) -> float:
     return time.perf_counter() - start
 
 
-def bench_train(work_dir: Path, num_train: int, num_val: int, max_iters: Optional[int], threads: int) -> Dict[str, Any]:
+def bench_train(work_dir: Path, num_train: int, num_val: int, max_iters: Optional[int], threads: int,
+                config: str = TRAIN_CONFIG) -> Dict[str, Any]:
     data = work_dir / 'data'
     if not (annotation_file(data, 'train').is_file() and annotation_file(data, 'val').is_file()):
         _run(['make_det_data.py', '--out', str(data), '--train', str(num_train), '--val', str(num_val)], threads)
@@ -68,21 +70,21 @@ def bench_train(work_dir: Path, num_train: int, num_val: int, max_iters: Optiona
         options.update({'train_cfg.max_iters': max_iters, 'train_cfg.val_interval': max_iters,
                         'param_scheduler.0.end': warmup, 'param_scheduler.1.begin': warmup,
                         'param_scheduler.1.end': max_iters})
-    iters = max_iters or load_config(TRAIN_CONFIG).train_cfg.max_iters
+    iters = max_iters or load_config(config).train_cfg.max_iters
     train_dir = work_dir / 'train'
-    train_s = _run(['det_train.py', TRAIN_CONFIG, '--work-dir', str(train_dir), '--cfg-options', *_options(options)],
+    train_s = _run(['det_train.py', config, '--work-dir', str(train_dir), '--cfg-options', *_options(options)],
                    threads)
     checkpoint = train_dir / f'iter_{iters}.pth'
     metrics_file = work_dir / 'metrics.json'
-    test_s = _run(['det_test.py', TRAIN_CONFIG, str(checkpoint), '--work-dir', str(work_dir / 'test'),
+    test_s = _run(['det_test.py', config, str(checkpoint), '--work-dir', str(work_dir / 'test'),
                    '--metrics-out', str(metrics_file), '--cfg-options', *_options(options)], threads)
     prediction = work_dir / 'prediction.png'
-    _run(['det_infer.py', TRAIN_CONFIG, str(checkpoint), str(data / 'val' / '000001.png'), '--out', str(prediction)],
+    _run(['det_infer.py', config, str(checkpoint), str(data / 'val' / '000001.png'), '--out', str(prediction)],
          threads)
     metrics = json.loads(metrics_file.read_text())
     return {
-        'config': TRAIN_CONFIG, 'iterations': iters,
-        'batch_size': load_config(TRAIN_CONFIG).train_dataloader.batch_size,
+        'config': config, 'iterations': iters,
+        'batch_size': load_config(config).train_dataloader.batch_size,
         'train_images': num_train, 'val_images': num_val, 'threads': threads,
         'train_wall_s': round(train_s, 1), 'test_wall_s': round(test_s, 1),
         'bbox_mAP': metrics['coco/bbox_mAP'], 'bbox_mAP_50': metrics['coco/bbox_mAP_50'],
@@ -128,6 +130,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--train-images', type=int, default=4000)
     parser.add_argument('--val-images', type=int, default=200)
     parser.add_argument('--max-iters', type=int, help='override the config\'s iterations (short trials)')
+    parser.add_argument('--config', default=TRAIN_CONFIG,
+                        help=f'detection config to train (default: {TRAIN_CONFIG}; from scratch: '
+                             f'mask-rcnn_asvit-seed_fpn_fmnist)')
     parser.add_argument('--threads', type=int, default=1, help='torch threads of the train/test/infer tools')
     parser.add_argument('--archs', nargs='+', default=['asvit_small', 'asvit_base', 'asvit_large'])
     parser.add_argument('--image-size', type=int, nargs=2, default=(800, 1333), metavar=('H', 'W'))
@@ -135,7 +140,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     work_dir = args.work_dir.resolve()
     if args.part == 'train':
-        result = bench_train(work_dir, args.train_images, args.val_images, args.max_iters, args.threads)
+        result = bench_train(work_dir, args.train_images, args.val_images, args.max_iters, args.threads, args.config)
     else:
         result = bench_speed(args.archs, args.image_size, args.rounds)
     result['command'] = ' '.join(['python', 'benchmarks/bench_detection.py', *(argv or sys.argv[1:])])

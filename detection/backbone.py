@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
+from timm.models import adapt_input_conv
 
 from mmdet.registry import MODELS
 
@@ -105,10 +106,21 @@ class AsViT(BaseModule):
             return
         source = self.init_cfg['checkpoint']
         state_dict = checkpoint_filter_fn(load_weights(source), self.model)
+        adapted = self._adapt_input_conv(state_dict)
         missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
-        print_log(f'AsViT: loaded {len(state_dict) - len(unexpected)} tensors from {source}; '
+        print_log(f'AsViT: loaded {len(state_dict) - len(unexpected)} tensors from {source}{adapted}; '
                   f'missing keys: {missing or "none"}; unexpected keys: {unexpected or "none"}', logger='current')
         self._is_init = True
+
+    def _adapt_input_conv(self, state_dict: Dict[str, torch.Tensor]) -> str:
+        """Fit the stage-1 tokenizer of weights trained on other input channels (grayscale Fashion-MNIST weights
+        in an RGB detector) with timm's ``adapt_input_conv``; returns a note for the log."""
+        key = 'patch_embed.proj.weight'
+        weight, in_chans = state_dict.get(key), self.model.patch_embed.proj.in_channels
+        if weight is None or weight.dim() != 4 or weight.shape[1] == in_chans:
+            return ''
+        state_dict[key] = adapt_input_conv(in_chans, weight, base_chans=weight.shape[1])
+        return f' ({key} adapted from {weight.shape[1]} to {in_chans} input channels)'
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         return tuple(self.model.forward_intermediates(x, indices=list(self.out_indices), intermediates_only=True))

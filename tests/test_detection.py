@@ -148,6 +148,24 @@ def test_pretrained_init_cfg_loads_our_weights(tmp_path: Path, monkeypatch: pyte
     assert all(f"'{key}'" in reported_unexpected for key in unused)
 
 
+def test_pretrained_grayscale_weights_fit_an_rgb_backbone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped Fashion-MNIST weights (1 input channel) initialise an RGB backbone: the tokenizer's filters are
+    spread over the 3 channels, so a gray RGB image gives the same stage-1 tokens as the grayscale image."""
+    logged: List[str] = []
+    monkeypatch.setattr(backbone_module, 'print_log', lambda msg, **kwargs: logged.append(msg))
+    backbone = MODELS.build(dict(type='AsViT', arch='asvit_tiny',
+                                 init_cfg=dict(type='Pretrained', checkpoint='asvit_tiny.fmnist')))
+    backbone.init_weights()
+    assert 'patch_embed.proj.weight adapted from 1 to 3 input channels' in logged[0]
+    assert 'missing keys: none' in logged[0]
+    gray = timm.create_model('asvit_tiny.fmnist', pretrained=True).eval()
+    x = torch.randn(2, 1, 64, 96)
+    with torch.no_grad():
+        expected = gray.patch_embed(x)
+        got = backbone.model.patch_embed(x.expand(-1, 3, -1, -1))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_pretrained_reports_missing_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = timm.create_model('asvit', genotype=TINY).state_dict()
     partial = {k: v for k, v in source.items() if not k.startswith('stages.3.')}

@@ -1,0 +1,13 @@
+# The CPU-sized Mask R-CNN of mask-rcnn_asvit-seed_fpn_fmnist.py with a pretrained backbone: asvit_tiny with the
+# shipped Fashion-MNIST classification weights (asvit_tiny.fmnist, grayscale; the tokenizer is adapted to RGB).
+# The scenes' items come from the same dataset, so the backbone starts out knowing them. Images are normalised
+# as the classifier's inputs were (Fashion-MNIST mean and std, on 0-255 values).
+_base_ = './mask-rcnn_asvit-seed_fpn_fmnist.py'
+
+model = dict(
+    data_preprocessor=dict(mean=[72.93, 72.93, 72.93], std=[90.02, 90.02, 90.02]),
+    backbone=dict(arch='asvit_tiny', init_cfg=dict(_delete_=True, type='Pretrained', checkpoint='asvit_tiny.fmnist')),
+    # neck in_channels: the channels of asvit_tiny's stages (tests/test_detection.py checks them).
+    neck=dict(in_channels=[32, 64, 128, 256]))
+# A pretrained backbone: layer-wise lr decay over it, the heads at the full rate.
+optim_wrapper = dict(optimizer=dict(lr=0.002), paramwise_cfg=dict(layer_decay_rate=0.75))
