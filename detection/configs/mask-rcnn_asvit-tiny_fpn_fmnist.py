@@ -10,4 +10,4 @@ model = dict(
     # neck in_channels: the channels of asvit_tiny's stages (tests/test_detection.py checks them).
     neck=dict(in_channels=[32, 64, 128, 256]))
 # A pretrained backbone: layer-wise lr decay over it, the heads at the full rate.
-optim_wrapper = dict(optimizer=dict(lr=0.002), paramwise_cfg=dict(layer_decay_rate=0.75))
+optim_wrapper = dict(optimizer=dict(lr=0.002), paramwise_cfg=dict(layer_decay_rate=0.9))
