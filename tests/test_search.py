@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from asvit_zoo import cli
-from asvit_zoo.commands.search import parse_count, parse_positive
+from asvit_zoo.commands.options import parse_count, parse_positive
 from asvit_zoo.datasets import DEFAULT_ROOT
 from asvit_zoo.genotype import Genotype
 from asvit_zoo.measures import Measures, measure_genotype

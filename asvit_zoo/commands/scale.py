@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..scaling import ScalingConfig, plot_trajectory, run_scaling, select_variants, write_variant_cards
 from ..fileio import write_json
-from .search import parse_count
+from .options import parse_count
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
