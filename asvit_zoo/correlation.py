@@ -82,12 +82,13 @@ def sample_topologies(n: int, seed: int) -> List[Genotype]:
     return list(found.values())
 
 
-def _study_one(config: CorrelationConfig, index: int, seed_genotype: Genotype, out: Path) -> Dict[str, Any]:
+def _study_one(config: CorrelationConfig, index: int, seed_genotype: Genotype, inputs: torch.Tensor,
+               out: Path) -> Dict[str, Any]:
+    """Measure (NTK on ``inputs``) and train one topology."""
     from .train import TrainConfig, train
 
     genotype = seed_genotype.scaled(config.depths, config.embed_dim)
     start = time.perf_counter()
-    inputs = search_batch('fashion-mnist', config.ntk_batch, config.measure_image_size, seed=config.seed)
     m = measure_genotype(genotype, image_size=config.measure_image_size, repeat=config.repeat, inputs=inputs,
                          seed=config.seed + index, device=config.device)
     measured = time.perf_counter()
@@ -180,10 +181,11 @@ def correlate(config: CorrelationConfig, out: PathLike, progress: bool = True) -
     records: List[Dict[str, Any]] = saved.get('records', [])
     seconds = saved.get('seconds', 0.)
     topologies = sample_topologies(config.n, config.seed)
+    inputs = search_batch('fashion-mnist', config.ntk_batch, config.measure_image_size, seed=config.seed)
     for index in tqdm(range(len(records), config.n), desc='correlate', initial=len(records), total=config.n,
                       disable=not progress):
         start = time.perf_counter()
-        records.append(_study_one(config, index, topologies[index], out))
+        records.append(_study_one(config, index, topologies[index], inputs, out))
         seconds += time.perf_counter() - start
         write_json(records_path, {'config': dataclasses.asdict(config), 'records': records, 'seconds': seconds})
     rows = kendall_table(records)

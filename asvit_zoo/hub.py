@@ -245,20 +245,16 @@ def _pretrained_cfg(train_cfg: Mapping[str, Any], in_chans: int, tag: str = '') 
             'mean': dataset['mean'], 'std': dataset['std']}
 
 
-def _checkpoint_genotype(checkpoint: Path, train_cfg: Mapping[str, Any], variant: Optional[str] = None,
-                         genotype: Optional[str] = None) -> Genotype:
-    """The genotype of a checkpoint's weights: ``genotype``, else that of the registered ``variant``, else the
-    trainer config's genotype or model name, else the genotype in a safetensors file's metadata."""
+def _checkpoint_genotype(checkpoint: Path, train_cfg: Mapping[str, Any]) -> Genotype:
+    """The genotype a trainer checkpoint was trained with: its config's genotype, else that of its registered
+    model name (the trainer builds ``create_model(model, genotype=...)``, so the genotype wins)."""
     from .asvit import registered_card
 
-    names = [n for n in (variant, train_cfg.get('model')) if n]
-    text = genotype or next((str(registered_card(n).genotype) for n in names if registered_card(n)), None) \
-        or train_cfg.get('genotype')
-    if text is None and checkpoint.suffix == '.safetensors':
-        text = read_metadata(checkpoint).get('genotype')
+    card = registered_card(train_cfg.get('model') or '')
+    text = train_cfg.get('genotype') or (str(card.genotype) if card is not None else None)
     if text is None:
-        raise ValueError(f'{checkpoint}: no genotype (not in its trainer config or metadata, and '
-                         f'{variant or train_cfg.get("model")!r} is not a registered variant)')
+        raise ValueError(f'{checkpoint}: no genotype (none in its trainer config, and its model '
+                         f'{train_cfg.get("model")!r} is not a registered variant)')
     return Genotype.parse(text)
 
 
