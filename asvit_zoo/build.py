@@ -21,7 +21,6 @@ everything after it.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -31,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from .cost import count_macs, param_count
 from .fileio import write_json, write_text
@@ -296,13 +295,7 @@ Schedule `{schedule}` (fraction:stride:dilation).
 
 
 # --------------------------------------------------------------------------- the build
-@contextlib.contextmanager
-def _timed() -> Iterator[Callable[[], float]]:
-    start = time.perf_counter()
-    yield lambda: time.perf_counter() - start
-
-
-def build(preset: BuildPreset, folder: PathLike, resume: bool = True, until: Optional[str] = None,
+def build(preset: BuildPreset, folder: PathLike, until: Optional[str] = None,
           progress: bool = True, log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Run the stages of ``preset`` into ``folder`` up to ``until`` (default: all), skipping completed ones.
 
@@ -329,10 +322,11 @@ def build(preset: BuildPreset, folder: PathLike, resume: bool = True, until: Opt
             raise RuntimeError(f'stage {key} runs on one process: run `asvit build ... --until scale` without '
                                f'torchrun first, then train under torchrun')
         log(f'[{key}] running')
-        with _timed() as elapsed:
-            result = fn()
-        log(f'[{key}] finished in {elapsed():.0f}s')
-        return stages.complete(key, inputs, result, elapsed())
+        start = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - start
+        log(f'[{key}] finished in {seconds:.0f}s')
+        return stages.complete(key, inputs, result, seconds)
 
     search_in = {'search': preset.search}
     outputs['search'] = run('search', search_in, lambda: _search(preset, folder, not stages.invalidated, progress))
