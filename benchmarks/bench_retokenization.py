@@ -122,12 +122,14 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument('--epochs', type=int, help='override the recipe (trial runs)')
     parser.add_argument('--train-subset', type=int, help='first N training images (trial runs)')
     parser.add_argument('--eval-subset', type=int, help='first N test images (trial runs)')
+    parser.add_argument('--img-size', type=int, help='override the recipe: input side in pixels (e.g. 56)')
+    parser.add_argument('--crop-padding', type=int, help='override the recipe: random-crop padding in pixels')
     parser.add_argument('--threads', type=int, default=2, help='torch intra-op threads (default: 2)')
     parser.add_argument('--progress', action='store_true', help='progress bars')
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    overrides: Dict[str, Any] = {k: getattr(args, k) for k in ('epochs', 'train_subset', 'eval_subset')
+    overrides: Dict[str, Any] = {k: getattr(args, k) for k in ('epochs', 'train_subset', 'eval_subset', 'img_size', 'crop_padding')
                                  if getattr(args, k) is not None}
     base = load_config(args.recipe, **overrides)
     schedule = str(parse_schedule(args.schedule))
