@@ -344,7 +344,8 @@ def export_weights(checkpoint: PathLike, variant: str, tag: str, root: Optional[
     metadata = {'format': WEIGHTS_FORMAT, 'genotype': str(parsed), 'architecture': variant,
                 'asvit_zoo_version': __version__}
     folder = root / f'{variant}.{tag}'
-    weights_path = atomic_write(folder / WEIGHTS_FILE, lambda f: f.write(canonical_safetensors(save(tensors, metadata))))
+    weights_path = atomic_write(folder / WEIGHTS_FILE,
+                                lambda f: f.write(canonical_safetensors(save(tensors, metadata))))
     img_size = int(train_cfg.get('img_size', 224))
     dataset = _dataset_cfg(train_cfg, in_chans)
     pretrained_cfg = _pretrained_cfg(train_cfg, in_chans, tag)

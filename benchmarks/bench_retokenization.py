@@ -129,8 +129,9 @@ def main(argv: List[str] = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    overrides: Dict[str, Any] = {k: getattr(args, k) for k in ('epochs', 'train_subset', 'eval_subset', 'img_size', 'crop_padding')
-                                 if getattr(args, k) is not None}
+    overrides: Dict[str, Any] = {
+        k: getattr(args, k) for k in ('epochs', 'train_subset', 'eval_subset', 'img_size', 'crop_padding')
+        if getattr(args, k) is not None}
     base = load_config(args.recipe, **overrides)
     schedule = str(parse_schedule(args.schedule))
     configs = {FULL: replace(base, retokenization=SCHEDULES[FULL]),

@@ -13,6 +13,7 @@ from typing import Any, Dict
 import pytest
 
 from asvit_zoo.build import STAGES_FILE, build, load_preset
+from asvit_zoo.train import METRICS, read_metrics
 
 NAME = 'asvit_tb_a'
 TINY_PRESET: Dict[str, Any] = {
@@ -84,7 +85,7 @@ def test_killed_build_resumes_to_the_same_results(uninterrupted: Path, preset_fi
     folder = tmp_path / 'build_b'
     command = [sys.executable, '-m', 'asvit_zoo.cli', 'build', '--preset', str(preset_file), '--out', str(folder),
                '--no-progress']
-    metrics = folder / 'train' / NAME / 'metrics.jsonl'
+    metrics = folder / 'train' / NAME / METRICS
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 600
     while not (metrics.is_file() and metrics.read_text().count('\n') >= 1):  # killed during the 2nd epoch
@@ -100,8 +101,8 @@ def test_killed_build_resumes_to_the_same_results(uninterrupted: Path, preset_fi
     assert result.returncode == 0, result.stderr[-3000:]
     assert '[search] done before (same inputs): skipped' in result.stdout
     assert _stage_outputs(folder) == _stage_outputs(uninterrupted)
-    assert [json.loads(line)['train_loss'] for line in metrics.read_text().splitlines()] == \
-        [json.loads(line)['train_loss'] for line in (uninterrupted / 'train' / NAME / 'metrics.jsonl').read_text().splitlines()]
+    assert [m['train_loss'] for m in read_metrics(metrics)] == \
+        [m['train_loss'] for m in read_metrics(uninterrupted / 'train' / NAME / METRICS)]
 
 
 LOAD_SCRIPT = '''
