@@ -182,6 +182,8 @@ def init_distributed(device: str) -> Tuple[DistEnv, torch.device]:
         device = f'cuda:{env.local_rank}' if torch.cuda.is_available() else 'cpu'
     dev = torch.device(device)
     if dev.type == 'cuda':
+        if dev.index is None:  # plain 'cuda': this process's GPU, cuda:LOCAL_RANK under torchrun
+            dev = torch.device('cuda', env.local_rank)
         torch.cuda.set_device(dev)
     if env.distributed and not dist.is_initialized():
         dist.init_process_group(backend='nccl' if dev.type == 'cuda' else 'gloo')

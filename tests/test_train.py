@@ -13,7 +13,7 @@ import torch
 
 from asvit_zoo.cli import build_parser, main
 from asvit_zoo.train import (
-    CHECKPOINT, METRICS, TrainConfig, augment_batch, load_config, read_metrics, synthetic_images)
+    CHECKPOINT, METRICS, TrainConfig, augment_batch, init_distributed, load_config, read_metrics, synthetic_images)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPES = REPO_ROOT / 'recipes'
@@ -132,6 +132,17 @@ def _torchrun(args: List[str], timeout: float = 240) -> subprocess.CompletedProc
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
            str(REPO_ROOT / 'tools' / 'train.py'), *args]
     return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize('device, local_rank, expected', [('cuda', '1', 'cuda:1'), ('cuda:0', '1', 'cuda:0')])
+def test_plain_cuda_device_is_the_local_rank_gpu(monkeypatch, device, local_rank, expected):
+    # torch.cuda.set_device refuses an index-less 'cuda' (found on a GPU machine); no GPU is needed to check
+    # which device the trainer picks, so set_device is recorded instead of called.
+    chosen = []
+    monkeypatch.setattr(torch.cuda, 'set_device', chosen.append)
+    monkeypatch.setenv('LOCAL_RANK', local_rank)
+    _, dev = init_distributed(device)
+    assert dev == torch.device(expected) and chosen == [dev]
 
 
 def test_two_process_ddp_run_on_cpu(tmp_path):
