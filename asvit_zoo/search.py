@@ -308,6 +308,7 @@ def _run_step(state: _SearchState, scorer: Scorer, inputs: torch.Tensor) -> Dict
         'entropy': entropy,
         'params': int(m.params),
         'gmacs': float(m.gmacs),
+        'measure_seconds': m.seconds,
         'seconds': time.perf_counter() - start,
     }
 

@@ -32,7 +32,8 @@ TINY = dict(repeat=1, batch_size=4, image_size=32, data=DATA, seed=0)
 TINY_ARGS = ['--repeat', '1', '--batch-size', '4', '--image-size', '32', '--data', DATA, '--seed', '0']
 STEPS = 4
 RECORD_KEYS = {'step', 'genotype', 'derived', 'measures', 'values', 'changes', 'penalty', 'reward', 'baseline',
-               'entropy', 'params', 'gmacs', 'seconds'}
+               'entropy', 'params', 'gmacs', 'measure_seconds', 'seconds'}
+TIMES = ('measure_seconds', 'seconds')  # wall times: the only fields two equal runs may differ in
 
 
 def read_records(run: Path) -> List[Dict[str, Any]]:
@@ -40,7 +41,7 @@ def read_records(run: Path) -> List[Dict[str, Any]]:
 
 
 def without_seconds(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    return [{k: v for k, v in r.items() if k != 'seconds'} for r in records]
+    return [{k: v for k, v in r.items() if k not in TIMES} for r in records]
 
 
 def expected_change(values: List[float], i: int) -> float:
@@ -106,6 +107,8 @@ def test_run_folder_and_reward_rule(reference_run: Path) -> None:
     for i, r in enumerate(records):
         Genotype.parse(r['genotype'])
         assert r['measures']['ntk'] > 0 and r['measures']['exp'] > 0 and r['params'] > 0 and r['gmacs'] > 0
+        assert set(r['measure_seconds']) == {'ntk', 'exp'}
+        assert 0 < sum(r['measure_seconds'].values()) <= r['seconds']
         assert r['reward'] == pytest.approx(-expected_change(ntk, i) + expected_change(exp, i), abs=1e-12)
         assert r['baseline'] == pytest.approx(baseline.update(r['reward']), abs=1e-12)
     assert records[0]['reward'] == 0.0
