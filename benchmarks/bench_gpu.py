@@ -1,0 +1,173 @@
+"""The GPU checks, in one run: a slice of the paper-setting seed search, and training with coarse tokens.
+
+``search``: the first ``--search-steps`` steps of ``asvit_zoo.search.search`` in the paper's setting (224 px,
+``repeat`` 5 copies per network, NTK batch 16, measures ntk and exp) on Gaussian-noise images, the run's
+own ``steps.jsonl`` timing each step and each measure. Step 1 carries CUDA's warm-up and is reported apart;
+the rest give seconds per step and the extrapolated wall time of a full 500-step search.
+
+``train``: ``asvit_small`` at 224 px on the trainer's synthetic source with bf16 autocast, through the
+trainer itself (:class:`asvit_zoo.train.Trainer`, its own epoch loop: data, AdamW, schedule, loss).
+For each tokenizer setting (full tokens 4:1 and the coarse settings of the 'paper' schedule, 8:2 and
+16:2) an untimed epoch of ``--train-steps`` steps warms up, then a second one is timed: images/s and
+the peak GPU memory allocated during it.
+
+    python benchmarks/bench_gpu.py --output runs/bench_gpu
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+from asvit_zoo.devices import resolve_device
+from asvit_zoo.retokenization import FULL_TOKENS, SCHEDULES, parse_schedule
+from asvit_zoo.search import SearchConfig, search
+from asvit_zoo.train import TrainConfig, Trainer
+
+PAPER_SEARCH_STEPS = 500
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory(device: torch.device, reset: bool = False) -> Optional[int]:
+    """Peak bytes allocated on ``device`` since the last reset (None off CUDA)."""
+    if device.type != 'cuda':
+        return None
+    if reset:
+        torch.cuda.reset_peak_memory_stats(device)
+    return torch.cuda.max_memory_allocated(device)
+
+
+def search_slice(args: argparse.Namespace, output: Path) -> Dict[str, Any]:
+    config = SearchConfig(steps=args.search_steps, repeat=args.repeat, batch_size=args.ntk_batch,
+                          image_size=args.search_size, measures=('ntk', 'exp'), data='noise', device=args.device,
+                          seed=0)
+    run = output / 'search'
+    shutil.rmtree(run, ignore_errors=True)  # this script's own run folder: a rerun starts a fresh search
+    result = search(config, run, progress=args.progress)
+    records = [json.loads(line) for line in (run / 'steps.jsonl').read_text().splitlines()]
+    seconds = [r['seconds'] for r in records]
+    steady = seconds[1:] or seconds
+    per_measure = {name: statistics.median(r['measure_seconds'][name] for r in records[1:] or records)
+                   for name in config.measures}
+    median = statistics.median(steady)
+    return {'config': {k: v for k, v in vars(config).items() if k != 'measures'}, 'steps': len(records),
+            'first_step_s': seconds[0], 'median_step_s': median, 'mean_step_s': statistics.fmean(steady),
+            'median_measure_s': per_measure, 'full_search_h': median * PAPER_SEARCH_STEPS / 3600,
+            'wall_s': result.summary['wall_seconds'], 'derived': str(result.genotype)}
+
+
+def _timed_epoch(trainer: Trainer, epoch: int, device: torch.device) -> Dict[str, Any]:
+    _synchronize(device)
+    _peak_memory(device, reset=True)
+    start = time.perf_counter()
+    record = trainer.train_epoch(epoch)
+    _synchronize(device)
+    return {'seconds': time.perf_counter() - start, 'peak_bytes': _peak_memory(device),
+            'train_loss': record['train_loss']}
+
+
+def train_settings(args: argparse.Namespace, output: Path) -> List[Dict[str, Any]]:
+    """One trainer run whose schedule gives each setting (coarse ones first, as a schedule must end on full
+    tokens) two epochs of ``--train-steps`` steps: the first warms up, the second is timed."""
+    device = resolve_device(args.device)
+    coarse = [s for s in parse_schedule(SCHEDULES['paper']).settings if s != FULL_TOKENS]
+    settings = [*coarse, FULL_TOKENS]
+    schedule = ','.join(f'{1 / len(settings)!r}:{stride}:{dilation}' for stride, dilation in settings)
+    cfg = TrainConfig(model=args.model, data='synthetic', img_size=args.train_size, amp=args.amp,
+                      batch_size=args.batch_size, epochs=2 * len(settings), warmup_epochs=0,
+                      synthetic_train=args.batch_size * args.train_steps, synthetic_eval=args.batch_size,
+                      retokenization=schedule, device=str(device))
+    trainer = Trainer(cfg, output / 'train', progress=args.progress)
+    embed, size = trainer.model.patch_embed, (args.train_size, args.train_size)
+    images = args.train_steps * args.batch_size
+    rows = []
+    for i, (stride, dilation) in enumerate(settings):
+        trainer.train_epoch(2 * i)  # warm-up at this setting: kernels chosen, allocator primed
+        timed = _timed_epoch(trainer, 2 * i + 1, device)
+        embed.set_tokenizer(stride, dilation)  # train_epoch leaves the full grid set; count this setting's tokens
+        tokens = math.prod(embed.grid_size(size))
+        embed.set_tokenizer(*FULL_TOKENS)
+        rows.append({'tokenizer': f'{stride}:{dilation}', 'tokens': tokens,
+                     'gmacs_per_image': trainer.cost.macs_of(stride, dilation) / 1e9, 'images': images,
+                     'seconds': timed['seconds'], 'images_per_s': images / timed['seconds'],
+                     'peak_gib': None if timed['peak_bytes'] is None else timed['peak_bytes'] / 2 ** 30,
+                     'train_loss': timed['train_loss']})
+    return rows[::-1]  # full tokens first
+
+
+def format_search(s: Dict[str, Any]) -> str:
+    c = s['config']
+    return '\n'.join([
+        f"search slice: {c['image_size']} px, repeat {c['repeat']}, NTK batch {c['batch_size']}, "
+        f"{s['steps']} steps on {c['device']} ({s['wall_s']:.1f} s with the final measure)",
+        f"  step 1 (warm-up included)   {s['first_step_s']:8.3f} s",
+        f"  steps 2-{s['steps']}: median          {s['median_step_s']:8.3f} s/step (mean {s['mean_step_s']:.3f})",
+        *(f"    {name} over {c['repeat']} copies    {t:8.3f} s" for name, t in s['median_measure_s'].items()),
+        f"  {PAPER_SEARCH_STEPS} steps, extrapolated     {s['full_search_h'] * 60:8.1f} min",
+    ])
+
+
+def format_train(rows: List[Dict[str, Any]], args: argparse.Namespace) -> str:
+    full = rows[0]
+    lines = [f'{args.model} at {args.train_size} px, synthetic data, amp {args.amp}, batch {args.batch_size}, '
+             f'{args.train_steps} timed steps per setting',
+             f"{'tokenizer':>9} {'tokens':>6} {'GMACs/img':>10} {'images/s':>9} {'vs full':>8} "
+             f"{'peak GiB':>9} {'vs full':>8}"]
+    for r in rows:
+        peak = '-' if r['peak_gib'] is None else f"{r['peak_gib']:.2f}"
+        peak_ratio = '-' if r['peak_gib'] is None else f"{r['peak_gib'] / full['peak_gib']:.2f}x"
+        lines.append(f"{r['tokenizer']:>9} {r['tokens']:6d} {r['gmacs_per_image']:10.3f} {r['images_per_s']:9.1f} "
+                     f"{r['images_per_s'] / full['images_per_s']:7.2f}x {peak:>9} {peak_ratio:>8}")
+    return '\n'.join(lines)
+
+
+def main(argv: List[str] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--output', default='runs/bench_gpu')
+    parser.add_argument('--device', default='cuda', help='cuda, cuda:N or cpu (cpu: a quick trial of the script)')
+    parser.add_argument('--parts', default='search,train', help='comma-separated: search, train')
+    parser.add_argument('--search-steps', type=int, default=12, help='search steps to run (default: 12)')
+    parser.add_argument('--search-size', type=int, default=224)
+    parser.add_argument('--repeat', type=int, default=5)
+    parser.add_argument('--ntk-batch', type=int, default=16)
+    parser.add_argument('--model', default='asvit_small')
+    parser.add_argument('--train-size', type=int, default=224)
+    parser.add_argument('--train-steps', type=int, default=30, help='timed steps per setting (default: 30)')
+    parser.add_argument('--batch-size', type=int, default=128)
+    parser.add_argument('--amp', default='bf16', choices=('bf16', 'fp16', 'none'))
+    parser.add_argument('--progress', action='store_true', help='progress bars')
+    args = parser.parse_args(argv)
+    parts = [p.strip() for p in args.parts.split(',')]
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'
+    results: Dict[str, Any] = {'device': name, 'torch': torch.__version__}
+    print(f'device: {name}, torch {torch.__version__}', flush=True)
+    runners: Dict[str, Callable[[], str]] = {
+        'search': lambda: format_search(results.setdefault('search', search_slice(args, output))),
+        'train': lambda: format_train(results.setdefault('train', train_settings(args, output)), args),
+    }
+    for part in parts:
+        if part not in runners:
+            parser.error(f'--parts: unknown part {part!r}; choose from {", ".join(runners)}')
+        print(runners[part](), flush=True)
+    (output / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
+    print(f'-> {output}/results.json')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
