@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
-from typing import Any, Callable, IO, Union
+from typing import Any, Callable, IO, Tuple, Union
 
 import torch
 
@@ -17,28 +17,32 @@ __all__ = ['atomic_write', 'write_text', 'write_json', 'save_torch']
 PathLike = Union[str, os.PathLike]
 
 
+def _create_temp(path: Path) -> Tuple[int, Path]:
+    """A new, empty temporary file beside ``path``, created with mode 0o666 less the process umask (as
+    ``open`` would create ``path`` itself; mkstemp's 0600 would make every written file private)."""
+    while True:
+        tmp = path.with_name(f'.{path.name}.{secrets.token_hex(6)}.tmp')
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_BINARY', 0), 0o666), tmp
+        except FileExistsError:
+            continue
+
+
 def atomic_write(path: PathLike, write: Callable[[IO[Any]], None], mode: str = 'wb') -> Path:
     """Call ``write(file)`` on a temporary file beside ``path``, then move it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make every written file private
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_text(path: PathLike, text: str) -> Path:

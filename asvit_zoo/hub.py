@@ -346,9 +346,9 @@ def export_weights(checkpoint: PathLike, variant: str, tag: str, root: Optional[
     folder = root / f'{variant}.{tag}'
     weights_path = atomic_write(folder / WEIGHTS_FILE,
                                 lambda f: f.write(canonical_safetensors(save(tensors, metadata))))
-    img_size = int(train_cfg.get('img_size', 224))
-    dataset = _dataset_cfg(train_cfg, in_chans)
+    dataset = _dataset_cfg(train_cfg, in_chans)  # label names
     pretrained_cfg = _pretrained_cfg(train_cfg, in_chans, tag)
+    img_size = pretrained_cfg['input_size'][-1]
     if hf_hub_id:
         pretrained_cfg['hf_hub_id'] = hf_hub_id
     provenance: Dict[str, Any] = {

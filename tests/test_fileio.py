@@ -1,0 +1,52 @@
+"""Atomic writes: the old file or the new one, never half of one, with the mode ``open`` would give."""
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from asvit_zoo.fileio import atomic_write, write_json, write_text
+
+posix_only = pytest.mark.skipif(sys.platform == 'win32', reason='POSIX file modes')
+
+
+@pytest.fixture
+def umask_027():
+    previous = os.umask(0o027)
+    yield
+    os.umask(previous)
+
+
+@posix_only
+def test_new_file_has_the_mode_open_gives(tmp_path: Path, umask_027) -> None:
+    path = write_text(tmp_path / 'sub' / 'a.txt', 'hello')
+    assert path.read_text() == 'hello'
+    assert os.stat(path).st_mode & 0o777 == 0o640
+    assert os.listdir(path.parent) == ['a.txt']
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path) -> None:
+    path = write_text(tmp_path / 'a.txt', 'old')
+
+    def half(f) -> None:
+        f.write(b'new, half')
+        raise RuntimeError('killed mid-write')
+
+    with pytest.raises(RuntimeError, match='killed mid-write'):
+        atomic_write(path, half)
+    assert path.read_text() == 'old'
+    assert os.listdir(tmp_path) == ['a.txt']
+
+
+@posix_only
+def test_threads_writing_at_once_all_get_whole_files_and_the_mode(tmp_path: Path, umask_027) -> None:
+    paths = [tmp_path / f'{i}.json' for i in range(64)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda p: write_json(p, {'name': p.name, 'data': list(range(1000))}), paths))
+    for p in paths:
+        assert p.read_text().startswith('{\n  "name": "' + p.name)
+        assert os.stat(p).st_mode & 0o777 == 0o640
+    assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in paths)
