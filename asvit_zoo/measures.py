@@ -173,8 +173,13 @@ def _curve_on(model: nn.Module, curve_basis: torch.Tensor, thetas: torch.Tensor)
 
 
 # --------------------------------------------------------------------------- forward-mode attention
-def _pad_to(x: torch.Tensor, width: int) -> torch.Tensor:
-    return F.pad(x, (0, width - x.shape[-1])) if x.shape[-1] < width else x
+def _cat_padded(parts: Sequence[torch.Tensor], width: int) -> torch.Tensor:
+    """``parts`` joined along the last dim and zero-padded to ``width``, in one copy (the zeros are a
+    broadcast view, never allocated)."""
+    used = sum(t.shape[-1] for t in parts)
+    if used < width:
+        parts = [*parts, parts[0].new_zeros(()).expand(*parts[0].shape[:-1], width - used)]
+    return torch.cat(parts, -1) if len(parts) > 1 else parts[0]
 
 
 def _attention_jvp(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dq: torch.Tensor, dk: torch.Tensor,
@@ -185,10 +190,11 @@ def _attention_jvp(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dq: torch.
     ``[dQ, Q]``, gives the bilinear term in its V-columns. Returns (output, tangent)."""
     d, e = q.shape[-1], v.shape[-1]
     width = 2 * d + 2 * e  # fused kernels want one head size for q, k and v: pad all to the widest
-    key = _pad_to(torch.cat([k, v], -1), width)
+    key = _cat_padded([k, v], width)
     value = torch.cat([k, dk, dv, v], -1)
-    out, pullback = vjp(partial(_sdpa, key=key, value=value, attn_mask=mask, scale=scale), _pad_to(q, width))
-    (grad_query,) = pullback(_pad_to(torch.cat([dq, q], -1), width))
+    out, pullback = vjp(partial(_sdpa, key=key, value=value, attn_mask=mask, scale=scale),
+                         _cat_padded([q], width))
+    (grad_query,) = pullback(_cat_padded([dq, q], width))
     # P dV, plus s * sum_j P_ij (dS_ij - rowsum_i) V_j from the V-columns of the query gradient
     return out[..., 2 * d + e:], out[..., 2 * d:2 * d + e] + grad_query[..., d:d + e]
 
