@@ -66,6 +66,7 @@ import dataclasses
 import math
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -121,15 +122,52 @@ def _set_fused_attn(model: nn.Module, enable: bool) -> None:
             m.fused_attn = enable
 
 
+def _norms_to_identity(model: nn.Module) -> List[Tuple[nn.Module, str, nn.Module]]:
+    """Replace every LayerNorm child module by ``nn.Identity``; returns (parent, name, norm) to put back."""
+    replaced = []
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.LayerNorm):
+                setattr(module, name, nn.Identity())
+                replaced.append((module, name, child))
+    return replaced
+
+
+@contextmanager
+def _train_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in train mode for the duration of the block; every module's mode is restored after."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        yield model.train()
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+@contextmanager
+def _as_curve_network(model: nn.Module, fused_attn: bool) -> Iterator[nn.Module]:
+    """``model`` itself turned into :func:`curve_network` for the duration of the block (no copy: the
+    copy costs about half a forward pass at 64 px); its modules, modes and attention path are restored
+    after. Not for a model that another thread runs meanwhile."""
+    attention = {m: m.fused_attn for m in model.modules() if hasattr(m, 'fused_attn')}
+    with _train_mode(model):
+        replaced = _norms_to_identity(model)
+        try:
+            _set_fused_attn(model, fused_attn)
+            yield model
+        finally:
+            for parent, name, norm in replaced:
+                setattr(parent, name, norm)
+            for m, fused in attention.items():
+                m.fused_attn = fused
+
+
 def curve_network(model: nn.Module, fused_attn: bool = True) -> nn.Module:
     """The network of the curve measures: a deep copy of the modules (sharing the parameters, which are not
     modified) in train mode, with every LayerNorm replaced by identity and the fused (SDPA) or plain
     attention path. The caller's model is not touched."""
     net = copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
-    for module in list(net.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, nn.LayerNorm):
-                setattr(module, name, nn.Identity())
+    _norms_to_identity(net)
     _set_fused_attn(net, fused_attn)
     return net.train()
 
@@ -247,15 +285,15 @@ def curve_velocity(model: nn.Module, curve_basis: torch.Tensor, thetas: torch.Te
     one batch with the closed-form tangent, on :func:`curve_network` (LayerNorms removed, train mode).
 
     Args:
-        model: An :class:`~asvit_zoo.AsViT` (not modified).
+        model: An :class:`~asvit_zoo.AsViT`; made the curve network for the call, in place, and restored.
         curve_basis: (in_chans * H * W, 2) orthonormal pair ``u1, u2`` of flattened images.
         thetas: (n,) angles of the curve's points.
     """
-    net = curve_network(model, fused_attn=True)
-    basis, thetas = _curve_on(net, curve_basis, thetas)
-    x, dx = curve_points(basis, thetas, _image_shape(net, basis))
-    with torch.no_grad(), fwAD.dual_level(), _ForwardADMode():  # forward mode only: no autograd graph
-        return fwAD.unpack_dual(pooled_before_norm(net, fwAD.make_dual(x, dx))).tangent
+    basis, thetas = _curve_on(model, curve_basis, thetas)
+    x, dx = curve_points(basis, thetas, _image_shape(model, basis))
+    with _as_curve_network(model, fused_attn=True) as net:
+        with torch.no_grad(), fwAD.dual_level(), _ForwardADMode():  # forward mode only: no autograd graph
+            return fwAD.unpack_dual(pooled_before_norm(net, fwAD.make_dual(x, dx))).tangent
 
 
 def length_distortion(model: nn.Module, curve_basis: torch.Tensor, thetas: torch.Tensor) -> float:
@@ -277,19 +315,19 @@ def curvature(model: nn.Module, curve_basis: torch.Tensor, thetas: torch.Tensor)
     point, on :func:`curve_network` (LayerNorms removed, train mode, unfused attention); ``f'`` and ``f''``
     by forward over forward ``jvp`` in the angle (``x''(theta) = -x(theta)`` comes with it), in chunks of
     points of at most ``CURVATURE_PIXELS`` pixels. NaN where ``f' = 0``."""
-    net = curve_network(model, fused_attn=False)  # the fused kernels have no second-order forward rule
-    basis, thetas = _curve_on(net, curve_basis, thetas)
-    shape = _image_shape(net, basis)
+    basis, thetas = _curve_on(model, curve_basis, thetas)
+    shape = _image_shape(model, basis)
 
     def along(angles: torch.Tensor) -> torch.Tensor:
-        return pooled_before_norm(net, curve_points(basis, angles, shape)[0])
+        return pooled_before_norm(model, curve_points(basis, angles, shape)[0])
 
     def speed(angles: torch.Tensor) -> torch.Tensor:
         return jvp(along, (angles,), (torch.ones_like(angles),))[1]
 
     # second-order forward AD keeps a few copies of every attention matrix: bound the batch by its pixels
     chunk = max(1, CURVATURE_PIXELS // (shape[1] * shape[2]))
-    with torch.no_grad(), _ForwardADMode(attention=False):
+    # the fused kernels have no second-order forward rule: plain attention
+    with _as_curve_network(model, fused_attn=False), torch.no_grad(), _ForwardADMode(attention=False):
         derivatives = [jvp(speed, (part,), (torch.ones_like(part),)) for part in thetas.split(chunk)]
     d1 = torch.cat([d for d, _ in derivatives]).double()
     d2 = torch.cat([d for _, d in derivatives]).double()
@@ -357,10 +395,8 @@ def _per_sample_terms(model: nn.Module, inputs: torch.Tensor) -> Iterator[Tuple[
         calls[module].append((args[0], output))
 
     handles = [m.register_forward_hook(keep) for m in owners]
-    modes = {m: m.training for m in model.modules()}
     try:
-        model.train()
-        with torch.enable_grad():
+        with _train_mode(model), torch.enable_grad():
             x = inputs.to(_param(model)).detach().requires_grad_(True)
             total = pooled_before_norm(model, x).sum()
             outputs = [out for seen in calls.values() for _, out in seen]
@@ -368,8 +404,6 @@ def _per_sample_terms(model: nn.Module, inputs: torch.Tensor) -> Iterator[Tuple[
     finally:
         for h in handles:
             h.remove()
-        for m, training in modes.items():
-            m.training = training
     for m, seen in calls.items():
         name = owners[m]
         used = [(a.detach(), g) for (a, _), g in zip(seen, grads) if g is not None]

@@ -156,6 +156,24 @@ def test_measures_leave_the_model_alone():
         assert torch.equal(v, before[k]), k
 
 
+@pytest.mark.parametrize('measure', [M.length_distortion, M.curvature])
+def test_a_failing_curve_measure_restores_the_model(monkeypatch, measure):
+    # the curve measures turn the model itself into the curve network (no copy) and must undo that on errors
+    model = _net(TINY).eval()
+    modules = dict(model.named_modules())
+    fused = [m.fused_attn for m in model.modules() if hasattr(m, 'fused_attn')]
+
+    def broken(net, x):
+        assert not any(isinstance(m, nn.LayerNorm) for m in net.modules()) and net.training
+        raise RuntimeError('forward failed')
+
+    monkeypatch.setattr(M, 'pooled_before_norm', broken)
+    with pytest.raises(RuntimeError, match='forward failed'):
+        measure(model, *M.default_curve(32))
+    assert dict(model.named_modules()) == modules and not any(m.training for m in model.modules())
+    assert [m.fused_attn for m in model.modules() if hasattr(m, 'fused_attn')] == fused
+
+
 # --------------------------------------------------------------------------- measure_genotype
 def test_measure_genotype_is_deterministic_under_a_seed():
     kwargs = dict(image_size=32, repeat=2, which=('exp', 'ntk'))
