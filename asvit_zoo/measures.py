@@ -103,6 +103,7 @@ INPUT_KEYS = ('curve_basis', 'curve_theta', 'ntk_inputs')  # keys of an --inputs
 
 _sdpa = F.scaled_dot_product_attention
 _linear = F.linear
+_conv2d = F.conv2d
 
 
 # --------------------------------------------------------------------------- helpers
@@ -256,10 +257,22 @@ def _sdpa_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: Opt
     return q, k, v, attn_mask, q.shape[-1] ** -0.5 if scale is None else scale
 
 
+def _dual_affine(func: Callable, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                 *args: Any, **kwargs: Any) -> Optional[torch.Tensor]:
+    """``func(x, weight, bias, ...)`` (linear or conv2d) of a dual ``x`` and plain weights as two plain calls, the
+    value and ``func(dx, weight, None, ...)``; None when that does not apply. PyTorch's own rule gives the
+    weights zero tangents and costs about 9x the two calls (a Linear on 2560 x 32 rows: 2.8 ms, 0.3 ms)."""
+    x, dx = fwAD.unpack_dual(x)[:2]
+    if dx is None or any(fwAD.unpack_dual(t).tangent is not None for t in (weight, bias) if t is not None):
+        return None
+    return fwAD.make_dual(func(x, weight, bias, *args, **kwargs), func(dx, weight, None, *args, **kwargs))
+
+
 class _ForwardADMode(TorchFunctionMode):
-    """While active: attention through :func:`_dual_attention` (``attention=True``), and Linear layers on inputs
-    of more than 2 dims run on a 2-d view (forward-mode AD of such calls otherwise falls back to a bmm
-    with one copy of the weight per row block)."""
+    """While active: attention through :func:`_dual_attention` (``attention=True``); Linear and Conv2d layers
+    on a dual input through :func:`_dual_affine`; other Linear layers on inputs of more than 2 dims run on
+    a 2-d view (forward-mode AD of such calls otherwise falls back to a bmm with one copy of the weight per
+    row block)."""
 
     def __init__(self, attention: bool = True):
         super().__init__()
@@ -272,7 +285,13 @@ class _ForwardADMode(TorchFunctionMode):
             bound = _sdpa_args(*args, **kwargs)
             if bound is not None:
                 return _dual_attention(*bound)
-        elif func is _linear and args and args[0].dim() > 2:
+        elif func in (_linear, _conv2d) and len(args) >= 2:
+            rest = {k: v for k, v in kwargs.items() if k != 'bias'}
+            bias = kwargs.get('bias', args[2] if len(args) > 2 else None)
+            out = _dual_affine(func, args[0], args[1], bias, *args[3:], **rest)
+            if out is not None:
+                return out
+        if func is _linear and args and args[0].dim() > 2:
             x = args[0]
             y = _linear(x.reshape(-1, x.shape[-1]), *args[1:], **kwargs)
             return y.view(*x.shape[:-1], y.shape[-1])
