@@ -179,7 +179,7 @@ def init_distributed(device: str) -> Tuple[DistEnv, torch.device]:
     world_size = int(os.environ.get('WORLD_SIZE', '1'))
     env = DistEnv(int(os.environ.get('RANK', '0')), world_size, int(os.environ.get('LOCAL_RANK', '0')))
     if device == 'auto':
-        device = f'cuda:{env.local_rank}' if torch.cuda.is_available() else 'cpu'
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
     dev = torch.device(device)
     if dev.type == 'cuda':
         if dev.index is None:  # plain 'cuda': this process's GPU, cuda:LOCAL_RANK under torchrun
