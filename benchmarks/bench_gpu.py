@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -57,13 +56,12 @@ def search_slice(args: argparse.Namespace, output: Path) -> Dict[str, Any]:
     shutil.rmtree(run, ignore_errors=True)  # this script's own run folder: a rerun starts a fresh search
     result = search(config, run, progress=args.progress)
     records = [json.loads(line) for line in (run / 'steps.jsonl').read_text().splitlines()]
-    seconds = [r['seconds'] for r in records]
-    steady = seconds[1:] or seconds
-    per_measure = {name: statistics.median(r['measure_seconds'][name] for r in records[1:] or records)
-                   for name in config.measures}
-    median = statistics.median(steady)
+    steady = records[1:] or records  # step 1 carries CUDA's warm-up
+    seconds = [r['seconds'] for r in steady]
+    per_measure = {name: statistics.median(r['measure_seconds'][name] for r in steady) for name in config.measures}
+    median = statistics.median(seconds)
     return {'config': {k: v for k, v in vars(config).items() if k != 'measures'}, 'steps': len(records),
-            'first_step_s': seconds[0], 'median_step_s': median, 'mean_step_s': statistics.fmean(steady),
+            'first_step_s': records[0]['seconds'], 'median_step_s': median, 'mean_step_s': statistics.fmean(seconds),
             'median_measure_s': per_measure, 'full_search_h': median * PAPER_SEARCH_STEPS / 3600,
             'wall_s': result.summary['wall_seconds'], 'derived': str(result.genotype)}
 
@@ -90,17 +88,13 @@ def train_settings(args: argparse.Namespace, output: Path) -> List[Dict[str, Any
                       synthetic_train=args.batch_size * args.train_steps, synthetic_eval=args.batch_size,
                       retokenization=schedule, device=str(device))
     trainer = Trainer(cfg, output / 'train', progress=args.progress)
-    embed, size = trainer.model.patch_embed, (args.train_size, args.train_size)
     images = args.train_steps * args.batch_size
     rows = []
-    for i, (stride, dilation) in enumerate(settings):
+    for i, (stride, dilation) in enumerate(settings):  # phase i of the schedule and of its cost account
         trainer.train_epoch(2 * i)  # warm-up at this setting: kernels chosen, allocator primed
         timed = _timed_epoch(trainer, 2 * i + 1, device)
-        embed.set_tokenizer(stride, dilation)  # train_epoch leaves the full grid set; count this setting's tokens
-        tokens = math.prod(embed.grid_size(size))
-        embed.set_tokenizer(*FULL_TOKENS)
-        rows.append({'tokenizer': f'{stride}:{dilation}', 'tokens': tokens,
-                     'gmacs_per_image': trainer.cost.macs_of(stride, dilation) / 1e9, 'images': images,
+        rows.append({'tokenizer': f'{stride}:{dilation}', 'tokens': trainer.cost.tokens[i],
+                     'gmacs_per_image': trainer.cost.macs[i] / 1e9, 'images': images,
                      'seconds': timed['seconds'], 'images_per_s': images / timed['seconds'],
                      'peak_gib': None if timed['peak_bytes'] is None else timed['peak_bytes'] / 2 ** 30,
                      'train_loss': timed['train_loss']})
@@ -149,21 +143,24 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument('--amp', default='bf16', choices=('bf16', 'fp16', 'none'))
     parser.add_argument('--progress', action='store_true', help='progress bars')
     args = parser.parse_args(argv)
+    runners: Dict[str, Tuple[Callable[[argparse.Namespace, Path], Any], Callable[[Any], str]]] = {
+        'search': (search_slice, format_search),
+        'train': (train_settings, lambda rows: format_train(rows, args)),
+    }
     parts = [p.strip() for p in args.parts.split(',')]
+    unknown = [p for p in parts if p not in runners]
+    if unknown:
+        parser.error(f'--parts: unknown part(s) {", ".join(unknown)}; choose from {", ".join(runners)}')
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'
     results: Dict[str, Any] = {'device': name, 'torch': torch.__version__}
     print(f'device: {name}, torch {torch.__version__}', flush=True)
-    runners: Dict[str, Callable[[], str]] = {
-        'search': lambda: format_search(results.setdefault('search', search_slice(args, output))),
-        'train': lambda: format_train(results.setdefault('train', train_settings(args, output)), args),
-    }
     for part in parts:
-        if part not in runners:
-            parser.error(f'--parts: unknown part {part!r}; choose from {", ".join(runners)}')
-        print(runners[part](), flush=True)
+        run, render = runners[part]
+        results[part] = run(args, output)
+        print(render(results[part]), flush=True)
     (output / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
     print(f'-> {output}/results.json')
     return 0
