@@ -23,14 +23,17 @@ How. Length distortion is one forward-mode pass (dual tensors of ``torch.autogra
 curve points in one batch, with the closed-form tangent ``dx/dtheta = -sin(theta) u1 + cos(theta) u2``.
 PyTorch has no forward-mode rule for its fused attention kernels, so while measuring,
 ``F.scaled_dot_product_attention`` on dual tensors goes through :func:`_attention_jvp`, which computes
-the output and its exact tangent with fused kernels only:
-``dO = P dV + (P * dS) V - rowsum(P * dS) O`` (``P`` the attention weights, ``dS = s (dQ K^T + Q dK^T)``)
-is one attention pass over the values ``[K, dK, dV, V]`` (``O`` and ``P dV`` come out of it) plus one
-backward pass, with respect to the query, of the attention of ``[Q, 0]`` on the keys ``[K, V]`` with
-cotangent ``[dQ, Q]``: that backward, ``s sum_j P_ij (g_i.v_j - g_i.o_i) k_j``, is the bilinear term, and
-``P`` is never materialised. (With ``torch.func.jvp`` a custom rule runs after a separate primal pass;
-unpacking the dual tensors saves that pass, about 8% of the measure at 224 px.) Linear and Conv2d layers
-on dual tensors run as two plain calls, value and tangent: PyTorch's rule gives the weights zero tangents
+the output and its exact tangent ``dO = P dV + (P * dS) V - rowsum(P * dS) O`` (``P`` the attention
+weights, ``dS = s (dQ K^T + Q dK^T)``) with batched matrix products, a block of about a million scores at a
+time (4 MiB, which stays in cache): the unnormalised weights ``W = exp(S - c)`` (the row shift ``c`` folded
+into the score product), ``dS`` as one product ``s [dQ, Q] [K, dK]^T``, then ``W [V, dV, 1]`` and
+``(W * dS) [V, 1]``; the ones give the row sums, and one division per row normalises at the end. That is
+``6 d + 3`` multiply-adds per score for head size ``d``. The previous route, one fused attention pass over
+``[K, dK, dV, V]`` and one fused backward pass, did 28 d (the fused kernels want one head size for q, k
+and v: 4 d, padded) and took twice as long at d = 8 (stage 1 at 224 px: 0.46 s, now 0.23-0.27 s; length
+distortion 3.67x -> 2.27x a plain forward pass). This route rounds more in float32 (1.5e-6 relative to
+float64 at 784 tokens, against 1.5e-7), still well inside the golden tolerance of 1e-4. Linear and Conv2d
+layers on dual tensors run as two plain calls, value and tangent: PyTorch's rule gives the weights zero tangents
 and costs several times more (22% of the measure at 64 px, 10% at 224 px). The model itself is made the
 curve network for the call (LayerNorms swapped for identity) and restored, rather than copied.
 Curvature needs forward over forward; it runs the unfused attention, which PyTorch differentiates
@@ -71,7 +74,6 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -79,7 +81,7 @@ import torch
 import torch.nn as nn
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
-from torch.func import jvp, vjp
+from torch.func import jvp
 from torch.overrides import TorchFunctionMode
 
 from timm.models import load_state_dict
@@ -100,6 +102,11 @@ MEASURES = ('exp', 'curvature', 'ntk')
 CURVE_POINTS = 10  # angles of the length-distortion curve (code), 0 and 2 pi included
 NTK_BATCH = 16  # images of the NTK batch (the authors' scripts)
 CURVATURE_PIXELS = 2 * 224 * 224  # curve points per second-order pass: this many pixels in all
+# attention scores held at a time by the attention JVP: on CPUs 4 MiB in float32, which stays in cache; on
+# other devices more, so that kernel launches do not dominate (chosen, not yet measured on a GPU)
+SCORE_BLOCK = 1 << 20
+SCORE_BLOCK_ACCELERATOR = 1 << 26
+SHIFT_BOUND = 8.  # largest bound on a row's scores the attention JVP shifts by instead of the row's own maximum
 GRAM_CHUNK = 8192  # columns summed in float32 before the float64 accumulation of the NTK Gram matrix
 NUM_CLASSES = 1000  # head of freshly initialised networks: params and GMACs as the paper counts them
 INPUT_KEYS = ('curve_basis', 'curve_theta', 'ntk_inputs')  # keys of an --inputs file (the golden io files)
@@ -215,30 +222,49 @@ def _curve_on(model: nn.Module, curve_basis: torch.Tensor, thetas: torch.Tensor)
 
 
 # --------------------------------------------------------------------------- forward-mode attention
-def _cat_padded(parts: Sequence[torch.Tensor], width: int) -> torch.Tensor:
-    """``parts`` joined along the last dim and zero-padded to ``width``, in one copy (the zeros are a
-    broadcast view, never allocated)."""
-    used = sum(t.shape[-1] for t in parts)
-    if used < width:
-        parts = [*parts, parts[0].new_zeros(()).expand(*parts[0].shape[:-1], width - used)]
-    return torch.cat(parts, -1) if len(parts) > 1 else parts[0]
-
-
 def _attention_jvp(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dq: torch.Tensor, dk: torch.Tensor,
                    dv: torch.Tensor, mask: Optional[torch.Tensor], scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``scaled_dot_product_attention`` and its exact JVP from one fused attention pass and one backward pass
-    (see the module docstring): the pass over the values ``[K, dK, dV, V]`` gives the output ``P V`` and
-    ``P dV``; the backward, with respect to the query ``[Q, 0]`` on the keys ``[K, V]`` with cotangent
-    ``[dQ, Q]``, gives the bilinear term in its V-columns. Returns (output, tangent)."""
-    d, e = q.shape[-1], v.shape[-1]
-    width = 2 * d + 2 * e  # fused kernels want one head size for q, k and v: pad all to the widest
-    key = _cat_padded([k, v], width)
-    value = torch.cat([k, dk, dv, v], -1)
-    out, pullback = vjp(partial(_sdpa, key=key, value=value, attn_mask=mask, scale=scale),
-                         _cat_padded([q], width))
-    (grad_query,) = pullback(_cat_padded([dq, q], width))
-    # P dV, plus s * sum_j P_ij (dS_ij - rowsum_i) V_j from the V-columns of the query gradient
-    return out[..., 2 * d + e:], out[..., 2 * d:2 * d + e] + grad_query[..., d:d + e]
+    """``scaled_dot_product_attention`` (no dropout, not causal) and its exact JVP, from batched matrix products
+    over blocks of about :data:`SCORE_BLOCK` scores (:data:`SCORE_BLOCK_ACCELERATOR` off the CPU; see the
+    module docstring). Each row of weights is shifted by the bound ``s |q_i| max_j |k_j|`` of its largest
+    score, folded into the score product, where that bound is at most :data:`SHIFT_BOUND` (so the row's
+    largest weight is at least ``exp(-2 SHIFT_BOUND)``), and by its largest score otherwise. Returns
+    (output, tangent)."""
+    *batch, n, _ = q.shape
+    m, e = k.shape[-2], v.shape[-1]
+
+    def groups(*parts: torch.Tensor) -> torch.Tensor:  # (..., rows, widths) -> (groups, rows, sum of widths)
+        joined = torch.cat(parts, -1) if len(parts) > 1 else parts[0]
+        return joined.reshape(-1, *joined.shape[-2:])
+
+    ones = k.new_ones(()).expand(*k.shape[:-1], 1)
+    q, dq = q * scale, dq * scale
+    bound = q.norm(dim=-1, keepdim=True) * k.norm(dim=-1).amax(-1)[..., None, None]
+    exact = (mask is not None and mask.dtype != torch.bool) or bool(bound.max() > SHIFT_BOUND)
+    query, key = (groups(q), groups(k)) if exact else (groups(q, -bound), groups(k, ones))
+    key, tangent_key = key.transpose(1, 2), groups(k, dk).transpose(1, 2)
+    tangent_query, values, tangent_values = groups(dq, q), groups(v, dv, ones), groups(v, ones)
+    if mask is not None:
+        mask = groups(mask.expand(*batch, *torch.atleast_2d(mask).shape[-2:]))
+    out = q.new_empty(len(query), n, 2 * e + 1)  # [W V, W dV, W 1] for unnormalised weights W
+    tangent_out = q.new_empty(len(query), n, e + 1)  # [(W * dS) V, (W * dS) 1]
+    step = max(1, (SCORE_BLOCK if q.device.type == 'cpu' else SCORE_BLOCK_ACCELERATOR) // (n * m))
+    for i in range(0, len(query), step):
+        g = slice(i, i + step)
+        weights = torch.bmm(query[g], key[g])
+        if mask is not None and mask.dtype == torch.bool:
+            weights.masked_fill_(~mask[g], -math.inf)
+        elif mask is not None:
+            weights += mask[g]
+        if exact:
+            weights -= weights.amax(-1, keepdim=True)
+        weights.exp_()
+        torch.bmm(weights, values[g], out=out[g])
+        torch.bmm(torch.bmm(tangent_query[g], tangent_key[g]).mul_(weights), tangent_values[g], out=tangent_out[g])
+    total = out[..., -1:]
+    output = out[..., :e] / total
+    tangent = (out[..., e:2 * e] + tangent_out[..., :e] - tangent_out[..., -1:] * output) / total
+    return output.view(*batch, n, e), tangent.view(*batch, n, e)
 
 
 def _dual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],

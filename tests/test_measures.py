@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
+from torch.func import jvp
 
 from asvit_zoo import AsViT, checkpoint_filter_fn
 from asvit_zoo import measures as M
@@ -118,6 +119,52 @@ def test_length_distortion_and_curvature_match_finite_differences(genotype, size
     torch.testing.assert_close(result.per_point, kappa, rtol=1e-4, atol=0)
     assert result.total == pytest.approx(float(kappa.sum()), rel=1e-4)
     assert result.combined == pytest.approx(float((kappa * d1.norm(dim=1)).sum()), rel=1e-4)
+
+
+def _math_attention(q, k, v, mask, scale):
+    scores = q @ k.transpose(-2, -1) * scale
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -math.inf) if mask.dtype == torch.bool else scores + mask
+    return scores.softmax(-1) @ v
+
+
+@pytest.mark.parametrize('shift_bound', [0., math.inf], ids=['row-max-shift', 'bound-shift'])
+@pytest.mark.parametrize('mask_kind', [None, 'keys', 'bool', 'float'])
+def test_attention_jvp_equals_autograd_jvp(monkeypatch, shift_bound, mask_kind):
+    """The blockwise attention JVP of the length-distortion pass against torch.func.jvp of the textbook
+    attention (float64): both row shifts, boolean key masks as the model's padded windows make them, full
+    boolean and additive masks, large scores, several blocks."""
+    monkeypatch.setattr(M, 'SHIFT_BOUND', shift_bound)
+    monkeypatch.setattr(M, 'SCORE_BLOCK', 70)  # 2 of the 6 (batch, head) groups per block
+    gen = torch.Generator().manual_seed(0)
+    q, k, v, dq, dk, dv = (torch.randn(2, 3, 6, 4, generator=gen, dtype=torch.float64) for _ in range(6))
+    q = q * 10  # scores up to about 40: the bound shift then leaves weights near exp(-80)
+    mask = {None: None,
+            'keys': torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool).view(2, 1, 1, 6),
+            'bool': torch.rand(2, 3, 6, 6, generator=gen) > 0.4,
+            'float': torch.randn(6, 6, generator=gen, dtype=torch.float64)}[mask_kind]
+    if mask_kind == 'bool':
+        mask[..., 0] = True  # no row without a key
+    scale = 0.5
+    out, tangent = M._attention_jvp(q, k, v, dq, dk, dv, mask, scale)
+    expected, expected_tangent = jvp(lambda *qkv: _math_attention(*qkv, mask, scale), (q, k, v), (dq, dk, dv))
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(tangent, expected_tangent, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize('score_size', [1., 30.])
+def test_attention_jvp_in_float32_picks_a_safe_shift(score_size):
+    """Small scores take the bound shift; scores near 100 (exp overflows float32, and the bound is loose
+    enough to underflow every weight of a row) take the row maximum: both stay within float32 rounding of
+    the float64 values."""
+    gen = torch.Generator().manual_seed(1)
+    q, k, v, dq, dk, dv = (torch.randn(2, 3, 50, 8, generator=gen) for _ in range(6))
+    q = q * score_size
+    expected = jvp(lambda *qkv: _math_attention(*qkv, None, 8 ** -0.5),
+                   tuple(t.double() for t in (q, k, v)), tuple(t.double() for t in (dq, dk, dv)))
+    got = M._attention_jvp(q, k, v, dq, dk, dv, None, 8 ** -0.5)
+    for value, reference in zip(got, expected):
+        torch.testing.assert_close(value.double(), reference, rtol=1e-4, atol=1e-5 * float(reference.abs().max()))
 
 
 @pytest.mark.parametrize('genotype,size', [(TINY, 32), (MASKED, 40)])
