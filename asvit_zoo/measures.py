@@ -31,7 +31,7 @@ into the score product), ``dS`` as one product ``s [dQ, Q] [K, dK]^T``, then ``W
 ``6 d + 3`` multiply-adds per score for head size ``d``. The previous route, one fused attention pass over
 ``[K, dK, dV, V]`` and one fused backward pass, did 28 d (the fused kernels want one head size for q, k
 and v: 4 d, padded) and took twice as long at d = 8 (stage 1 at 224 px: 0.46 s, now 0.23-0.27 s; length
-distortion 3.67x -> 2.27x a plain forward pass). This route rounds more in float32 (1.5e-6 relative to
+distortion 3.67x -> 2.3-2.5x a plain forward pass). This route rounds more in float32 (1.5e-6 relative to
 float64 at 784 tokens, against 1.5e-7), still well inside the golden tolerance of 1e-4. Linear and Conv2d
 layers on dual tensors run as two plain calls, value and tangent: PyTorch's rule gives the weights zero tangents
 and costs several times more (22% of the measure at 64 px, 10% at 224 px). The model itself is made the
