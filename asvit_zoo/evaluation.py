@@ -12,7 +12,7 @@ import contextlib
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import timm
 import torch
@@ -21,6 +21,7 @@ from torch import nn
 from .asvit import AsViT, register_folder
 from .devices import resolve_device
 from .hub import CONFIG_FILE, HF_HUB_PREFIX, LOCAL_DIR_PREFIX, checkpoint_model, hub_file
+from .retokenization import FULL_TOKENS, parse_tokenizer
 from .train import FASHION_MNIST, DistEnv, TrainConfig, build_data, evaluate
 
 __all__ = ['load_pretrained', 'evaluate_pretrained']
@@ -70,16 +71,19 @@ def _check_fits(model: nn.Module, name: str, data: str, num_classes: int, mean: 
 @torch.no_grad()
 def evaluate_pretrained(model: str, data: str = FASHION_MNIST, data_root: Optional[PathLike] = None,
                         batch_size: int = 256, subset: Optional[int] = None, device: str = 'cpu',
-                        ema: bool = False) -> Dict[str, Any]:
+                        ema: bool = False, tokenizer: Union[str, Sequence[int]] = FULL_TOKENS) -> Dict[str, Any]:
     """Top-1 and top-5 accuracy (%) and mean loss of ``model`` on the test split of ``data``.
 
     ``data``: ``fashion-mnist`` (its test set, from ``data_root`` or the Debian package) or an ImageFolder root
-    (its ``val/`` split). ``subset``: the first N test images only.
+    (its ``val/`` split). ``subset``: the first N test images only. ``tokenizer``: the stage-1 tokenizer's
+    ``stride[:dilation]`` to score at (default: full tokens; e.g. ``8:2``, a coarse re-tokenization grid).
     """
     from .train import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 
+    stride, dilation = parse_tokenizer(tokenizer)
     start = time.perf_counter()
     net = load_pretrained(model, ema=ema)
+    net.set_tokenizer(stride, dilation)
     in_chans, height, width = net.pretrained_cfg['input_size']
     if height != width:
         raise ValueError(f'{model}: evaluation uses square images, the model expects {height}x{width}')
@@ -101,5 +105,6 @@ def evaluate_pretrained(model: str, data: str = FASHION_MNIST, data_root: Option
         raise ValueError(f'{model} has {net.num_classes} classes and {data} has {bundle.num_classes}')
     net.to(dev)
     metrics = evaluate(net, bundle, env, dev, contextlib.nullcontext)
-    return {'model': model, 'data': data, 'images': len(bundle.eval_loader.dataset), 'top1': metrics['top1'],
-            'top5': metrics['top5'], 'loss': metrics['loss'], 'seconds': time.perf_counter() - start}
+    return {'model': model, 'data': data, 'tokenizer': f'{stride}:{dilation}', 'images': len(bundle.eval_loader.dataset),
+            'top1': metrics['top1'], 'top5': metrics['top5'], 'loss': metrics['loss'],
+            'seconds': time.perf_counter() - start}

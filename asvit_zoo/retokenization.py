@@ -24,7 +24,7 @@ from .asvit import STEM_STRIDE, AsViT
 from .cost import count_macs
 
 __all__ = [
-    'FULL_TOKENS', 'SCHEDULES', 'Phase', 'RetokenizationSchedule', 'ScheduleCost', 'parse_schedule',
+    'FULL_TOKENS', 'SCHEDULES', 'Phase', 'RetokenizationSchedule', 'ScheduleCost', 'parse_schedule', 'parse_tokenizer',
     'schedule_cost', 'plot_schedule',
 ]
 
@@ -145,6 +145,20 @@ def parse_schedule(spec: ScheduleSpec) -> RetokenizationSchedule:
     else:
         raise ValueError(f'a re-tokenization schedule is a name, a string or a list of phases, got {spec!r}')
     return RetokenizationSchedule(tuple(_phase(item, i) for i, item in enumerate(items)))
+
+
+def parse_tokenizer(spec: Union[str, Sequence[int]]) -> Tuple[int, int]:
+    """(stride, dilation) of the stage-1 tokenizer from ``"stride[:dilation]"`` (e.g. ``8:2``) or a pair."""
+    parts = spec.strip().split(':') if isinstance(spec, str) else spec
+    try:
+        values = [int(v) if isinstance(v, str) or type(v) is int else None for v in parts]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) not in (1, 2) or None in values or min(values) < 1:
+        raise ValueError(f'tokenizer setting: expected "stride[:dilation]" with integers >= 1 (e.g. 8:2; full '
+                         f'tokens are {FULL_TOKENS[0]}:{FULL_TOKENS[1]}), got {spec!r}')
+    stride, dilation = (*values, 1)[:2]
+    return stride, dilation
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 from asvit_zoo.cli import main as cli_main
 from asvit_zoo.evaluation import evaluate_pretrained, load_pretrained
 from asvit_zoo.hub import export_weights
 from asvit_zoo.registry import load_registry
-from asvit_zoo.train import TrainConfig, train
+from asvit_zoo.train import DistEnv, TrainConfig, build_data, train
 
 GENOTYPE = '4,2,2,1|2,1,2,1|2,1,2,1|2,1,2,1|16,8'
 EVAL_IMAGES = 300
@@ -59,6 +61,24 @@ def test_cli_prints_one_json_object(run: Path, capsys: pytest.CaptureFixture):
     out = json.loads(capsys.readouterr().out)
     assert {'top1', 'top5', 'images'} <= set(out) and out['images'] == 100
     assert 0 <= out['top1'] <= out['top5'] <= 100
+
+
+def test_scores_at_a_coarse_token_grid(run: Path, capsys: pytest.CaptureFixture):
+    checkpoint = str(run / 'last.pth.tar')
+    full = evaluate_pretrained(checkpoint, subset=EVAL_IMAGES)
+    coarse = evaluate_pretrained(checkpoint, subset=EVAL_IMAGES, tokenizer='8:2')
+    assert (full['tokenizer'], coarse['tokenizer']) == ('4:1', '8:2')
+    # the model's own forward pass at stride 8, dilation 2 on the same test images
+    net = load_pretrained(checkpoint)
+    net.set_tokenizer(8, 2)
+    cfg = TrainConfig(eval_subset=EVAL_IMAGES, train_subset=8, batch_size=8, workers=0)
+    data = build_data(cfg, DistEnv(), torch.device('cpu'))
+    with torch.no_grad():
+        losses = [F.cross_entropy(net(data.prepare(x, False)), y, reduction='sum') for x, y in data.eval_loader]
+    assert coarse['loss'] == pytest.approx(float(sum(losses)) / EVAL_IMAGES, rel=1e-5)
+    assert abs(coarse['loss'] - full['loss']) > 0.01  # a different grid, a different computation
+    assert cli_main(['eval', checkpoint, '--subset', '10', '--tokenizer', '8:0']) == 2
+    assert "got '8:0'" in capsys.readouterr().err
 
 
 def test_errors_name_the_problem(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture):

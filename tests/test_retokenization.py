@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Tuple
 
@@ -13,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from asvit_zoo.asvit import AsViT
 from asvit_zoo.cost import CPU_ATTENTION_FLOPS
 from asvit_zoo.retokenization import (
-    SCHEDULES, Phase, RetokenizationSchedule, parse_schedule, plot_schedule, schedule_cost)
+    SCHEDULES, Phase, RetokenizationSchedule, parse_schedule, parse_tokenizer, plot_schedule, schedule_cost)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = '4,2,2,1|2,1,2,1|2,1,2,1|2,1,2,1|16,8'
@@ -115,6 +116,17 @@ def test_parse_schedule_forms_agree():
 def test_parse_schedule_errors(spec, message):
     with pytest.raises(ValueError, match=message):
         parse_schedule(spec)
+
+
+@pytest.mark.parametrize('spec, expected', [('8:2', (8, 2)), (' 6 ', (6, 1)), ('4:1', (4, 1)), ((16, 2), (16, 2))])
+def test_parse_tokenizer(spec, expected):
+    assert parse_tokenizer(spec) == expected
+
+
+@pytest.mark.parametrize('spec', ['', '8:2:1', 'eight:2', '0:1', '8:0', '4.0', (1.5, 2), 8, None])
+def test_parse_tokenizer_errors_name_the_setting(spec):
+    with pytest.raises(ValueError, match=r'expected "stride\[:dilation\]" with integers >= 1 .*got ' + re.escape(repr(spec))):
+        parse_tokenizer(spec)
 
 
 def test_phase_of_each_step():

@@ -5,6 +5,7 @@ import argparse
 import json
 
 from ..evaluation import evaluate_pretrained
+from ..retokenization import FULL_TOKENS
 from ..train import FASHION_MNIST
 
 
@@ -22,16 +23,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument('--subset', type=int, help='the first N test images only')
     parser.add_argument('--device', default='cpu', help='cpu (default), cuda or cuda:N')
     parser.add_argument('--ema', action='store_true', help="a trainer checkpoint's EMA weights")
+    parser.add_argument('--tokenizer', default=f'{FULL_TOKENS[0]}:{FULL_TOKENS[1]}', metavar='STRIDE[:DILATION]',
+                        help='stage-1 tokenizer setting to score at: full tokens (%(default)s) by default; e.g. 8:2, '
+                             'the coarse grid of a re-tokenization phase')
     parser.add_argument('--json', action='store_true', help='print one JSON object')
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     result = evaluate_pretrained(args.model, data=args.data, data_root=args.data_root, batch_size=args.batch_size,
-                                 subset=args.subset, device=args.device, ema=args.ema)
+                                 subset=args.subset, device=args.device, ema=args.ema, tokenizer=args.tokenizer)
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{result['model']} on {result['data']} ({result['images']} images): top-1 {result['top1']:.2f}%  "
+        print(f"{result['model']} on {result['data']} ({result['images']} images, tokenizer "
+              f"{result['tokenizer']}): top-1 {result['top1']:.2f}%  "
               f"top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}  ({result['seconds']:.1f}s)")
     return 0
