@@ -106,7 +106,8 @@ class ElasticPatchEmbed(nn.Module):
         top, bottom = _same_padding(x.shape[-2], self.kernel_size, stride, dilation)
         left, right = _same_padding(x.shape[-1], self.kernel_size, stride, dilation)
         x = self.proj(F.pad(x, (left, right, top, bottom)))
-        return self.norm(x.permute(0, 2, 3, 1))
+        # contiguous here: LayerNorm would copy the permuted view in its forward and again in its backward
+        return self.norm(x.permute(0, 2, 3, 1).contiguous())
 
 
 class PatchMerging(nn.Module):
@@ -128,7 +129,7 @@ class PatchMerging(nn.Module):
         x = F.pad(x.permute(0, 3, 1, 2), (left, right, top, bottom))
         out_h, out_w = math.ceil(H / self.stride), math.ceil(W / self.stride)
         x = F.unfold(x, kernel_size=k, stride=self.stride)  # B, C*k*k, out_h*out_w
-        x = x.transpose(1, 2).reshape(B, out_h, out_w, C * k * k)
+        x = x.transpose(1, 2).reshape(B, out_h, out_w, C * k * k).contiguous()  # one copy, not one per LN pass
         return self.reduction(self.norm(x))
 
 
