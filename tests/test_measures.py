@@ -167,10 +167,18 @@ def test_attention_jvp_in_float32_picks_a_safe_shift(score_size):
         torch.testing.assert_close(value.double(), reference, rtol=1e-4, atol=1e-5 * float(reference.abs().max()))
 
 
-@pytest.mark.parametrize('genotype,size', [(TINY, 32), (MASKED, 40)])
-def test_ntk_one_pass_equals_per_sample_backward(genotype, size):
-    """The authors' method (one backward pass per sample) and ours give the same gradients and Gram matrix."""
+@pytest.mark.parametrize('genotype,size,trained_norms', [(TINY, 32, False), (MASKED, 40, False), (TINY, 32, True)])
+def test_ntk_one_pass_equals_per_sample_backward(genotype, size, trained_norms):
+    """The authors' method (one backward pass per sample) and ours give the same gradients and Gram matrix,
+    for fresh LayerNorms (weight 1, bias 0: x_hat is their output) and for LayerNorms as training leaves them."""
     model = _net(genotype, dtype=torch.float64)
+    if trained_norms:
+        gen = torch.Generator().manual_seed(4)
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                with torch.no_grad():
+                    m.weight.copy_(1 + 0.5 * torch.randn(m.weight.shape, generator=gen))
+                    m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=gen))
     inputs = torch.randn(5, 3, size, size, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     jacobian = M.ntk_jacobian(model, inputs)
     out = M.pooled_before_norm(model.train(), inputs)
@@ -185,6 +193,19 @@ def test_ntk_one_pass_equals_per_sample_backward(genotype, size):
                 torch.testing.assert_close(jacobian[n][i], p.grad.flatten(), rtol=1e-10, atol=1e-14)
     rows = torch.cat(list(jacobian.values()), 1)
     torch.testing.assert_close(M.ntk_gram(model, inputs), rows @ rows.T, rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize('conv', [dict(kernel_size=5, stride=8, dilation=2), dict(kernel_size=3, stride=2, padding=1),
+                                  dict(kernel_size=(3, 5), stride=(1, 2), padding=(2, 1), dilation=(1, 3))])
+def test_conv_per_sample_grads_at_any_stride_dilation_and_padding(conv):
+    """The stem's per-sample weight gradients (one grouped weight-gradient pass) equal one backward per sample,
+    at the coarse re-tokenization settings too."""
+    m = nn.Conv2d(4, 6, **conv).double()
+    a = torch.randn(3, 4, 19, 23, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = m(a)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    expected = [torch.autograd.grad((m(a[i:i + 1]) * g[i:i + 1]).sum(), m.weight)[0].flatten() for i in range(3)]
+    torch.testing.assert_close(M._conv_grads(m, a, out, g, 3), torch.stack(expected), rtol=1e-12, atol=1e-14)
 
 
 def test_measures_leave_the_model_alone():
