@@ -39,8 +39,9 @@ curve network for the call (LayerNorms swapped for identity) and restored, rathe
 Curvature needs forward over forward; it runs the unfused attention, which PyTorch differentiates
 twice. The NTK needs ONE batched forward and backward pass: forward hooks keep each weighted module's
 input, the backward gives the gradient of its output, and the per-sample weight gradients follow in
-closed form (Linear ``g^T a``, Conv2d ``g unfold(a)^T``, LayerNorm ``sum(g * x_hat)``); for small token
-grids the Gram share of a layer comes straight from ``(a a^T) * (g g^T)``. The Gram matrix is
+closed form (Linear ``g^T a``; Conv2d, one weight-gradient pass with the samples as groups; LayerNorm
+``sum(g * x_hat)``, where a fresh LayerNorm's output is ``x_hat``); for small token grids the Gram share of
+a layer comes straight from ``(a a^T) * (g g^T)``. The Gram matrix is
 accumulated in float64 (float32 products summed over 8192 columns at a time).
 
 Golden values. Length distortion equals the authors' to 1e-7. Their NTK eigenvalues come out
