@@ -13,8 +13,9 @@ The two in-memory sources use a plain DataLoader over uint8 tensors with a ``Dis
 loader expects PIL images); random crop, flip and normalisation run batched on the device.
 
 Progressive re-tokenization: training step ``i`` of ``N`` runs at the setting of the schedule's phase at
-progress ``i / N`` (:mod:`asvit_zoo.retokenization`); evaluation always uses the full token grid. The
-training MACs of the run are counted: each step adds (images in the step) x (MACs per image at its setting).
+progress ``i / N`` (:mod:`asvit_zoo.retokenization`). Evaluation uses the full token grid (``eval_*``); an
+epoch that ends on coarse tokens is also scored on that grid (``eval_phase_*``), where a network in its coarse
+phase is judged fairly (on Fashion-MNIST at 28 px it is near chance on the full grid). The training MACs of the run are counted: each step adds (images in the step) x (MACs per image at its setting).
 The epoch loops are timed in wall time (``train_time``) and in this process's CPU time (``train_cpu_time``, all
 threads), which a machine shared with other jobs disturbs less.
 
@@ -58,7 +59,7 @@ from .asvit import AsViT
 from .datasets import DEFAULT_ROOT, load_fashion_mnist
 from .cost import param_count
 from .fileio import save_torch, write_text
-from .retokenization import FULL_TOKENS, parse_schedule, plot_schedule, schedule_cost
+from .retokenization import FULL_TOKENS, parse_schedule, parse_tokenizer, plot_schedule, schedule_cost
 
 __all__ = ['TrainConfig', 'TrainResult', 'Trainer', 'load_config', 'train']
 
@@ -577,19 +578,32 @@ class Trainer:
             images = (epoch + 1) * self.steps_per_epoch * self.cfg.batch_size * self.env.world_size
             record.update(train_macs=self.train_macs, train_macs_full=self.cost.full_macs * images)
             record.update({f'eval_{k}': v for k, v in self.evaluate(self.model).items()})
+            coarse = record['tokenizer'][-1]
+            if parse_tokenizer(coarse) != FULL_TOKENS:  # the epoch ended on coarse tokens: score that grid too
+                record['eval_phase_tokenizer'] = coarse
+                record.update({f'eval_phase_{k}': v for k, v in self.evaluate(self.model, coarse).items()})
             if self.ema is not None:
                 record.update({f'ema_{k}': v for k, v in self.evaluate(self.ema.module).items()})
             record.update(epoch_time=epoch_time, train_time=self.wall, train_cpu_time=self.cpu)
             self.metrics.append(record)
             self.save(epoch)
             if self.progress:
+                phase = (f' (at {record["eval_phase_tokenizer"]}: {record["eval_phase_top1"]:.2f})'
+                         if 'eval_phase_top1' in record else '')
                 tqdm.write(f'epoch {epoch + 1}/{self.cfg.epochs}  loss {record["train_loss"]:.4f}  '
-                           f'top1 {record["eval_top1"]:.2f}  top5 {record["eval_top5"]:.2f}  '
+                           f'top1 {record["eval_top1"]:.2f}{phase}  top5 {record["eval_top5"]:.2f}  '
                            f'tokens {",".join(record["tokenizer"])}  {epoch_time:.1f}s')
         return self.metrics
 
-    def evaluate(self, model: nn.Module) -> Dict[str, float]:
-        return evaluate(model, self.data, self.env, self.device, self.autocast)
+    def evaluate(self, model: nn.Module, tokenizer: Optional[str] = None) -> Dict[str, float]:
+        """Scores of ``model`` at full tokens, or at the tokenizer setting ``stride:dilation``."""
+        if tokenizer is None:
+            return evaluate(model, self.data, self.env, self.device, self.autocast)
+        model.set_tokenizer(*parse_tokenizer(tokenizer))
+        try:
+            return evaluate(model, self.data, self.env, self.device, self.autocast)
+        finally:
+            model.set_tokenizer(*FULL_TOKENS)
 
 
 def train(cfg: TrainConfig, output: PathLike, resume: bool = False, progress: bool = True,

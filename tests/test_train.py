@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from asvit_zoo.cli import build_parser, main
+from asvit_zoo.evaluation import evaluate_pretrained
 from asvit_zoo.train import (
     CHECKPOINT, METRICS, TrainConfig, augment_batch, init_distributed, load_config, read_metrics, synthetic_images)
 
@@ -116,6 +117,23 @@ def test_resume_continues_exactly(tmp_path):
         assert ca[part].keys() == cb[part].keys()
         assert all(torch.equal(ca[part][k], cb[part][k]) for k in ca[part]), part
     assert 0 < a[-1]['train_macs'] < a[-1]['train_macs_full']
+
+
+def test_an_epoch_ending_on_coarse_tokens_is_also_scored_on_that_grid(tmp_path):
+    run = tmp_path / 'run'
+    args = ['--output', str(run), '--config', str(REPO_ROOT / 'recipes' / 'fmnist_tiny.json'), '--genotype', TINY,
+            '--train-subset', '256', '--eval-subset', '100', '--epochs', '2', '--batch-size', '64',
+            '--retokenization', '0.5:8:2,0.5:4:1', '--no-progress']
+    _train(*args, '--stop-after', '1')
+    (first,) = read_metrics(run / METRICS)
+    assert first['tokenizer'] == ['8:2'] and first['eval_phase_tokenizer'] == '8:2'
+    at_coarse = evaluate_pretrained(str(run / CHECKPOINT), subset=100, tokenizer='8:2')
+    at_full = evaluate_pretrained(str(run / CHECKPOINT), subset=100)
+    assert first['eval_phase_loss'] == pytest.approx(at_coarse['loss'], rel=1e-5)
+    assert first['eval_phase_top1'] == pytest.approx(at_coarse['top1'], abs=1e-6)
+    assert first['eval_loss'] == pytest.approx(at_full['loss'], rel=1e-5) != at_coarse['loss']
+    _train(*args, '--resume')
+    assert 'eval_phase_tokenizer' not in read_metrics(run / METRICS)[1]  # ended on full tokens
 
 
 def test_resume_refuses_other_settings(tmp_path):
