@@ -105,6 +105,6 @@ def evaluate_pretrained(model: str, data: str = FASHION_MNIST, data_root: Option
         raise ValueError(f'{model} has {net.num_classes} classes and {data} has {bundle.num_classes}')
     net.to(dev)
     metrics = evaluate(net, bundle, env, dev, contextlib.nullcontext)
-    return {'model': model, 'data': data, 'tokenizer': f'{stride}:{dilation}', 'images': len(bundle.eval_loader.dataset),
-            'top1': metrics['top1'], 'top5': metrics['top5'], 'loss': metrics['loss'],
-            'seconds': time.perf_counter() - start}
+    return {'model': model, 'data': data, 'tokenizer': f'{stride}:{dilation}',
+            'images': len(bundle.eval_loader.dataset), 'top1': metrics['top1'], 'top5': metrics['top5'],
+            'loss': metrics['loss'], 'seconds': time.perf_counter() - start}

@@ -15,7 +15,8 @@ loader expects PIL images); random crop, flip and normalisation run batched on t
 Progressive re-tokenization: training step ``i`` of ``N`` runs at the setting of the schedule's phase at
 progress ``i / N`` (:mod:`asvit_zoo.retokenization`). Evaluation uses the full token grid (``eval_*``); an
 epoch that ends on coarse tokens is also scored on that grid (``eval_phase_*``), where a network in its coarse
-phase is judged fairly (on Fashion-MNIST at 28 px it is near chance on the full grid). The training MACs of the run are counted: each step adds (images in the step) x (MACs per image at its setting).
+phase is judged fairly (on Fashion-MNIST at 28 px it is near chance on the full grid). The training MACs of
+the run are counted: each step adds (images in the step) x (MACs per image at its setting).
 The epoch loops are timed in wall time (``train_time``) and in this process's CPU time (``train_cpu_time``, all
 threads), which a machine shared with other jobs disturbs less.
 

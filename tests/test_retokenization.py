@@ -125,7 +125,8 @@ def test_parse_tokenizer(spec, expected):
 
 @pytest.mark.parametrize('spec', ['', '8:2:1', 'eight:2', '0:1', '8:0', '4.0', (1.5, 2), 8, None])
 def test_parse_tokenizer_errors_name_the_setting(spec):
-    with pytest.raises(ValueError, match=r'expected "stride\[:dilation\]" with integers >= 1 .*got ' + re.escape(repr(spec))):
+    message = r'expected "stride\[:dilation\]" with integers >= 1 .*got ' + re.escape(repr(spec))
+    with pytest.raises(ValueError, match=message):
         parse_tokenizer(spec)
 
 
