@@ -99,8 +99,14 @@ def plot_curves(metrics: Dict[str, List[Dict[str, Any]]], path: Path, title: str
     fig, (ax_epoch, ax_macs) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for name, records in metrics.items():
         top1 = [m['eval_top1'] for m in records]
-        ax_epoch.plot([m['epoch'] + 1 for m in records], top1, marker='o', label=name)
+        line, = ax_epoch.plot([m['epoch'] + 1 for m in records], top1, marker='o', label=name)
         ax_macs.plot([m['train_macs'] / 1e12 for m in records], top1, marker='o', label=name)
+        coarse = [m for m in records if 'eval_phase_top1' in m]  # epochs that ended on coarse tokens
+        if coarse:
+            label = f'{name}, scored on its coarse grid'
+            style = dict(color=line.get_color(), linestyle='--', marker='x', label=label)
+            ax_epoch.plot([m['epoch'] + 1 for m in coarse], [m['eval_phase_top1'] for m in coarse], **style)
+            ax_macs.plot([m['train_macs'] / 1e12 for m in coarse], [m['eval_phase_top1'] for m in coarse], **style)
     ax_epoch.set_xlabel('epoch')
     ax_macs.set_xlabel('training TMACs (counted, forward)')
     ax_epoch.set_ylabel('Fashion-MNIST test top-1 (%)')
