@@ -600,9 +600,11 @@ class Trainer:
         """Scores of ``model`` at full tokens, or at the tokenizer setting ``stride:dilation``."""
         if tokenizer is None:
             return evaluate(model, self.data, self.env, self.device, self.autocast)
+        # An extra evaluation leaves the training's random stream alone (each DataLoader pass draws a seed).
         model.set_tokenizer(*parse_tokenizer(tokenizer))
         try:
-            return evaluate(model, self.data, self.env, self.device, self.autocast)
+            with torch.random.fork_rng(devices=[]):
+                return evaluate(model, self.data, self.env, self.device, self.autocast)
         finally:
             model.set_tokenizer(*FULL_TOKENS)
 

@@ -14,7 +14,8 @@ import torch
 from asvit_zoo.cli import build_parser, main
 from asvit_zoo.evaluation import evaluate_pretrained
 from asvit_zoo.train import (
-    CHECKPOINT, METRICS, TrainConfig, augment_batch, init_distributed, load_config, read_metrics, synthetic_images)
+    CHECKPOINT, METRICS, Trainer, TrainConfig, augment_batch, init_distributed, load_config, read_metrics,
+    synthetic_images)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPES = REPO_ROOT / 'recipes'
@@ -134,6 +135,20 @@ def test_an_epoch_ending_on_coarse_tokens_is_also_scored_on_that_grid(tmp_path):
     assert first['eval_loss'] == pytest.approx(at_full['loss'], rel=1e-5) != at_coarse['loss']
     _train(*args, '--resume')
     assert 'eval_phase_tokenizer' not in read_metrics(run / METRICS)[1]  # ended on full tokens
+
+
+def test_scoring_coarse_epochs_leaves_training_unchanged(tmp_path, monkeypatch):
+    args = ['--genotype', TINY, '--data', 'synthetic', '--synthetic-train', '128', '--synthetic-eval', '32',
+            '--img-size', '32', '--batch-size', '32', '--epochs', '2', '--retokenization', '0.5:8:2,0.5:4:1',
+            '--device', 'cpu', '--no-progress']
+    _train('--output', str(tmp_path / 'scored'), *args)
+    full_only = Trainer.evaluate
+    monkeypatch.setattr(Trainer, 'evaluate', lambda self, model, tokenizer=None: full_only(self, model)
+                        if tokenizer is None else {'loss': 0., 'top1': 0., 'top5': 0.})
+    _train('--output', str(tmp_path / 'unscored'), *args)
+    scored, unscored = _weights(tmp_path / 'scored')['model'], _weights(tmp_path / 'unscored')['model']
+    assert read_metrics(tmp_path / 'scored' / METRICS)[0]['eval_phase_top1'] > 0
+    assert all(torch.equal(scored[k], unscored[k]) for k in scored)
 
 
 def test_resume_refuses_other_settings(tmp_path):
