@@ -579,9 +579,9 @@ class Trainer:
             images = (epoch + 1) * self.steps_per_epoch * self.cfg.batch_size * self.env.world_size
             record.update(train_macs=self.train_macs, train_macs_full=self.cost.full_macs * images)
             record.update({f'eval_{k}': v for k, v in self.evaluate(self.model).items()})
-            coarse = record['tokenizer'][-1]
-            if parse_tokenizer(coarse) != FULL_TOKENS:  # the epoch ended on coarse tokens: score that grid too
-                record['eval_phase_tokenizer'] = coarse
+            coarse = parse_tokenizer(record['tokenizer'][-1])
+            if coarse != FULL_TOKENS:  # the epoch ended on coarse tokens: score that grid too
+                record['eval_phase_tokenizer'] = record['tokenizer'][-1]
                 record.update({f'eval_phase_{k}': v for k, v in self.evaluate(self.model, coarse).items()})
             if self.ema is not None:
                 record.update({f'ema_{k}': v for k, v in self.evaluate(self.ema.module).items()})
@@ -596,12 +596,12 @@ class Trainer:
                            f'tokens {",".join(record["tokenizer"])}  {epoch_time:.1f}s')
         return self.metrics
 
-    def evaluate(self, model: nn.Module, tokenizer: Optional[str] = None) -> Dict[str, float]:
-        """Scores of ``model`` at full tokens, or at the tokenizer setting ``stride:dilation``."""
+    def evaluate(self, model: nn.Module, tokenizer: Optional[Tuple[int, int]] = None) -> Dict[str, float]:
+        """Scores of ``model`` at full tokens, or at the tokenizer setting (stride, dilation)."""
         if tokenizer is None:
             return evaluate(model, self.data, self.env, self.device, self.autocast)
         # An extra evaluation leaves the training's random stream alone (each DataLoader pass draws a seed).
-        model.set_tokenizer(*parse_tokenizer(tokenizer))
+        model.set_tokenizer(*tokenizer)
         try:
             with torch.random.fork_rng(devices=[]):
                 return evaluate(model, self.data, self.env, self.device, self.autocast)
