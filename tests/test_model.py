@@ -7,9 +7,10 @@ import timm
 import torch
 from safetensors.torch import load_file
 from timm.optim import create_optimizer_v2
+from torch.utils.flop_counter import FlopCounterMode
 
 import asvit_zoo
-from asvit_zoo.asvit import AsViT, AsViTBlock, checkpoint_filter_fn, window_grid
+from asvit_zoo.asvit import AsViT, AsViTBlock, checkpoint_filter_fn, unfold_nhwc, window_grid
 from asvit_zoo.cost import count_macs, param_count
 from asvit_zoo.registry import load_registry
 
@@ -135,6 +136,31 @@ def test_padded_windows_equal_unpadded_attention(grid, split, fused):
                 out = block.attn(window.reshape(b, h * w, c))
                 want[:, i * win_h:(i + 1) * win_h, j * win_w:(j + 1) * win_w] = out.reshape(b, h, w, c)
     assert torch.allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize('shape, kernel', [((2, 5, 7, 3), 3), ((3, 10, 10, 16), 4), ((1, 4, 4, 8), 2),
+                                           ((2, 9, 6, 5), 5), ((2, 3, 3, 4), 3)])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_unfold_nhwc_picks_the_values_of_nn_unfold(shape, kernel, dtype):
+    """The merging layers' windows: ahead of a backward pass on CPU a one-hot grouped convolution, exactly
+    nn.Unfold's values in its channel-major order; its gradient adds the same terms (in another order)."""
+    torch.manual_seed(0)
+    x = (torch.randn(shape, dtype=dtype) * 1e3).requires_grad_(True)
+    B, H, W, C = shape
+    out_h, out_w = (H - kernel) // 2 + 1, (W - kernel) // 2 + 1
+    want = torch.nn.functional.unfold(x.permute(0, 3, 1, 2), kernel, stride=2).transpose(1, 2).reshape(
+        B, out_h, out_w, C * kernel * kernel)
+    got = unfold_nhwc(x, kernel, 2)
+    assert torch.equal(got, want)
+    g = torch.randn_like(want)
+    (grad_got,), (grad_want,) = torch.autograd.grad(got, x, g), torch.autograd.grad(want, x, g)
+    tol = 1e-6 if dtype == torch.float32 else 1e-14  # the gradient sums up to 4 unit-size terms
+    torch.testing.assert_close(grad_got, grad_want, rtol=tol, atol=tol)
+    with torch.autocast('cpu', dtype=torch.bfloat16):  # a bf16 convolution would round: unfold's route
+        assert torch.equal(unfold_nhwc(x, kernel, 2), want)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:  # count_macs: the gather costs no MACs
+        assert torch.equal(unfold_nhwc(x, kernel, 2), want)
+    assert counter.get_total_flops() == 0
 
 
 def test_window_img_size_fixes_window_sides():
