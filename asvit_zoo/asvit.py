@@ -70,12 +70,18 @@ def window_grid(size: int, split: int) -> Tuple[int, int]:
     return window, math.ceil(size / window)
 
 
+@torch.jit.unused
+def _gather_by_convolution(x: torch.Tensor) -> bool:
+    """Whether :func:`unfold_nhwc` takes its convolution route (eager mode only; TorchScript keeps unfold)."""
+    return x.requires_grad and torch.is_grad_enabled() and x.device.type == 'cpu' and not torch.is_autocast_enabled('cpu')
+
+
 def unfold_nhwc(x: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
     """Every ``kernel_size`` x ``kernel_size`` window (at ``stride``) of NHWC ``x`` as one vector, channel-major as
     ``nn.Unfold``: (B, H, W, C) -> (B, out_h, out_w, C * k * k)."""
     B, H, W, C = x.shape
     k = kernel_size
-    if x.requires_grad and torch.is_grad_enabled() and x.device.type == 'cpu' and not torch.is_autocast_cpu_enabled():
+    if not torch.jit.is_scripting() and _gather_by_convolution(x):
         # Ahead of a backward pass on CPU: a grouped convolution with one-hot kernels picks the same values exactly
         # (x * 1 plus zeros), and its backward is 1.5-2.5x faster than unfold's (col2im). Only there: without grad
         # (count_macs) FlopCounterMode would count its MACs, and on GPUs TF32 or bf16 convolutions would round.
