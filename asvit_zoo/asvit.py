@@ -73,7 +73,8 @@ def window_grid(size: int, split: int) -> Tuple[int, int]:
 @torch.jit.unused
 def _gather_by_convolution(x: torch.Tensor) -> bool:
     """Whether :func:`unfold_nhwc` takes its convolution route (eager mode only; TorchScript keeps unfold)."""
-    return x.requires_grad and torch.is_grad_enabled() and x.device.type == 'cpu' and not torch.is_autocast_enabled('cpu')
+    return (x.requires_grad and torch.is_grad_enabled() and x.device.type == 'cpu'
+            and not torch.is_autocast_enabled('cpu'))
 
 
 def unfold_nhwc(x: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:

@@ -21,7 +21,7 @@ from torch import nn
 from .asvit import AsViT, register_folder
 from .devices import resolve_device
 from .hub import CONFIG_FILE, HF_HUB_PREFIX, LOCAL_DIR_PREFIX, checkpoint_model, hub_file
-from .retokenization import FULL_TOKENS, parse_tokenizer
+from .retokenization import FULL_TOKENS, format_tokenizer, parse_tokenizer
 from .train import FASHION_MNIST, DistEnv, TrainConfig, build_data, evaluate
 
 __all__ = ['load_pretrained', 'evaluate_pretrained']
@@ -105,6 +105,6 @@ def evaluate_pretrained(model: str, data: str = FASHION_MNIST, data_root: Option
         raise ValueError(f'{model} has {net.num_classes} classes and {data} has {bundle.num_classes}')
     net.to(dev)
     metrics = evaluate(net, bundle, env, dev, contextlib.nullcontext)
-    return {'model': model, 'data': data, 'tokenizer': f'{stride}:{dilation}',
+    return {'model': model, 'data': data, 'tokenizer': format_tokenizer(stride, dilation),
             'images': len(bundle.eval_loader.dataset), 'top1': metrics['top1'], 'top5': metrics['top5'],
             'loss': metrics['loss'], 'seconds': time.perf_counter() - start}

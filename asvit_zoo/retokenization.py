@@ -24,8 +24,8 @@ from .asvit import STEM_STRIDE, AsViT
 from .cost import count_macs
 
 __all__ = [
-    'FULL_TOKENS', 'SCHEDULES', 'Phase', 'RetokenizationSchedule', 'ScheduleCost', 'parse_schedule', 'parse_tokenizer',
-    'schedule_cost', 'plot_schedule',
+    'FULL_TOKENS', 'SCHEDULES', 'Phase', 'RetokenizationSchedule', 'ScheduleCost', 'parse_schedule',
+    'format_tokenizer', 'parse_tokenizer', 'schedule_cost', 'plot_schedule',
 ]
 
 FULL_TOKENS = (STEM_STRIDE, 1)  # (stride, dilation) of the model as built: the full token grid
@@ -147,6 +147,11 @@ def parse_schedule(spec: ScheduleSpec) -> RetokenizationSchedule:
     return RetokenizationSchedule(tuple(_phase(item, i) for i, item in enumerate(items)))
 
 
+def format_tokenizer(stride: int, dilation: int) -> str:
+    """``"stride:dilation"``, the form :func:`parse_tokenizer` reads (e.g. ``8:2``)."""
+    return f'{stride}:{dilation}'
+
+
 def parse_tokenizer(spec: Union[str, Sequence[int]]) -> Tuple[int, int]:
     """(stride, dilation) of the stage-1 tokenizer from ``"stride[:dilation]"`` (e.g. ``8:2``) or a pair."""
     parts = spec.strip().split(':') if isinstance(spec, str) else spec
@@ -156,7 +161,7 @@ def parse_tokenizer(spec: Union[str, Sequence[int]]) -> Tuple[int, int]:
         values = []
     if len(values) not in (1, 2) or None in values or min(values) < 1:
         raise ValueError(f'tokenizer setting: expected "stride[:dilation]" with integers >= 1 (e.g. 8:2; full '
-                         f'tokens are {FULL_TOKENS[0]}:{FULL_TOKENS[1]}), got {spec!r}')
+                         f'tokens are {format_tokenizer(*FULL_TOKENS)}), got {spec!r}')
     stride, dilation = (*values, 1)[:2]
     return stride, dilation
 

@@ -60,7 +60,7 @@ from .asvit import AsViT
 from .datasets import DEFAULT_ROOT, load_fashion_mnist
 from .cost import param_count
 from .fileio import save_torch, write_text
-from .retokenization import FULL_TOKENS, parse_schedule, parse_tokenizer, plot_schedule, schedule_cost
+from .retokenization import FULL_TOKENS, format_tokenizer, parse_schedule, parse_tokenizer, plot_schedule, schedule_cost
 
 __all__ = ['TrainConfig', 'TrainResult', 'Trainer', 'load_config', 'train']
 
@@ -528,7 +528,7 @@ class Trainer:
             phase = self.schedule.phase_at(step, self.total_steps)
             if (phase.stride, phase.dilation) != (embed.stride, embed.dilation):
                 self.model.set_tokenizer(phase.stride, phase.dilation)
-            setting = f'{phase.stride}:{phase.dilation}'
+            setting = format_tokenizer(phase.stride, phase.dilation)
             if setting not in settings_used:
                 settings_used.append(setting)
             x, y = self.data.prepare(x, True), y.to(self.device)

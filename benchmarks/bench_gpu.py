@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from asvit_zoo.devices import resolve_device
-from asvit_zoo.retokenization import FULL_TOKENS, SCHEDULES, parse_schedule
+from asvit_zoo.retokenization import FULL_TOKENS, SCHEDULES, format_tokenizer, parse_schedule
 from asvit_zoo.search import SearchConfig, search
 from asvit_zoo.train import TrainConfig, Trainer
 
@@ -93,7 +93,7 @@ def train_settings(args: argparse.Namespace, output: Path) -> List[Dict[str, Any
     for i, (stride, dilation) in enumerate(settings):  # phase i of the schedule and of its cost account
         trainer.train_epoch(2 * i)  # warm-up at this setting: kernels chosen, allocator primed
         timed = _timed_epoch(trainer, 2 * i + 1, device)
-        rows.append({'tokenizer': f'{stride}:{dilation}', 'tokens': trainer.cost.tokens[i],
+        rows.append({'tokenizer': format_tokenizer(stride, dilation), 'tokens': trainer.cost.tokens[i],
                      'gmacs_per_image': trainer.cost.macs[i] / 1e9, 'images': images,
                      'seconds': timed['seconds'], 'images_per_s': images / timed['seconds'],
                      'peak_gib': None if timed['peak_bytes'] is None else timed['peak_bytes'] / 2 ** 30,

@@ -5,7 +5,7 @@ import argparse
 import json
 
 from ..evaluation import evaluate_pretrained
-from ..retokenization import FULL_TOKENS
+from ..retokenization import FULL_TOKENS, format_tokenizer
 from ..train import FASHION_MNIST
 
 
@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument('--subset', type=int, help='the first N test images only')
     parser.add_argument('--device', default='cpu', help='cpu (default), cuda or cuda:N')
     parser.add_argument('--ema', action='store_true', help="a trainer checkpoint's EMA weights")
-    parser.add_argument('--tokenizer', default=f'{FULL_TOKENS[0]}:{FULL_TOKENS[1]}', metavar='STRIDE[:DILATION]',
+    parser.add_argument('--tokenizer', default=format_tokenizer(*FULL_TOKENS), metavar='STRIDE[:DILATION]',
                         help='stage-1 tokenizer setting to score at: full tokens (%(default)s) by default; e.g. 8:2, '
                              'the coarse grid of a re-tokenization phase')
     parser.add_argument('--json', action='store_true', help='print one JSON object')
