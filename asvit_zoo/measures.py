@@ -72,6 +72,7 @@ import copy
 import dataclasses
 import math
 import time
+import warnings
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -332,6 +333,15 @@ class _ForwardADMode(TorchFunctionMode):
 
 
 # --------------------------------------------------------------------------- curve measures
+def _make_dual(x: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """``fwAD.make_dual(x, dx)``. Its first call loads torch's forward-AD decompositions, which torch scripts
+    with its own deprecated ``torch.jit.script``: that one FutureWarning (torch's, nothing a caller can act on)
+    is silenced here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
+        return fwAD.make_dual(x, dx)
+
+
 def curve_velocity(model: nn.Module, curve_basis: torch.Tensor, thetas: torch.Tensor) -> torch.Tensor:
     """``d f(x(theta_i)) / d theta`` at every point, (n, num_features): one forward-mode pass over all points in
     one batch with the closed-form tangent, on :func:`curve_network` (LayerNorms removed, train mode).
@@ -345,7 +355,7 @@ def curve_velocity(model: nn.Module, curve_basis: torch.Tensor, thetas: torch.Te
     x, dx = curve_points(basis, thetas, _image_shape(model, basis))
     with _as_curve_network(model, fused_attn=True) as net:
         with torch.no_grad(), fwAD.dual_level(), _ForwardADMode():  # forward mode only: no autograd graph
-            return fwAD.unpack_dual(pooled_before_norm(net, fwAD.make_dual(x, dx))).tangent
+            return fwAD.unpack_dual(pooled_before_norm(net, _make_dual(x, dx))).tangent
 
 
 def length_distortion(model: nn.Module, curve_basis: torch.Tensor, thetas: torch.Tensor) -> float:

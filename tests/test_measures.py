@@ -3,6 +3,8 @@ finite-difference checks of the forward-mode derivatives, the one-pass NTK again
 passes, determinism, bad networks and the CLI."""
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -318,6 +320,18 @@ def test_cli_json(tmp_path, capsys):
     assert len(out['ntk_eigenvalues']) == 3
     torch.manual_seed(0)
     assert out['exp'] == pytest.approx(M.length_distortion(AsViT(TINY), curve_basis, curve_theta[:4]), rel=1e-9)
+
+
+def test_cli_prints_no_warning_of_torch_internals():
+    """The first forward-mode pass of a process loads torch's JVP decompositions, which torch scripts with its
+    deprecated torch.jit.script; a fresh ``asvit measure`` must not pass that FutureWarning on to the user."""
+    code = ('import sys; from asvit_zoo.cli import main; '
+            "sys.exit(main(['measure', '4,2,2|2,1,2|2,1,2|2,1,2|16', '--embed-dim', '8', '--image-size', '32', "
+            "'--which', 'exp', '--json']))")
+    done = subprocess.run([sys.executable, '-W', 'error::FutureWarning', '-c', code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert 'Warning' not in done.stderr and json.loads(done.stdout)['exp'] > 0
 
 
 @pytest.mark.parametrize('args,message', [
