@@ -20,9 +20,10 @@ from torch import nn
 
 from .asvit import AsViT, register_folder
 from .devices import resolve_device
+from .distributed import DistEnv
 from .hub import CONFIG_FILE, HF_HUB_PREFIX, LOCAL_DIR_PREFIX, checkpoint_model, hub_file
 from .retokenization import FULL_TOKENS, format_tokenizer, parse_tokenizer
-from .train import FASHION_MNIST, DistEnv, TrainConfig, build_data, evaluate
+from .train import FASHION_MNIST, TrainConfig, build_data, evaluate
 
 __all__ = ['load_pretrained', 'evaluate_pretrained']
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import random
 import time
 from contextlib import nullcontext
@@ -58,6 +57,7 @@ from timm.utils import ModelEmaV3, NativeScaler, accuracy
 
 from .asvit import AsViT
 from .datasets import DEFAULT_ROOT, load_fashion_mnist
+from .distributed import DistEnv, init_distributed, process_group
 from .cost import param_count
 from .fileio import save_torch, write_text
 from .retokenization import FULL_TOKENS, format_tokenizer, parse_schedule, parse_tokenizer, plot_schedule, schedule_cost
@@ -161,37 +161,6 @@ def load_config(path: Optional[PathLike] = None, **overrides: Any) -> TrainConfi
 
 
 # --------------------------------------------------------------------------- distributed
-@dataclass(frozen=True)
-class DistEnv:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def init_distributed(device: str) -> Tuple[DistEnv, torch.device]:
-    """Process group from torchrun's environment (NCCL on CUDA, gloo on CPU) and this process's device."""
-    world_size = int(os.environ.get('WORLD_SIZE', '1'))
-    env = DistEnv(int(os.environ.get('RANK', '0')), world_size, int(os.environ.get('LOCAL_RANK', '0')))
-    if device == 'auto':
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    dev = torch.device(device)
-    if dev.type == 'cuda':
-        if dev.index is None:  # plain 'cuda': this process's GPU, cuda:LOCAL_RANK under torchrun
-            dev = torch.device('cuda', env.local_rank)
-        torch.cuda.set_device(dev)
-    if env.distributed and not dist.is_initialized():
-        dist.init_process_group(backend='nccl' if dev.type == 'cuda' else 'gloo')
-    return env, dev
-
-
 def _all_reduce_sum(values: Sequence[float], env: DistEnv, device: torch.device) -> List[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     if env.distributed:
@@ -617,13 +586,9 @@ def train(cfg: TrainConfig, output: PathLike, resume: bool = False, progress: bo
     ``cfg`` and number of processes; the result is the one of an uninterrupted run. ``stop_after=N`` stops
     once N epochs are done (a time-sliced job: continue it with ``resume=True``).
     """
-    created_group = not dist.is_initialized()
-    trainer = Trainer(cfg, output, progress=progress)
-    try:
+    with process_group(cfg.device):
+        trainer = Trainer(cfg, output, progress=progress)
         if resume:
             trainer.resume()
         metrics = trainer.run(stop_after)
-    finally:
-        if created_group and dist.is_initialized():
-            dist.destroy_process_group()
     return TrainResult(output=trainer.output, metrics=metrics, model=trainer.model)

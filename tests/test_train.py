@@ -2,20 +2,17 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
-from typing import List
 
 import pytest
 import torch
 
 from asvit_zoo.cli import build_parser, main
+from asvit_zoo.distributed import init_distributed
 from asvit_zoo.evaluation import evaluate_pretrained
 from asvit_zoo.train import (
-    CHECKPOINT, METRICS, Trainer, TrainConfig, augment_batch, init_distributed, load_config, read_metrics,
-    synthetic_images)
+    CHECKPOINT, METRICS, Trainer, TrainConfig, augment_batch, load_config, read_metrics, synthetic_images)
+from conftest import torchrun
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPES = REPO_ROOT / 'recipes'
@@ -160,13 +157,6 @@ def test_resume_refuses_other_settings(tmp_path):
     assert main(['train', '--output', str(tmp_path / 'none'), '--resume', *TINY_RUN]) == 2
 
 
-def _torchrun(args: List[str], timeout: float = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-           str(REPO_ROOT / 'tools' / 'train.py'), *args]
-    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.mark.parametrize('device, local_rank, expected', [('cuda', '1', 'cuda:1'), ('cuda:0', '1', 'cuda:0')])
 def test_plain_cuda_device_is_the_local_rank_gpu(monkeypatch, device, local_rank, expected):
     # torch.cuda.set_device refuses an index-less 'cuda' (found on a GPU machine); no GPU is needed to check
@@ -180,7 +170,7 @@ def test_plain_cuda_device_is_the_local_rank_gpu(monkeypatch, device, local_rank
 
 def test_two_process_ddp_run_on_cpu(tmp_path):
     run = tmp_path / 'ddp'
-    proc = _torchrun(['--output', str(run), *TINY_RUN, '--batch-size', '16'])
+    proc = torchrun([str(REPO_ROOT / 'tools' / 'train.py'), '--output', str(run), *TINY_RUN, '--batch-size', '16'])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = read_metrics(run / METRICS)
     assert [m['epoch'] for m in metrics] == [0, 1]
