@@ -1,4 +1,4 @@
-"""Process groups under torchrun.
+"""Process groups under torchrun, shared by the trainer, the seed search and the measures.
 
 Outside torchrun (no ``WORLD_SIZE`` in the environment) everything here is a single-process no-op.
 """
@@ -7,12 +7,12 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Tuple
+from typing import Any, Iterator, List, Tuple
 
 import torch
 import torch.distributed as dist
 
-__all__ = ['DistEnv', 'dist_env', 'init_distributed', 'process_group']
+__all__ = ['DistEnv', 'dist_env', 'init_distributed', 'process_group', 'group_size', 'gather_objects', 'barrier']
 
 
 @dataclass(frozen=True)
@@ -63,3 +63,24 @@ def process_group(device: str) -> Iterator[Tuple[DistEnv, torch.device]]:
     finally:
         if created and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def group_size() -> int:
+    """Processes in the default process group; 1 when there is none."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def gather_objects(obj: Any) -> List[Any]:
+    """Every process's ``obj`` (picklable), in rank order, on every process; ``[obj]`` without a process group.
+    A collective: every process of the group must call it."""
+    if group_size() == 1:
+        return [obj]
+    gathered: List[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def barrier() -> None:
+    """Wait for every process of the default process group; nothing to wait for without one."""
+    if group_size() > 1:
+        dist.barrier()

@@ -82,6 +82,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Op
 import torch
 import torch.nn as nn
 import torch.autograd.forward_ad as fwAD
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch.func import jvp
 from torch.overrides import TorchFunctionMode
@@ -92,6 +93,7 @@ from .asvit import AsViT, checkpoint_filter_fn, resolve_genotype
 from .cost import count_macs, param_count
 from .datasets import noise_batch
 from .devices import resolve_device
+from .distributed import gather_objects, group_size
 from .genotype import Genotype
 
 __all__ = [
@@ -673,10 +675,15 @@ def measure_genotype(
         weights: Optional[Union[str, Path]] = None,
         curve: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
         which: Sequence[str] = MEASURES,
+        distributed: bool = False,
 ) -> Measures:
     """Measure one genotype at initialisation: means over ``repeat`` fresh copies, copy ``r`` initialised
     under ``torch.manual_seed(seed + r)`` (on the CPU, then moved to ``device``: the same numbers on
     any device up to rounding), or over the given ``weights`` (authors' or our layout; one network).
+
+    With ``distributed`` and a process group (torchrun), the processes share the copies: rank ``k`` measures
+    copies ``k, k + world_size, ...``, and every process returns the same means, taken in copy order as in one
+    process. Every process must then call with the same arguments.
 
     Args:
         genotype: Seed string (with ``embed_dim``, optional ``depths``) or scaled string or Genotype.
@@ -688,6 +695,7 @@ def measure_genotype(
         weights: Weights file to measure instead of fresh initialisations.
         curve: ``(curve_basis, thetas)``; default :func:`default_curve` of ``image_size`` and ``seed``.
         which: Subset of ``('exp', 'curvature', 'ntk')``; the others stay None.
+        distributed: Share the copies among the processes of the default process group (a collective call).
     """
     g = resolve_genotype(genotype, embed_dim, depths)
     which = tuple(which)
@@ -714,9 +722,11 @@ def measure_genotype(
                          f'{3 * image_size * image_size}')
     inputs, basis, thetas = inputs.to(dev), basis.to(dev), thetas.to(dev)
 
+    ranks = group_size() if distributed else 1
+    rank = dist.get_rank() if ranks > 1 else 0
     result = Measures()
-    found: Dict[str, List[Any]] = defaultdict(list)
-    for r in range(repeat):
+    copies: List[Tuple[int, Dict[str, Any]]] = []  # (copy, measure -> value) of the copies of this process
+    for r in range(rank, repeat, ranks):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + r)
             model = AsViT(g, num_classes=num_classes)
@@ -726,20 +736,31 @@ def measure_genotype(
         if r == 0:
             result.params = param_count(model)
             result.gmacs = count_macs(model, (3, image_size, image_size)) / 1e9
+        values: Dict[str, Any] = {}
         if 'exp' in which:
-            found['exp'].append(_timed(result.seconds, 'exp', dev, lambda: length_distortion(model, basis, thetas)))
+            values['exp'] = _timed(result.seconds, 'exp', dev, lambda: length_distortion(model, basis, thetas))
         if 'curvature' in which:
-            found['curvature'].append(_timed(result.seconds, 'curvature', dev, lambda: curvature(model, basis, thetas)))
+            c = _timed(result.seconds, 'curvature', dev, lambda: curvature(model, basis, thetas))
+            values['curvature'] = (c.total, c.combined)
         if 'ntk' in which:
-            found['ntk'].append(_timed(result.seconds, 'ntk', dev, lambda: ntk_condition(model, inputs)))
-    if found['exp']:
-        result.exp = _mean(found['exp'])
-    if found['curvature']:
-        result.curvature = _mean(c.total for c in found['curvature'])
-        result.combined = _mean(c.combined for c in found['curvature'])
-    if found['ntk']:
-        conds = [cond for cond, _ in found['ntk']]
+            cond, eigenvalues = _timed(result.seconds, 'ntk', dev, lambda: ntk_condition(model, inputs))
+            values['ntk'] = (cond, eigenvalues.cpu())
+        copies.append((r, values))
+    if ranks > 1:  # params and GMACs from rank 0 (copy 0); wall times of the slowest process
+        shared = gather_objects((result.params, result.gmacs, result.seconds, copies))
+        result.params, result.gmacs = shared[0][:2]
+        result.seconds = {name: max(seconds.get(name, 0.) for _, _, seconds, _ in shared)
+                          for name in MEASURES if name in which}
+        copies = sorted((entry for *_, part in shared for entry in part), key=lambda entry: entry[0])
+    found = [values for _, values in copies]
+    if 'exp' in which:
+        result.exp = _mean(v['exp'] for v in found)
+    if 'curvature' in which:
+        result.curvature = _mean(v['curvature'][0] for v in found)
+        result.combined = _mean(v['curvature'][1] for v in found)
+    if 'ntk' in which:
+        conds = [v['ntk'][0] for v in found]
         result.bad = any(math.isnan(c) for c in conds)
         result.ntk = _mean(conds)
-        result.ntk_eigenvalues = torch.stack([e for _, e in found['ntk']]).mean(0).tolist()
+        result.ntk_eigenvalues = torch.stack([v['ntk'][1] for v in found]).mean(0).tolist()
     return result

@@ -32,6 +32,10 @@ Every random draw (policy init, samples, the per-step measurement seeds) comes f
 ``torch.Generator`` whose state is checkpointed with the policy, the optimizer, the baseline and
 the histories after every step, so a resumed run repeats the uninterrupted one exactly.
 
+Under torchrun every process runs the same policy from the same seed and the processes share the ``repeat``
+copies of each measurement; the records are those of one process (to rounding: the same with equal thread
+counts), and a run may be resumed with another number of processes. Process 0 writes the run folder.
+
 Run folder: ``steps.jsonl``, one JSON record per step (``step``; the sampled ``genotype``; ``derived``,
 the argmax genotype after the update; ``measures`` as measured, null where not finite, and ``bad``;
 ``values``, the history values the reward used; ``changes``; ``penalty``; ``reward``; ``baseline``;
@@ -47,6 +51,7 @@ import json
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -58,6 +63,7 @@ from tqdm import tqdm
 
 from .datasets import search_batch
 from .devices import resolve_device
+from .distributed import DistEnv, barrier, process_group
 from .fileio import save_torch, write_json
 from .genotype import SEARCH_SPACE, Genotype
 from .measures import Measures, measure_genotype
@@ -276,7 +282,8 @@ def _check_resumable(saved: Dict[str, Any], config: SearchConfig, path: Path) ->
 
 def _measure(scorer: Scorer, genotype: Genotype, config: SearchConfig, inputs: torch.Tensor, seed: int) -> Measures:
     return scorer(genotype, embed_dim=SEARCH_EMBED_DIM, depths=SEARCH_DEPTHS, image_size=config.image_size,
-                  repeat=config.repeat, inputs=inputs, seed=seed, device=config.device, which=config.measures)
+                  repeat=config.repeat, inputs=inputs, seed=seed, device=config.device, which=config.measures,
+                  distributed=True)
 
 
 def _run_step(state: _SearchState, scorer: Scorer, inputs: torch.Tensor) -> Dict[str, Any]:
@@ -339,8 +346,17 @@ def search(config: SearchConfig, out_dir: os.PathLike, *, resume: bool = False, 
     ``scorer`` has the signature of :func:`~asvit_zoo.measures.measure_genotype`. Without ``resume`` the
     folder must not already hold a run; with it, a run is continued from ``state.pt`` (or started when
     there is none) and reaches the same records and result as an uninterrupted run.
+
+    Under torchrun every process runs the same policy from the same seed, and the processes share the
+    ``repeat`` copies of each measurement (``measure_genotype(..., distributed=True)``), so each step takes the
+    time of ``ceil(repeat / processes)`` copies; process 0 writes the run folder and shows the progress bar.
     """
-    out = Path(out_dir)
+    with process_group(config.device) as (env, _):
+        return _search(config, Path(out_dir), env, resume, scorer, progress)
+
+
+def _search(config: SearchConfig, out: Path, env: DistEnv, resume: bool, scorer: Scorer,
+            progress: bool) -> SearchResult:
     state_path, steps_path = out / STATE_FILE, out / STEPS_FILE
     if not resume and (state_path.exists() or steps_path.exists()):
         raise ValueError(f'{out} already holds a search run; pass --resume to continue it or choose another --out')
@@ -350,35 +366,41 @@ def search(config: SearchConfig, out_dir: os.PathLike, *, resume: bool = False, 
         _check_resumable(saved, config, state_path)
         state.load_state_dict(saved)
     inputs = search_batch(config.data, config.batch_size, config.image_size, seed=config.seed)
-    out.mkdir(parents=True, exist_ok=True)
     if state.step and steps_path.stat().st_size < state.log_bytes:
         raise ValueError(f'{steps_path} is shorter than the {state.step} steps {state_path} records; '
                          f'it cannot be resumed')
+    barrier()  # every process has read the folder before process 0 writes to it
     mark = time.perf_counter()
-    with open(steps_path, 'ab') as log:
-        log.truncate(state.log_bytes)  # drop whatever a killed run wrote after its last checkpoint
-        bar = tqdm(total=config.steps, initial=state.step, desc='search', disable=not progress, dynamic_ncols=True)
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    with open(steps_path, 'ab') if env.is_main else nullcontext() as log:
+        if log is not None:
+            log.truncate(state.log_bytes)  # drop whatever a killed run wrote after its last checkpoint
+        bar = tqdm(total=config.steps, initial=state.step, desc='search', disable=not (progress and env.is_main),
+                   dynamic_ncols=True)
         with bar:
             while state.step < config.steps:
                 record = _run_step(state, scorer, inputs)
-                log.write((json.dumps(record) + '\n').encode())
-                log.flush()
-                os.fsync(log.fileno())
                 state.step += 1
-                state.log_bytes = log.tell()
+                if log is not None:
+                    log.write((json.dumps(record) + '\n').encode())
+                    log.flush()
+                    os.fsync(log.fileno())
+                    state.log_bytes = log.tell()
                 now = time.perf_counter()
                 state.elapsed, mark = state.elapsed + now - mark, now
-                state.save(state_path)
+                if env.is_main:
+                    state.save(state_path)
                 bar.set_postfix(reward=f'{record["reward"]:.3f}', entropy=f'{record["entropy"]:.2f}',
                                 best=record['derived'], refresh=False)
                 bar.update()
-    records = [json.loads(line) for line in steps_path.read_text().splitlines()]
-    return _finish(state, scorer, inputs, records, out, mark)
+    return _finish(state, scorer, inputs, out, mark, env)
 
 
-def _finish(state: _SearchState, scorer: Scorer, inputs: torch.Tensor, records: List[Dict[str, Any]],
-            out: Path, mark: float) -> SearchResult:
-    """Measure the derived genotype, write summary.json and curves.png (``mark``: time of ``state.elapsed``)."""
+def _finish(state: _SearchState, scorer: Scorer, inputs: torch.Tensor, out: Path, mark: float,
+            env: DistEnv) -> SearchResult:
+    """Measure the derived genotype; process 0 writes summary.json and curves.png (``mark``: time of
+    ``state.elapsed``)."""
     config = state.config
     genotype = state.policy.derive()
     m = _measure(scorer, genotype, config, inputs, state.draw_seed())
@@ -391,6 +413,8 @@ def _finish(state: _SearchState, scorer: Scorer, inputs: torch.Tensor, records: 
         'wall_seconds': state.elapsed + time.perf_counter() - mark,
         'config': dataclasses.asdict(config),
     }
-    write_json(out / SUMMARY_FILE, summary)
-    _save_curves(records, out / CURVES_FILE)
+    if env.is_main:
+        write_json(out / SUMMARY_FILE, summary)
+        records = [json.loads(line) for line in (out / STEPS_FILE).read_text().splitlines()]
+        _save_curves(records, out / CURVES_FILE)
     return SearchResult(genotype=genotype, summary=summary)

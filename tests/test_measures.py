@@ -17,7 +17,7 @@ from torch.func import jvp
 from asvit_zoo import AsViT, checkpoint_filter_fn
 from asvit_zoo import measures as M
 from asvit_zoo.cli import main
-from conftest import GOLDEN_NETWORKS
+from conftest import GOLDEN_NETWORKS, torchrun
 
 # Small networks (32 and 40 px). The second has odd kernels and token grids that splits do not divide,
 # so its windows are padded and masked.
@@ -363,3 +363,36 @@ def test_cli_weights_of_another_genotype(tmp_path, capsys):
     assert main(['measure', TINY, '--weights', str(path), '--image-size', '32']) == 2
     err = capsys.readouterr().err
     assert f"was saved for genotype '{MASKED}', not {TINY}" in err
+
+
+# --------------------------------------------------------------------------- torchrun
+SHARED_COPIES_SCRIPT = '''
+import json
+from asvit_zoo import measures as M
+from asvit_zoo.distributed import process_group
+
+measured = []
+length_distortion = M.length_distortion
+M.length_distortion = lambda model, *args: measured.append(1) or length_distortion(model, *args)
+with process_group('cpu') as (env, _):
+    m = M.measure_genotype({genotype!r}, image_size=32, repeat=3, which=('exp', 'ntk'), distributed=True)
+print(json.dumps(dict(rank=env.rank, copies=len(measured), exp=m.exp, ntk=m.ntk, eigenvalues=m.ntk_eigenvalues,
+                      params=m.params, gmacs=m.gmacs, seconds=sorted(m.seconds))))
+'''
+
+
+def test_torchrun_processes_share_the_copies(tmp_path):
+    script = tmp_path / 'share.py'
+    script.write_text(SHARED_COPIES_SCRIPT.format(genotype=TINY))
+    proc = torchrun([str(script)])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = sorted((json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{')),
+                   key=lambda r: r['rank'])
+    assert [r['copies'] for r in ranks] == [2, 1]  # copies 0 and 2 on rank 0, copy 1 on rank 1
+    assert all({k: v for k, v in r.items() if k not in ('rank', 'copies')} ==
+               {k: v for k, v in ranks[0].items() if k not in ('rank', 'copies')} for r in ranks)
+    one = M.measure_genotype(TINY, image_size=32, repeat=3, which=('exp', 'ntk'))  # the mean of the same 3 copies
+    got = ranks[0]
+    assert (got['params'], got['gmacs'], got['seconds']) == (one.params, one.gmacs, ['exp', 'ntk'])
+    assert got['exp'] == pytest.approx(one.exp, rel=1e-6) and got['ntk'] == pytest.approx(one.ntk, rel=1e-6)
+    assert got['eigenvalues'] == pytest.approx(one.ntk_eigenvalues, rel=1e-6)

@@ -24,6 +24,7 @@ from asvit_zoo.genotype import Genotype
 from asvit_zoo.measures import Measures, measure_genotype
 from asvit_zoo.devices import resolve_device
 from asvit_zoo.search import Baseline, MeasureHistory, SearchConfig, budget_penalty, search
+from conftest import torchrun
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # real images when Debian's dataset-fashion-mnist is installed, Gaussian noise otherwise
@@ -199,6 +200,31 @@ def test_resume_extends_a_finished_run(exp_budget_run: Path, tmp_path: Path) -> 
     result = search(SearchConfig(steps=4, **EXP_BUDGET), tmp_path, resume=True, progress=False)
     assert without_seconds(read_records(tmp_path)) == without_seconds(read_records(exp_budget_run))
     assert str(result.genotype) == json.loads((exp_budget_run / 'summary.json').read_text())['genotype']
+
+
+# --------------------------------------------------------------------------- torchrun
+def _one_process(args: List[str]) -> subprocess.CompletedProcess:
+    """``asvit search ARGS`` in one process with one thread, the rounding of each torchrun process."""
+    return subprocess.run([sys.executable, '-m', 'asvit_zoo.cli', 'search', *args], cwd=REPO_ROOT, timeout=240,
+                          env={**os.environ, 'OMP_NUM_THREADS': '1'}, capture_output=True, text=True)
+
+
+def test_torchrun_resumes_a_run_and_matches_one_process(tmp_path: Path) -> None:
+    """Two CPU processes (gloo) continue a one-process run to the records and result of an uninterrupted one;
+    process 0 alone writes the folder and prints the result."""
+    args = ['--steps', '4', '--repeat', '3', *TINY_ARGS[2:], '--no-progress']
+    for out, steps in (('one', '4'), ('resumed', '2')):
+        proc = _one_process(['--out', str(tmp_path / out), *args, '--steps', steps])
+        assert proc.returncode == 0, proc.stderr
+    two = torchrun(['-m', 'asvit_zoo.cli', 'search', '--out', str(tmp_path / 'resumed'), *args, '--resume'])
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    expected = without_seconds(read_records(tmp_path / 'one'))
+    assert len(expected) == 4 and without_seconds(read_records(tmp_path / 'resumed')) == expected
+    summary, other = (json.loads((tmp_path / name / 'summary.json').read_text()) for name in ('one', 'resumed'))
+    assert (other['genotype'], other['measures']) == (summary['genotype'], summary['measures'])
+    assert two.stdout.count(summary['genotype']) == 1  # one result line, from process 0
+    assert sorted(p.name for p in (tmp_path / 'resumed').iterdir()) == sorted(
+        p.name for p in (tmp_path / 'one').iterdir())
 
 
 # --------------------------------------------------------------------------- CLI

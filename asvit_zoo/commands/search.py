@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..distributed import dist_env
 from ..search import SearchConfig, search
 from .options import parse_count, parse_positive
 
@@ -11,7 +12,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         'search', help='REINFORCE search of a seed topology rewarded by NTK condition and length distortion',
         description='Search the As-ViT seed topology with REINFORCE (spec section 4). Writes steps.jsonl, '
-                    'state.pt (after every step), summary.json and curves.png to --out.')
+                    'state.pt (after every step), summary.json and curves.png to --out. Under torchrun '
+                    '(torchrun --nproc_per_node N -m asvit_zoo.cli search ...) the processes share the --repeat '
+                    'copies of each measurement.')
     parser.add_argument('--out', required=True, help='run folder')
     parser.add_argument('--steps', type=int, default=500, help='REINFORCE steps (default: 500)')
     parser.add_argument('--repeat', type=int, default=5,
@@ -40,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
         max_params=None if args.max_params is None else parse_count(args.max_params, '--max-params'),
         max_gmacs=None if args.max_gmacs is None else parse_positive(args.max_gmacs, '--max-gmacs'))
     result = search(config, args.out, resume=args.resume, progress=not args.no_progress)
+    if not dist_env().is_main:  # under torchrun: one line, from process 0
+        return 0
     summary = result.summary
     print(f'{result.genotype}  params {summary["params"] / 1e6:.2f}M  GMACs {summary["gmacs"]:.3f}  '
           f'({summary["steps"]} steps, {summary["wall_seconds"]:.1f} s) -> {args.out}')
