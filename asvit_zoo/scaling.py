@@ -42,6 +42,7 @@ from tqdm import tqdm
 from .asvit import AsViT
 from .cost import count_macs, param_count
 from .datasets import search_batch
+from .distributed import DistEnv, barrier, gather_objects, process_group
 from .fileio import atomic_write, write_json
 from .genotype import Genotype
 from .measures import measure_genotype
@@ -187,8 +188,17 @@ def _step_from_dict(d: Dict[str, Any]) -> ScalingStep:
 
 def run_scaling(config: ScalingConfig, out_dir: Path, resume: bool = False, progress: bool = True) -> List[ScalingStep]:
     """Grow the seed until the real-size network reaches ``config.stop_at`` parameters; write the
-    trajectory (atomically, after every step) to ``out_dir/trajectory.json``. ``progress``: tqdm bars."""
-    out_dir = Path(out_dir)
+    trajectory (atomically, after every step) to ``out_dir/trajectory.json``. ``progress``: tqdm bars.
+
+    Under torchrun the processes share each step's candidates (process ``k`` measures candidates ``k, k + N,
+    ...``); every process returns the trajectory of one process, which process 0 writes.
+    """
+    with process_group(config.device) as (env, _):
+        return _run_scaling(config, Path(out_dir), env, resume, progress)
+
+
+def _run_scaling(config: ScalingConfig, out_dir: Path, env: DistEnv, resume: bool,
+                 progress: bool) -> List[ScalingStep]:
     steps: List[ScalingStep] = []
     if (out_dir / TRAJECTORY_FILE).exists():
         if not resume:
@@ -201,23 +211,30 @@ def run_scaling(config: ScalingConfig, out_dir: Path, resume: bool = False, prog
         steps = [_step_from_dict(s) for s in saved['steps']]
         if saved['done']:
             return steps
+    barrier()  # every process has read the trajectory before process 0 rewrites it
     seed = Genotype.parse(config.seed_genotype)
     batch = search_batch(config.data, config.batch_size, config.image_size, seed=config.seed)
-    def measure(depths: Tuple[int, ...], width: int, step_index: int) -> Any:
+    progress = progress and env.is_main
+
+    def measure(depths: Tuple[int, ...], width: int, step_index: int, distributed: bool = False) -> Any:
         return measure_genotype(seed, embed_dim=width, depths=depths, image_size=config.image_size,
                                 repeat=config.repeat, inputs=batch, seed=config.seed * 100_003 + step_index,
-                                device=config.device, which=SCALING_MEASURES)
+                                device=config.device, which=SCALING_MEASURES, distributed=distributed)
+
+    def save(done: bool) -> None:
+        if env.is_main:
+            _save(out_dir, config, steps, done=done)
 
     def record(step_index: int, depths: Tuple[int, ...], width: int, params: int, ntk: float, exp: float,
                rank_sum: int, start: float, candidates: List[Candidate]) -> None:
         genotype = real_size(seed, depths, width)
         steps.append(ScalingStep(step_index, depths, width, str(genotype), params, _gmacs(genotype), ntk, exp,
                                  rank_sum, time.perf_counter() - start, candidates))
-        _save(out_dir, config, steps, done=False)
+        save(done=False)
 
-    if not steps:  # step 0: the seed at the start width
+    if not steps:  # step 0: the seed at the start width (the processes share its copies)
         start, depths = time.perf_counter(), (1, 1, 1, 1)
-        m = measure(depths, START_WIDTH, 0)
+        m = measure(depths, START_WIDTH, 0, distributed=True)
         record(0, depths, START_WIDTH, _params(real_size(seed, depths, START_WIDTH)), m.ntk, m.exp, 0, start, [])
     depths, width, params = steps[-1].depths, steps[-1].width, steps[-1].params
     bar = tqdm(desc='scaling', unit='step', initial=len(steps), disable=not progress)
@@ -227,16 +244,21 @@ def run_scaling(config: ScalingConfig, out_dir: Path, resume: bool = False, prog
         candidates = _candidates(seed, depths, width, config.upper_limit)
         if not candidates:
             break
-        for c in tqdm(candidates, desc=f'step {step_index}', unit='cand', leave=False, disable=not progress):
-            m = measure(c.depths, c.width, step_index)
-            c.ntk, c.exp, c.bad = m.ntk, m.exp, m.bad
+        mine = range(env.rank, len(candidates), env.world_size)
+        measured: Dict[int, Tuple[float, float, bool]] = {}
+        for i in tqdm(mine, desc=f'step {step_index}', unit='cand', leave=False, disable=not progress):
+            m = measure(candidates[i].depths, candidates[i].width, step_index)
+            measured[i] = (m.ntk, m.exp, m.bad)
+        for part in gather_objects(measured):
+            for i, (ntk, exp, bad) in part.items():
+                candidates[i].ntk, candidates[i].exp, candidates[i].bad = ntk, exp, bad
         chosen = _choose(candidates)
         depths, width, params = chosen.depths, chosen.width, chosen.real_params
         record(step_index, depths, width, params, chosen.ntk, chosen.exp, chosen.rank_sum, start, candidates)
         bar.update(1)
         bar.set_postfix(params=f'{params / 1e6:.1f}M', genotype=steps[-1].genotype)
     bar.close()
-    _save(out_dir, config, steps, done=True)
+    save(done=True)
     return steps
 
 

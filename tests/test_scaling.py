@@ -11,6 +11,7 @@ from asvit_zoo.registry import load_card
 from asvit_zoo.scaling import (
     Candidate, ScalingConfig, _candidates, _choose, _dense_ranks, load_trajectory, run_scaling, select_variants,
     TRAJECTORY_FILE)
+from conftest import torchrun
 
 SEED = Genotype.parse(PAPER_SEED)
 TINY = dict(budgets=(2.6e6,), upper_limit=4e6, image_size=16, batch_size=2, data='noise')
@@ -93,3 +94,42 @@ def test_cli_errors(tmp_path, capsys, argv, message):
         base[flag] = value
     assert main(['scale', *[f'{flag}={value}' for flag, value in base.items()]]) == 2
     assert message in capsys.readouterr().err
+
+
+SHARED_CANDIDATES_SCRIPT = '''
+import json, os
+from asvit_zoo import scaling
+
+calls = []
+measure_genotype = scaling.measure_genotype
+
+
+def counted(*args, distributed=False, **kwargs):
+    calls.append(distributed)
+    return measure_genotype(*args, distributed=distributed, **kwargs)
+
+
+scaling.measure_genotype = counted
+steps = scaling.run_scaling(scaling.ScalingConfig({seed!r}, **{tiny!r}), {out!r}, progress=False)
+print(json.dumps(dict(rank=int(os.environ['RANK']), candidates_measured=calls.count(False),
+                      steps=[[s.genotype, [[c.ntk, c.exp] for c in s.candidates]] for s in steps])))
+'''
+
+
+def test_torchrun_processes_share_the_candidates(tmp_path):
+    script = tmp_path / 'share.py'
+    script.write_text(SHARED_CANDIDATES_SCRIPT.format(seed=PAPER_SEED, tiny=TINY, out=str(tmp_path / 'two')))
+    proc = torchrun([str(script)])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = sorted((json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{')),
+                   key=lambda r: r['rank'])
+    one = run_scaling(ScalingConfig(PAPER_SEED, **TINY), tmp_path / 'one', progress=False)
+    total = sum(len(s.candidates) for s in one)
+    assert total >= 8 and [r['candidates_measured'] for r in ranks] == [(total + 1) // 2, total // 2]
+    assert ranks[0]['steps'] == ranks[1]['steps']  # every process has every candidate's measures
+    assert [genotype for genotype, _ in ranks[0]['steps']] == [s.genotype for s in one]
+    for (_, measured), step in zip(ranks[0]['steps'], one):
+        expected = [value for c in step.candidates for value in (c.ntk, c.exp)]
+        assert [value for pair in measured for value in pair] == pytest.approx(expected, rel=1e-6)
+    saved = load_trajectory(tmp_path / 'two')
+    assert saved['done'] and [s['genotype'] for s in saved['steps']] == [s.genotype for s in one]

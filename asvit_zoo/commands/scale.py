@@ -5,6 +5,7 @@ import argparse
 import shlex
 from pathlib import Path
 
+from ..distributed import dist_env
 from ..scaling import ScalingConfig, plot_trajectory, run_scaling, select_variants, write_variant_cards
 from ..fileio import write_json
 from .options import parse_count
@@ -15,7 +16,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         'scale', help='greedy depth/width scaling of a seed to parameter budgets (spec section 5)',
         description='Grow a seed topology one block at a time, ranking candidates by training-free measures. '
                     'Writes trajectory.json (after every step), trajectory.png and variants.json to --out, and '
-                    'with --registry and --names one registry card per budget.')
+                    'with --registry and --names one registry card per budget. Under torchrun '
+                    '(torchrun --nproc_per_node N -m asvit_zoo.cli scale ...) the processes share the candidates '
+                    'of each step.')
     parser.add_argument('--seed', required=True, help="seed genotype K,S,E|...|H, e.g. '8,2,3|4,1,2|4,1,4|4,1,6|32'")
     parser.add_argument('--budgets', default='29.0M,52.6M,88.1M', help='comma-separated parameter budgets')
     parser.add_argument('--names', default=None, help='comma-separated variant names, one per budget')
@@ -56,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
                            data=args.data, seed=args.random_seed, device=args.device)
     out = Path(args.out)
     steps = run_scaling(config, out, resume=args.resume)
+    if not dist_env().is_main:  # under torchrun: process 0 writes the outputs
+        return 0
     plot_trajectory(steps, budgets, out / 'trajectory.png')
     variants = select_variants(args.seed, steps, budgets)
     write_json(out / 'variants.json', variants)
