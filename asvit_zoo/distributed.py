@@ -1,4 +1,4 @@
-"""Process groups under torchrun, shared by the trainer, the seed search and the measures.
+"""Process groups under torchrun, shared by the trainer, the measures, the seed search and the scaling.
 
 Outside torchrun (no ``WORLD_SIZE`` in the environment) everything here is a single-process no-op.
 """
