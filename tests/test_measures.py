@@ -376,18 +376,18 @@ length_distortion = M.length_distortion
 M.length_distortion = lambda model, *args: measured.append(1) or length_distortion(model, *args)
 with process_group('cpu') as (env, _):
     m = M.measure_genotype({genotype!r}, image_size=32, repeat=3, which=('exp', 'ntk'), distributed=True)
-print(json.dumps(dict(rank=env.rank, copies=len(measured), exp=m.exp, ntk=m.ntk, eigenvalues=m.ntk_eigenvalues,
-                      params=m.params, gmacs=m.gmacs, seconds=sorted(m.seconds))))
+with open({out!r} + f'.{{env.rank}}.json', 'w') as f:  # one file per process: their stdout lines can interleave
+    json.dump(dict(rank=env.rank, copies=len(measured), exp=m.exp, ntk=m.ntk, eigenvalues=m.ntk_eigenvalues,
+                   params=m.params, gmacs=m.gmacs, seconds=sorted(m.seconds)), f)
 '''
 
 
 def test_torchrun_processes_share_the_copies(tmp_path):
     script = tmp_path / 'share.py'
-    script.write_text(SHARED_COPIES_SCRIPT.format(genotype=TINY))
+    script.write_text(SHARED_COPIES_SCRIPT.format(genotype=TINY, out=str(tmp_path / 'rank')))
     proc = torchrun([str(script)])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    ranks = sorted((json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{')),
-                   key=lambda r: r['rank'])
+    ranks = [json.loads((tmp_path / f'rank.{rank}.json').read_text()) for rank in (0, 1)]
     assert [r['copies'] for r in ranks] == [2, 1]  # copies 0 and 2 on rank 0, copy 1 on rank 1
     assert all({k: v for k, v in r.items() if k not in ('rank', 'copies')} ==
                {k: v for k, v in ranks[0].items() if k not in ('rank', 'copies')} for r in ranks)

@@ -110,19 +110,21 @@ def counted(*args, distributed=False, **kwargs):
 
 
 scaling.measure_genotype = counted
-steps = scaling.run_scaling(scaling.ScalingConfig({seed!r}, **{tiny!r}), {out!r}, progress=False)
-print(json.dumps(dict(rank=int(os.environ['RANK']), candidates_measured=calls.count(False),
-                      steps=[[s.genotype, [[c.ntk, c.exp] for c in s.candidates]] for s in steps])))
+steps = scaling.run_scaling(scaling.ScalingConfig({seed!r}, **{tiny!r}), {run!r}, progress=False)
+rank = int(os.environ['RANK'])
+with open({out!r} + f'.{{rank}}.json', 'w') as f:  # one file per process: their stdout lines can interleave
+    json.dump(dict(rank=rank, candidates_measured=calls.count(False),
+                   steps=[[s.genotype, [[c.ntk, c.exp] for c in s.candidates]] for s in steps]), f)
 '''
 
 
 def test_torchrun_processes_share_the_candidates(tmp_path):
     script = tmp_path / 'share.py'
-    script.write_text(SHARED_CANDIDATES_SCRIPT.format(seed=PAPER_SEED, tiny=TINY, out=str(tmp_path / 'two')))
+    script.write_text(SHARED_CANDIDATES_SCRIPT.format(seed=PAPER_SEED, tiny=TINY, run=str(tmp_path / 'two'),
+                                                      out=str(tmp_path / 'rank')))
     proc = torchrun([str(script)])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    ranks = sorted((json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{')),
-                   key=lambda r: r['rank'])
+    ranks = [json.loads((tmp_path / f'rank.{rank}.json').read_text()) for rank in (0, 1)]
     one = run_scaling(ScalingConfig(PAPER_SEED, **TINY), tmp_path / 'one', progress=False)
     total = sum(len(s.candidates) for s in one)
     assert total >= 8 and [r['candidates_measured'] for r in ranks] == [(total + 1) // 2, total // 2]
