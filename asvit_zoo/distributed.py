@@ -12,7 +12,8 @@ from typing import Any, Iterator, List, Tuple
 import torch
 import torch.distributed as dist
 
-__all__ = ['DistEnv', 'dist_env', 'init_distributed', 'process_group', 'group_size', 'gather_objects', 'barrier']
+__all__ = ['DistEnv', 'dist_env', 'init_distributed', 'process_group', 'group_size', 'group_rank',
+           'gather_objects', 'barrier']
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,11 @@ def process_group(device: str) -> Iterator[Tuple[DistEnv, torch.device]]:
 def group_size() -> int:
     """Processes in the default process group; 1 when there is none."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def group_rank() -> int:
+    """This process's rank in the default process group; 0 when there is none."""
+    return dist.get_rank() if group_size() > 1 else 0
 
 
 def gather_objects(obj: Any) -> List[Any]:

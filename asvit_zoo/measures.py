@@ -82,7 +82,6 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Op
 import torch
 import torch.nn as nn
 import torch.autograd.forward_ad as fwAD
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.func import jvp
 from torch.overrides import TorchFunctionMode
@@ -93,7 +92,7 @@ from .asvit import AsViT, checkpoint_filter_fn, resolve_genotype
 from .cost import count_macs, param_count
 from .datasets import noise_batch
 from .devices import resolve_device
-from .distributed import gather_objects, group_size
+from .distributed import gather_objects, group_rank, group_size
 from .genotype import Genotype
 
 __all__ = [
@@ -722,8 +721,7 @@ def measure_genotype(
                          f'{3 * image_size * image_size}')
     inputs, basis, thetas = inputs.to(dev), basis.to(dev), thetas.to(dev)
 
-    ranks = group_size() if distributed else 1
-    rank = dist.get_rank() if ranks > 1 else 0
+    ranks, rank = (group_size(), group_rank()) if distributed else (1, 0)
     result = Measures()
     copies: List[Tuple[int, Dict[str, Any]]] = []  # (copy, measure -> value) of the copies of this process
     for r in range(rank, repeat, ranks):

@@ -56,9 +56,9 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, NativeScaler, accuracy
 
 from .asvit import AsViT
+from .cost import param_count
 from .datasets import DEFAULT_ROOT, load_fashion_mnist
 from .distributed import DistEnv, init_distributed, process_group
-from .cost import param_count
 from .fileio import save_torch, write_text
 from .retokenization import FULL_TOKENS, format_tokenizer, parse_schedule, parse_tokenizer, plot_schedule, schedule_cost
 

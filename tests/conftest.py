@@ -18,12 +18,16 @@ REFERENCE_FIXTURES = SHARED / 'fixtures' / 'asvit_reference'
 GOLDEN_NETWORKS = ('search_seed_c32', 'scaled_small64')
 
 
+def one_thread(args: List[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    """``python ARGS`` from the repository root with one thread, the rounding of each process of :func:`torchrun`."""
+    return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env={**os.environ, 'OMP_NUM_THREADS': '1'},
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def torchrun(args: List[str], timeout: float = 240) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node 2 ARGS`` (a script or ``-m module`` and its arguments) from the
     repository root, one thread per process."""
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', *args]
-    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return one_thread(['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', *args], timeout)
 
 
 @pytest.fixture(scope='session')

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from asvit_zoo.cli import main as cli_main
+from asvit_zoo.distributed import DistEnv
 from asvit_zoo.evaluation import evaluate_pretrained, load_pretrained
 from asvit_zoo.hub import export_weights
 from asvit_zoo.registry import load_registry
-from asvit_zoo.distributed import DistEnv
 from asvit_zoo.train import TrainConfig, build_data, train
 
 GENOTYPE = '4,2,2,1|2,1,2,1|2,1,2,1|2,1,2,1|16,8'

@@ -24,7 +24,7 @@ from asvit_zoo.genotype import Genotype
 from asvit_zoo.measures import Measures, measure_genotype
 from asvit_zoo.devices import resolve_device
 from asvit_zoo.search import Baseline, MeasureHistory, SearchConfig, budget_penalty, search
-from conftest import torchrun
+from conftest import one_thread, torchrun
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # real images when Debian's dataset-fashion-mnist is installed, Gaussian noise otherwise
@@ -203,18 +203,12 @@ def test_resume_extends_a_finished_run(exp_budget_run: Path, tmp_path: Path) -> 
 
 
 # --------------------------------------------------------------------------- torchrun
-def _one_process(args: List[str]) -> subprocess.CompletedProcess:
-    """``asvit search ARGS`` in one process with one thread, the rounding of each torchrun process."""
-    return subprocess.run([sys.executable, '-m', 'asvit_zoo.cli', 'search', *args], cwd=REPO_ROOT, timeout=240,
-                          env={**os.environ, 'OMP_NUM_THREADS': '1'}, capture_output=True, text=True)
-
-
 def test_torchrun_resumes_a_run_and_matches_one_process(tmp_path: Path) -> None:
     """Two CPU processes (gloo) continue a one-process run to the records and result of an uninterrupted one;
     process 0 alone writes the folder and prints the result."""
     args = ['--steps', '4', '--repeat', '3', *TINY_ARGS[2:], '--no-progress']
     for out, steps in (('one', '4'), ('resumed', '2')):
-        proc = _one_process(['--out', str(tmp_path / out), *args, '--steps', steps])
+        proc = one_thread(['-m', 'asvit_zoo.cli', 'search', '--out', str(tmp_path / out), *args, '--steps', steps])
         assert proc.returncode == 0, proc.stderr
     two = torchrun(['-m', 'asvit_zoo.cli', 'search', '--out', str(tmp_path / 'resumed'), *args, '--resume'])
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
