@@ -367,18 +367,19 @@ def test_cli_weights_of_another_genotype(tmp_path, capsys):
 
 # --------------------------------------------------------------------------- torchrun
 SHARED_COPIES_SCRIPT = '''
-import json
+import contextlib, io, json
 from asvit_zoo import measures as M
-from asvit_zoo.distributed import process_group
+from asvit_zoo.cli import main
+from asvit_zoo.distributed import dist_env
 
 measured = []
 length_distortion = M.length_distortion
 M.length_distortion = lambda model, *args: measured.append(1) or length_distortion(model, *args)
-with process_group('cpu') as (env, _):
-    m = M.measure_genotype({genotype!r}, image_size=32, repeat=3, which=('exp', 'ntk'), distributed=True)
-with open({out!r} + f'.{{env.rank}}.json', 'w') as f:  # one file per process: their stdout lines can interleave
-    json.dump(dict(rank=env.rank, copies=len(measured), exp=m.exp, ntk=m.ntk, eigenvalues=m.ntk_eigenvalues,
-                   params=m.params, gmacs=m.gmacs, seconds=sorted(m.seconds)), f)
+stdout = io.StringIO()
+with contextlib.redirect_stdout(stdout):
+    code = main(['measure', {genotype!r}, '--image-size', '32', '--repeat', '3', '--which', 'exp,ntk', '--json'])
+with open({out!r} + f'.{{dist_env().rank}}.json', 'w') as f:  # one file per process: stdout lines can interleave
+    json.dump(dict(code=code, copies=len(measured), stdout=stdout.getvalue()), f)
 '''
 
 
@@ -388,11 +389,11 @@ def test_torchrun_processes_share_the_copies(tmp_path):
     proc = torchrun([str(script)])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f'rank.{rank}.json').read_text()) for rank in (0, 1)]
+    assert [r['code'] for r in ranks] == [0, 0]
     assert [r['copies'] for r in ranks] == [2, 1]  # copies 0 and 2 on rank 0, copy 1 on rank 1
-    assert all({k: v for k, v in r.items() if k not in ('rank', 'copies')} ==
-               {k: v for k, v in ranks[0].items() if k not in ('rank', 'copies')} for r in ranks)
+    assert ranks[1]['stdout'] == ''  # process 0 alone prints the result
+    got = json.loads(ranks[0]['stdout'])
     one = M.measure_genotype(TINY, image_size=32, repeat=3, which=('exp', 'ntk'))  # the mean of the same 3 copies
-    got = ranks[0]
-    assert (got['params'], got['gmacs'], got['seconds']) == (one.params, one.gmacs, ['exp', 'ntk'])
+    assert (got['params'], got['gmacs'], sorted(got['seconds'])) == (one.params, one.gmacs, ['exp', 'ntk'])
     assert got['exp'] == pytest.approx(one.exp, rel=1e-6) and got['ntk'] == pytest.approx(one.ntk, rel=1e-6)
-    assert got['eigenvalues'] == pytest.approx(one.ntk_eigenvalues, rel=1e-6)
+    assert got['ntk_eigenvalues'] == pytest.approx(one.ntk_eigenvalues, rel=1e-6)

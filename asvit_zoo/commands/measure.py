@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..devices import resolve_device
+from ..distributed import process_group
 from ..measures import MEASURES, load_measure_inputs, measure_genotype
 
 DEFAULT_IMAGE_SIZE = 224
@@ -13,7 +15,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         'measure', help='length distortion, curvature and NTK condition number of one genotype at initialisation',
         description='Measure a genotype at initialisation (means over --repeat fresh copies) or the given '
-                    '--weights: expected length distortion (exp), curvature, combined, NTK condition number (ntk).')
+                    '--weights: expected length distortion (exp), curvature, combined, NTK condition number (ntk). '
+                    'Under torchrun (torchrun --nproc_per_node N -m asvit_zoo.cli measure ...) the processes share '
+                    'the --repeat copies and process 0 prints the result.')
     parser.add_argument('genotype', help="seed string 'K,S,E|...|H' (with --embed-dim) or scaled 'K,S,E,L|...|H,C'")
     parser.add_argument('--embed-dim', type=int, default=None, help='stage-1 width C of a seed genotype')
     parser.add_argument('--image-size', type=int, default=None,
@@ -39,10 +43,14 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f'--image-size {image_size} conflicts with --inputs {args.inputs}, whose ntk_inputs are '
                              f'{inputs.shape[-1]}x{inputs.shape[-2]}; leave --image-size out or match it')
         image_size = inputs.shape[-1]
-    result = measure_genotype(
-        args.genotype, embed_dim=args.embed_dim, image_size=image_size or DEFAULT_IMAGE_SIZE, repeat=args.repeat,
-        inputs=inputs, seed=args.seed, device=args.device, weights=args.weights, curve=curve,
-        which=[w.strip() for w in args.which.split(',') if w.strip()])
+    device = resolve_device(args.device)  # a clear error before any process group starts
+    with process_group(str(device)) as (env, dev):
+        result = measure_genotype(
+            args.genotype, embed_dim=args.embed_dim, image_size=image_size or DEFAULT_IMAGE_SIZE, repeat=args.repeat,
+            inputs=inputs, seed=args.seed, device=dev, weights=args.weights, curve=curve,
+            which=[w.strip() for w in args.which.split(',') if w.strip()], distributed=True)
+    if not env.is_main:  # under torchrun: one result, from process 0
+        return 0
     record = result.to_dict()
     if args.json:
         print(json.dumps(record, allow_nan=False))
