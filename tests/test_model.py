@@ -142,8 +142,8 @@ def test_padded_windows_equal_unpadded_attention(grid, split, fused):
                                            ((2, 9, 6, 5), 5), ((2, 3, 3, 4), 3)])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
 def test_unfold_nhwc_picks_the_values_of_nn_unfold(shape, kernel, dtype):
-    """The merging layers' windows: ahead of a backward pass on CPU a one-hot grouped convolution, exactly
-    nn.Unfold's values in its channel-major order; its gradient adds the same terms (in another order)."""
+    """The merging layers' windows: on CPU an index gather, exactly nn.Unfold's values in its channel-major order;
+    its gradient adds the same terms (in another order)."""
     torch.manual_seed(0)
     x = (torch.randn(shape, dtype=dtype) * 1e3).requires_grad_(True)
     B, H, W, C = shape
@@ -156,7 +156,7 @@ def test_unfold_nhwc_picks_the_values_of_nn_unfold(shape, kernel, dtype):
     (grad_got,), (grad_want,) = torch.autograd.grad(got, x, g), torch.autograd.grad(want, x, g)
     tol = 1e-6 if dtype == torch.float32 else 1e-14  # the gradient sums up to 4 unit-size terms
     torch.testing.assert_close(grad_got, grad_want, rtol=tol, atol=tol)
-    with torch.autocast('cpu', dtype=torch.bfloat16):  # a bf16 convolution would round: unfold's route
+    with torch.autocast('cpu', dtype=torch.bfloat16):  # a copy: autocast leaves it alone
         assert torch.equal(unfold_nhwc(x, kernel, 2), want)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:  # count_macs: the gather costs no MACs
         assert torch.equal(unfold_nhwc(x, kernel, 2), want)
