@@ -30,6 +30,7 @@ on CPU) and the model is wrapped in DistributedDataParallel; process 0 writes th
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import random
@@ -51,7 +52,7 @@ from tqdm import tqdm
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_dataset, create_loader
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, get_optimizer_class
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, NativeScaler, accuracy
 
@@ -380,6 +381,18 @@ def _loss_fn(cfg: TrainConfig, mixup: Optional[Mixup]) -> nn.Module:
     return nn.CrossEntropyLoss()
 
 
+def _fused(opt: str) -> Dict[str, Any]:
+    """``fused=True`` where the optimizer class has a fused kernel (torch's Adam, AdamW and SGD): one kernel per
+    step instead of a loop over the parameters (AdamW on the tiny recipe's 91 tensors: 10.5 ms -> 2.7 ms per step
+    on the 2-core CPU). Its rounding differs from the loop's in the last bits. Names timm does not know are left to
+    ``create_optimizer_v2``, whose error names them."""
+    try:
+        cls = get_optimizer_class(opt.lower().split('_')[-1])  # as create_optimizer_v2 reads 'lookahead_adamw'
+    except ValueError:
+        return {}
+    return {'fused': True} if 'fused' in inspect.signature(cls).parameters else {}
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -402,7 +415,7 @@ class Trainer:
         self.schedule = parse_schedule(cfg.retokenization)
         self.cost = schedule_cost(self.model, self.schedule, self.data.input_size)
         self.optimizer = create_optimizer_v2(self.model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                             momentum=cfg.momentum, layer_decay=cfg.layer_decay)
+                                             momentum=cfg.momentum, layer_decay=cfg.layer_decay, **_fused(cfg.opt))
         self.steps_per_epoch = len(self.data.train_loader)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.scheduler, _ = create_scheduler_v2(

@@ -148,6 +148,15 @@ def test_scoring_coarse_epochs_leaves_training_unchanged(tmp_path, monkeypatch):
     assert all(torch.equal(scored[k], unscored[k]) for k in scored)
 
 
+@pytest.mark.parametrize('opt, fused', [('adamw', True), ('lookahead_adamw', True), ('momentum', True),
+                                        ('lamb', None)])
+def test_optimizer_takes_torchs_fused_kernel_where_there_is_one(tmp_path, opt, fused):
+    cfg = load_config(genotype=TINY, data='synthetic', synthetic_train=64, synthetic_eval=32, img_size=28,
+                      batch_size=32, epochs=1, opt=opt, device='cpu')
+    optimizer = Trainer(cfg, tmp_path, progress=False).optimizer
+    assert getattr(optimizer, 'base_optimizer', optimizer).defaults.get('fused') is fused
+
+
 def test_resume_refuses_other_settings(tmp_path):
     run = tmp_path / 'run'
     _train('--output', str(run), '--stop-after', '1', *TINY_RUN)
