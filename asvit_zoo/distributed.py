@@ -12,7 +12,7 @@ from typing import Any, Iterator, List, Tuple
 import torch
 import torch.distributed as dist
 
-__all__ = ['DistEnv', 'dist_env', 'init_distributed', 'process_group', 'group_size', 'group_rank',
+__all__ = ['DistEnv', 'dist_env', 'init_distributed', 'process_group', 'group_size', 'group_rank', 'my_share',
            'gather_objects', 'barrier']
 
 
@@ -74,6 +74,12 @@ def group_size() -> int:
 def group_rank() -> int:
     """This process's rank in the default process group; 0 when there is none."""
     return dist.get_rank() if group_size() > 1 else 0
+
+
+def my_share(n: int) -> range:
+    """The indices of ``n`` shared items that this process takes: ``rank, rank + size, ...`` in the default process
+    group; all of them when there is none."""
+    return range(group_rank(), n, group_size())
 
 
 def gather_objects(obj: Any) -> List[Any]:

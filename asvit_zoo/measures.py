@@ -92,7 +92,7 @@ from .asvit import AsViT, checkpoint_filter_fn, resolve_genotype
 from .cost import count_macs, param_count
 from .datasets import noise_batch
 from .devices import resolve_device
-from .distributed import gather_objects, group_rank, group_size
+from .distributed import gather_objects, group_size, my_share
 from .genotype import Genotype
 
 __all__ = [
@@ -721,10 +721,10 @@ def measure_genotype(
                          f'{3 * image_size * image_size}')
     inputs, basis, thetas = inputs.to(dev), basis.to(dev), thetas.to(dev)
 
-    ranks, rank = (group_size(), group_rank()) if distributed else (1, 0)
+    ranks = group_size() if distributed else 1
     result = Measures()
     copies: List[Tuple[int, Dict[str, Any]]] = []  # (copy, measure -> value) of the copies of this process
-    for r in range(rank, repeat, ranks):
+    for r in my_share(repeat) if distributed else range(repeat):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + r)
             model = AsViT(g, num_classes=num_classes)

@@ -42,7 +42,7 @@ from tqdm import tqdm
 from .asvit import AsViT
 from .cost import count_macs, param_count
 from .datasets import search_batch
-from .distributed import DistEnv, barrier, gather_objects, process_group
+from .distributed import DistEnv, barrier, gather_objects, my_share, process_group
 from .fileio import atomic_write, write_json
 from .genotype import Genotype
 from .measures import measure_genotype
@@ -244,9 +244,8 @@ def _run_scaling(config: ScalingConfig, out_dir: Path, env: DistEnv, resume: boo
         candidates = _candidates(seed, depths, width, config.upper_limit)
         if not candidates:
             break
-        mine = range(env.rank, len(candidates), env.world_size)
         measured: Dict[int, Tuple[float, float, bool]] = {}
-        for i in tqdm(mine, desc=f'step {step_index}', unit='cand', leave=False, disable=not progress):
+        for i in tqdm(my_share(len(candidates)), desc=f'step {step_index}', unit='cand', leave=False, disable=not progress):
             m = measure(candidates[i].depths, candidates[i].width, step_index)
             measured[i] = (m.ntk, m.exp, m.bad)
         for part in gather_objects(measured):
