@@ -44,6 +44,9 @@ __all__ = ['AsViT', 'checkpoint_filter_fn', 'unwrap_state_dict', 'register_cards
 STEM_STRIDE = 4
 MERGE_STRIDE = 2
 DEFAULT_DEPTHS = (1, 1, 1, 1)
+# On CPU, plain matmul-softmax attention beats torch's fused kernel in small windows (5-11x at 1 token, about
+# 1.4x at 4-49 tokens, forward and backward) and loses from about 196 tokens on (2.7x slower at 784).
+CPU_PLAIN_ATTN_MAX_TOKENS = 64
 
 _LayerNormRef = partial(LayerNorm, eps=1e-5)  # the reference uses torch's default eps
 
@@ -161,9 +164,12 @@ class PatchMerging(nn.Module):
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows (no relative position bias).
 
-    q, k and v have ``num_heads * (dim // num_heads)`` channels, which can be fewer than ``dim``.
+    q, k and v have ``num_heads * (dim // num_heads)`` channels, which can be fewer than ``dim``. With
+    ``fused_attn``, ``scaled_dot_product_attention`` runs, except on CPU in windows of at most
+    ``CPU_PLAIN_ATTN_MAX_TOKENS`` tokens, where plain matmul-softmax attention is faster.
     """
     fused_attn: Final[bool]
+    cpu_plain_attn_max_tokens: Final[int]
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.,
                  proj_drop: float = 0.):
@@ -173,6 +179,7 @@ class WindowAttention(nn.Module):
         self.attn_dim = self.head_dim * num_heads
         self.scale = self.head_dim ** -0.5
         self.fused_attn = use_fused_attn()
+        self.cpu_plain_attn_max_tokens = CPU_PLAIN_ATTN_MAX_TOKENS
         self.qkv = nn.Linear(dim, self.attn_dim * 3, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(self.attn_dim, dim)
@@ -183,7 +190,7 @@ class WindowAttention(nn.Module):
         to (num_windows * B, heads, N, N)."""
         B_, N, _ = x.shape
         q, k, v = self.qkv(x).reshape(B_, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        if self.fused_attn:
+        if self.fused_attn and (x.device.type != 'cpu' or N > self.cpu_plain_attn_max_tokens):
             x = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=self.attn_drop.p if self.training else 0.)
         else:
@@ -385,11 +392,15 @@ class AsViT(nn.Module):
         """Change the stage-1 tokenizer's stride and dilation (progressive re-tokenization); weights stay."""
         self.patch_embed.set_tokenizer(stride, dilation)
 
-    def set_fused_attn(self, enable: bool = True) -> None:
-        """Use ``scaled_dot_product_attention`` (default) or plain matmul-softmax attention."""
+    def set_fused_attn(self, enable: bool = True, cpu_plain_max_tokens: int = CPU_PLAIN_ATTN_MAX_TOKENS) -> None:
+        """Use ``scaled_dot_product_attention`` (``enable``, the default), except on CPU in windows of at most
+        ``cpu_plain_max_tokens`` tokens (0: in every window), or plain matmul-softmax attention everywhere."""
+        if cpu_plain_max_tokens < 0:
+            raise ValueError(f'cpu_plain_max_tokens must be >= 0 (0: SDPA in every window), got {cpu_plain_max_tokens}')
         for m in self.modules():
             if isinstance(m, WindowAttention):
                 m.fused_attn = enable
+                m.cpu_plain_attn_max_tokens = cpu_plain_max_tokens
 
     # ------------------------------------------------------------ forward
     def forward_intermediates(

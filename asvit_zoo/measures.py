@@ -133,10 +133,20 @@ def _param(model: nn.Module) -> torch.Tensor:
     return next(model.parameters())
 
 
+_ATTENTION_SETTINGS = ('fused_attn', 'cpu_plain_attn_max_tokens')  # of WindowAttention
+
+
+def _attention_modules(model: nn.Module) -> List[nn.Module]:
+    return [m for m in model.modules() if hasattr(m, 'fused_attn')]
+
+
 def _set_fused_attn(model: nn.Module, enable: bool) -> None:
-    for m in model.modules():
-        if hasattr(m, 'fused_attn'):
-            m.fused_attn = enable
+    """SDPA in every window (``enable``: the forward-mode rule of :class:`_ForwardADMode` replaces it, also in
+    the small windows where the model itself would take plain attention on CPU) or plain attention."""
+    for m in _attention_modules(model):
+        m.fused_attn = enable
+        if hasattr(m, 'cpu_plain_attn_max_tokens'):
+            m.cpu_plain_attn_max_tokens = 0
 
 
 def _norms_to_identity(model: nn.Module) -> List[Tuple[nn.Module, str, nn.Module]]:
@@ -166,7 +176,8 @@ def _as_curve_network(model: nn.Module, fused_attn: bool) -> Iterator[nn.Module]
     """``model`` itself turned into :func:`curve_network` for the duration of the block (no copy: the
     copy costs about half a forward pass at 64 px); its modules, modes and attention path are restored
     after. Not for a model that another thread runs meanwhile."""
-    attention = {m: m.fused_attn for m in model.modules() if hasattr(m, 'fused_attn')}
+    attention = {m: {k: getattr(m, k) for k in _ATTENTION_SETTINGS if hasattr(m, k)}
+                 for m in _attention_modules(model)}
     with _train_mode(model):
         replaced = _norms_to_identity(model)
         try:
@@ -175,8 +186,9 @@ def _as_curve_network(model: nn.Module, fused_attn: bool) -> Iterator[nn.Module]
         finally:
             for parent, name, norm in replaced:
                 setattr(parent, name, norm)
-            for m, fused in attention.items():
-                m.fused_attn = fused
+            for m, settings in attention.items():
+                for k, v in settings.items():
+                    setattr(m, k, v)
 
 
 def curve_network(model: nn.Module, fused_attn: bool = True) -> nn.Module:

@@ -1,11 +1,17 @@
-"""CPU forward throughput of As-ViT Large and seed, with SDPA and with plain attention, against Swin-T.
+"""CPU throughput of As-ViT models with each attention path, against Swin-T: inference, or training steps.
 
-All configurations are measured side by side: every round times one forward pass of each, in an
-order rotated from round to round, after ``--warmup`` untimed rounds. Throughput is the batch size
-over the median time of a forward pass (torch.inference_mode, eval mode, random weights and input).
+The As-ViT paths: the default (SDPA, but plain matmul-softmax attention in windows of at most
+``CPU_PLAIN_ATTN_MAX_TOKENS`` tokens), SDPA in every window, and plain attention in every window.
+
+All configurations are measured side by side: every round times one pass of each, in an order rotated
+from round to round, after ``--warmup`` untimed rounds. A pass is a forward pass (torch.inference_mode,
+eval mode) or, with ``--train``, a forward and backward pass of the cross-entropy loss in train mode.
+Throughput is the batch size over the median time of a pass (random weights, inputs and labels).
 Prints a markdown table with parameters, GMACs (``asvit_zoo.cost.count_macs``) and ratios.
 
     python benchmarks/bench_model.py --batch 8 --image-size 224 --iters 5 --warmup 1
+    python benchmarks/bench_model.py --train --batch 128 --image-size 28 --in-chans 1 --num-classes 10 \
+        --reference none --model asvit_tiny --model '4,8,3,1|4,2,3,1|4,2,3,1|4,1,6,2|64,28'
 """
 from __future__ import annotations
 
@@ -19,14 +25,16 @@ from typing import List, Optional, Sequence
 import timm
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import asvit_zoo  # noqa: F401  (registers the As-ViT models with timm)
-from asvit_zoo.asvit import AsViT
+from asvit_zoo.asvit import CPU_PLAIN_ATTN_MAX_TOKENS, AsViT
 from asvit_zoo.cost import count_macs, param_count
 
 ASVIT_MODELS = ('asvit_large', 'asvit_large_paper', 'asvit_seed')
 REFERENCE_MODEL = 'swin_tiny_patch4_window7_224'
-SDPA, PLAIN = 'SDPA', 'plain'
+DEFAULT, SDPA, PLAIN = f'default (plain in windows <= {CPU_PLAIN_ATTN_MAX_TOKENS} tokens)', 'SDPA', 'plain'
+SETTINGS = {DEFAULT: dict(), SDPA: dict(cpu_plain_max_tokens=0), PLAIN: dict(enable=False)}  # set_fused_attn's
 
 
 @dataclass
@@ -35,18 +43,18 @@ class Case:
 
     model_name: str
     model: nn.Module
-    fused: Optional[bool]  # None: leave the model's own attention setting (not an As-ViT)
+    path: Optional[str]  # DEFAULT, SDPA or PLAIN; None: leave the model's own attention setting (not an As-ViT)
     times: List[float] = field(default_factory=list)
     macs: int = 0
 
     def prepare(self) -> None:
-        if self.fused is not None and isinstance(self.model, AsViT):
-            self.model.set_fused_attn(self.fused)
+        if self.path is not None and isinstance(self.model, AsViT):
+            self.model.set_fused_attn(**SETTINGS[self.path])
 
     @property
     def attention(self) -> str:
-        if self.fused is not None:
-            return SDPA if self.fused else PLAIN
+        if self.path is not None:
+            return self.path
         uses_sdpa = any(getattr(m, 'fused_attn', False) for m in self.model.modules())
         return f'{SDPA if uses_sdpa else PLAIN} (timm default)'
 
@@ -57,27 +65,51 @@ class Case:
         return f'{batch / max(self.times):.2f}-{batch / min(self.times):.2f}'
 
 
-def build_cases(image_size: int) -> List[Case]:
+def create(name: str, in_chans: int, num_classes: int) -> nn.Module:
+    """A registered model by name, or an As-ViT by its genotype (a name with '|')."""
+    if '|' in name:
+        return timm.create_model('asvit', genotype=name, in_chans=in_chans, num_classes=num_classes)
+    return timm.create_model(name, in_chans=in_chans, num_classes=num_classes)
+
+
+def build_cases(models: Sequence[str], reference: Optional[str], image_size: int, in_chans: int,
+                num_classes: int) -> List[Case]:
     cases = []
-    for name in ASVIT_MODELS:
-        model = timm.create_model(name).eval()
-        cases += [Case(name, model, fused=True), Case(name, model, fused=False)]
-    cases.append(Case(REFERENCE_MODEL, timm.create_model(REFERENCE_MODEL, img_size=image_size).eval(), fused=None))
+    for name in models:
+        model = create(name, in_chans, num_classes)
+        if not isinstance(model, AsViT):
+            raise SystemExit(f'--model {name}: not an As-ViT model (compare others with --reference)')
+        cases += [Case(name, model, path) for path in SETTINGS]
+    if reference is not None:
+        model = timm.create_model(reference, img_size=image_size, in_chans=in_chans, num_classes=num_classes)
+        cases.append(Case(reference, model, path=None))
     for case in cases:
         case.prepare()
-        case.macs = count_macs(case.model, (3, image_size, image_size))
+        case.macs = count_macs(case.model, (in_chans, image_size, image_size))
     return cases
 
 
-def measure(cases: Sequence[Case], x: torch.Tensor, iters: int, warmup: int) -> None:
-    """Time one forward pass of every case per round; the first ``warmup`` rounds are not recorded."""
-    with torch.inference_mode():
+def one_pass(model: nn.Module, x: torch.Tensor, labels: Optional[torch.Tensor]) -> None:
+    """A forward pass, or with ``labels`` a forward and backward pass of the cross-entropy loss."""
+    if labels is None:
+        model(x)
+        return
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), labels).backward()
+
+
+def measure(cases: Sequence[Case], x: torch.Tensor, labels: Optional[torch.Tensor], iters: int,
+            warmup: int) -> None:
+    """Time one pass of every case per round; the first ``warmup`` rounds are not recorded."""
+    train = labels is not None
+    with torch.inference_mode(not train):
         for round_index in range(warmup + iters):
             shift = round_index % len(cases)
             for case in [*cases[shift:], *cases[:shift]]:
                 case.prepare()
+                case.model.train(train)
                 start = time.perf_counter()
-                case.model(x)
+                one_pass(case.model, x, labels)
                 elapsed = time.perf_counter() - start
                 if round_index >= warmup:
                     case.times.append(elapsed)
@@ -85,45 +117,56 @@ def measure(cases: Sequence[Case], x: torch.Tensor, iters: int, warmup: int) -> 
             print(f'round {round_index + 1}/{warmup + iters} ({label}) done', file=sys.stderr, flush=True)
 
 
-def markdown_table(cases: Sequence[Case], batch: int) -> str:
-    reference = next(c for c in cases if c.model_name == REFERENCE_MODEL).images_per_s(batch)
-    plain = {c.model_name: c.images_per_s(batch) for c in cases if c.fused is False}
-    rows = [
-        '| model | attention | params (M) | GMACs | img/s (median) | img/s (min-max) | vs swin_tiny | SDPA / plain |',
-        '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |',
-    ]
+def markdown_table(cases: Sequence[Case], batch: int, reference_name: Optional[str]) -> str:
+    reference = next((c.images_per_s(batch) for c in cases if c.model_name == reference_name), None)
+    plain = {c.model_name: c.images_per_s(batch) for c in cases if c.path == PLAIN}
+    versus = f' vs {reference_name} |' if reference else ''
+    rows = [f'| model | attention | params (M) | GMACs | img/s (median) | img/s (min-max) |{versus} vs plain |',
+            '| --- | --- | ---: | ---: | ---: | ---: |' + (' ---: |' if reference else '') + ' ---: |']
     for case in cases:
         speed = case.images_per_s(batch)
-        sdpa_vs_plain = f'{speed / plain[case.model_name]:.2f}x' if case.fused else '-'
-        rows.append(f'| {case.model_name} | {case.attention} | {param_count(case.model) / 1e6:.2f} | '
-                    f'{case.macs / 1e9:.2f} | {speed:.2f} | {case.range_images_per_s(batch)} | '
-                    f'{speed / reference:.2f}x | {sdpa_vs_plain} |')
+        vs_reference = f' {speed / reference:.2f}x |' if reference else ''
+        vs_plain = f'{speed / plain[case.model_name]:.2f}x' if case.path in (DEFAULT, SDPA) else '-'
+        name = case.model_name.replace('|', '\\|')  # a genotype's bars inside a table cell
+        rows.append(f'| {name} | {case.attention} | {param_count(case.model) / 1e6:.2f} | {case.macs / 1e9:.3g} | '
+                    f'{speed:.2f} | {case.range_images_per_s(batch)} |{vs_reference} {vs_plain} |')
     return '\n'.join(rows)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--batch', type=int, default=8, help='images per forward pass (default 8)')
+    parser.add_argument('--model', action='append', dest='models', metavar='NAME',
+                        help=f'an As-ViT variant or genotype, repeatable (default: {", ".join(ASVIT_MODELS)})')
+    parser.add_argument('--reference', default=REFERENCE_MODEL,
+                        help=f'a timm model to compare with, or "none" (default {REFERENCE_MODEL})')
+    parser.add_argument('--train', action='store_true', help='time forward and backward passes in train mode')
+    parser.add_argument('--batch', type=int, default=8, help='images per pass (default 8)')
     parser.add_argument('--image-size', type=int, default=224, help='square input side (default 224)')
+    parser.add_argument('--in-chans', type=int, default=3, help='input channels (default 3)')
+    parser.add_argument('--num-classes', type=int, default=1000, help='classifier outputs (default 1000)')
     parser.add_argument('--iters', type=int, default=5, help='timed rounds (default 5)')
     parser.add_argument('--warmup', type=int, default=1, help='untimed rounds before them (default 1)')
     parser.add_argument('--seed', type=int, default=0, help='torch seed for weights and input (default 0)')
     args = parser.parse_args(argv)
-    if args.batch < 1 or args.image_size < 1 or args.iters < 1 or args.warmup < 0:
-        parser.error('--batch, --image-size and --iters must be >= 1, --warmup >= 0')
+    if min(args.batch, args.image_size, args.in_chans, args.num_classes, args.iters) < 1 or args.warmup < 0:
+        parser.error('--batch, --image-size, --in-chans, --num-classes and --iters must be >= 1, --warmup >= 0')
+    args.models = args.models or list(ASVIT_MODELS)
+    args.reference = None if args.reference.lower() == 'none' else args.reference
     return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    cases = build_cases(args.image_size)
-    x = torch.randn(args.batch, 3, args.image_size, args.image_size)
-    measure(cases, x, args.iters, args.warmup)
-    print(f'CPU forward throughput: batch {args.batch}, {args.image_size}x{args.image_size}, '
+    cases = build_cases(args.models, args.reference, args.image_size, args.in_chans, args.num_classes)
+    x = torch.randn(args.batch, args.in_chans, args.image_size, args.image_size)
+    labels = torch.randint(0, args.num_classes, (args.batch,)) if args.train else None
+    measure(cases, x, labels, args.iters, args.warmup)
+    what = 'training (forward and backward)' if args.train else 'forward'
+    print(f'CPU {what} throughput: batch {args.batch}, {args.in_chans}x{args.image_size}x{args.image_size}, '
           f'{args.iters} timed rounds after {args.warmup} warm-up, torch {torch.__version__} '
           f'({torch.get_num_threads()} threads), timm {timm.__version__}\n')
-    print(markdown_table(cases, args.batch))
+    print(markdown_table(cases, args.batch, args.reference))
 
 
 if __name__ == '__main__':

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch.func import jvp
 
 from asvit_zoo import AsViT, checkpoint_filter_fn
+from asvit_zoo.asvit import CPU_PLAIN_ATTN_MAX_TOKENS
 from asvit_zoo import measures as M
 from asvit_zoo.cli import main
 from conftest import GOLDEN_NETWORKS, torchrun
@@ -231,17 +232,22 @@ def test_a_failing_curve_measure_restores_the_model(monkeypatch, measure):
     # the curve measures turn the model itself into the curve network (no copy) and must undo that on errors
     model = _net(TINY).eval()
     modules = dict(model.named_modules())
-    fused = [m.fused_attn for m in model.modules() if hasattr(m, 'fused_attn')]
+    def settings(net):
+        return [(m.fused_attn, m.cpu_plain_attn_max_tokens) for m in net.modules() if hasattr(m, 'fused_attn')]
+
+    before = settings(model)
 
     def broken(net, x):
         assert not any(isinstance(m, nn.LayerNorm) for m in net.modules()) and net.training
+        # length distortion: SDPA in every window (its forward-mode rule); curvature: plain attention
+        assert set(settings(net)) == {(measure is M.length_distortion, 0)}
         raise RuntimeError('forward failed')
 
     monkeypatch.setattr(M, 'pooled_before_norm', broken)
     with pytest.raises(RuntimeError, match='forward failed'):
         measure(model, *M.default_curve(32))
     assert dict(model.named_modules()) == modules and not any(m.training for m in model.modules())
-    assert [m.fused_attn for m in model.modules() if hasattr(m, 'fused_attn')] == fused
+    assert settings(model) == before and before[0] == (True, CPU_PLAIN_ATTN_MAX_TOKENS)
 
 
 # --------------------------------------------------------------------------- measure_genotype

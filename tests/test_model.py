@@ -10,7 +10,9 @@ from timm.optim import create_optimizer_v2
 from torch.utils.flop_counter import FlopCounterMode
 
 import asvit_zoo
-from asvit_zoo.asvit import AsViT, AsViTBlock, checkpoint_filter_fn, unfold_nhwc, window_grid
+from asvit_zoo import asvit
+from asvit_zoo.asvit import (CPU_PLAIN_ATTN_MAX_TOKENS, AsViT, AsViTBlock, WindowAttention, checkpoint_filter_fn,
+                             unfold_nhwc, window_grid)
 from asvit_zoo.cost import count_macs, param_count
 from asvit_zoo.registry import load_registry
 
@@ -32,11 +34,12 @@ def _golden_model(reference_dir: Path, expected: dict, name: str) -> AsViT:
 
 # --------------------------------------------------------------------------- equality with the authors
 @pytest.mark.parametrize('name', GOLDEN_NETWORKS)
-@pytest.mark.parametrize('fused', [True, False], ids=['sdpa', 'matmul'])
-def test_golden_outputs(reference_dir, reference_expected, name, fused):
+@pytest.mark.parametrize('attention', [dict(), dict(cpu_plain_max_tokens=0), dict(enable=False)],
+                         ids=['default', 'sdpa', 'matmul'])
+def test_golden_outputs(reference_dir, reference_expected, name, attention):
     expected = reference_expected[name]
     model = _golden_model(reference_dir, expected, name)
-    model.set_fused_attn(fused)
+    model.set_fused_attn(**attention)
     io = load_file(reference_dir / f'{name}.io.safetensors')
     with torch.no_grad():
         final, stages = model.forward_intermediates(io['input'])
@@ -124,6 +127,7 @@ def test_padded_windows_equal_unpadded_attention(grid, split, fused):
     torch.manual_seed(0)
     block = AsViTBlock(dim=12, num_heads=2, split=split, mlp_ratio=2).eval()
     block.attn.fused_attn = fused
+    block.attn.cpu_plain_attn_max_tokens = 0  # SDPA in the small windows too
     x = torch.randn(2, *grid, 12)
     with torch.no_grad():
         got = block._attention(x)
@@ -136,6 +140,29 @@ def test_padded_windows_equal_unpadded_attention(grid, split, fused):
                 out = block.attn(window.reshape(b, h * w, c))
                 want[:, i * win_h:(i + 1) * win_h, j * win_w:(j + 1) * win_w] = out.reshape(b, h, w, c)
     assert torch.allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize('tokens', [1, 4, CPU_PLAIN_ATTN_MAX_TOKENS, CPU_PLAIN_ATTN_MAX_TOKENS + 1, 196])
+def test_cpu_attention_takes_plain_attention_in_small_windows(monkeypatch, tokens):
+    """On CPU the default attention is plain matmul-softmax in windows of at most CPU_PLAIN_ATTN_MAX_TOKENS tokens
+    and SDPA in larger ones; both give SDPA's values and gradients."""
+    torch.manual_seed(0)
+    attn = WindowAttention(dim=24, num_heads=4).train()
+    x = torch.randn(6, tokens, 24, requires_grad=True)
+    g = torch.randn(6, tokens, 24)
+    sdpa_calls = []
+    sdpa = asvit.F.scaled_dot_product_attention
+    monkeypatch.setattr(asvit.F, 'scaled_dot_product_attention', lambda *a, **k: sdpa_calls.append(1) or sdpa(*a, **k))
+    out = attn(x)
+    grads = torch.autograd.grad(out, [x, *attn.parameters()], g)
+    assert len(sdpa_calls) == (tokens > CPU_PLAIN_ATTN_MAX_TOKENS)
+    attn.cpu_plain_attn_max_tokens = 0
+    want = attn(x)
+    want_grads = torch.autograd.grad(want, [x, *attn.parameters()], g)
+    assert len(sdpa_calls) == 1 + (tokens > CPU_PLAIN_ATTN_MAX_TOKENS)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
+    for got, expected in zip(grads, want_grads):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize('shape, kernel', [((2, 5, 7, 3), 3), ((3, 10, 10, 16), 4), ((1, 4, 4, 8), 2),
