@@ -44,8 +44,8 @@ __all__ = ['AsViT', 'checkpoint_filter_fn', 'unwrap_state_dict', 'register_cards
 STEM_STRIDE = 4
 MERGE_STRIDE = 2
 DEFAULT_DEPTHS = (1, 1, 1, 1)
-# On CPU, plain matmul-softmax attention beats torch's fused kernel in small windows (5-11x at 1 token, about
-# 1.4x at 4-49 tokens, forward and backward) and loses from about 196 tokens on (2.7x slower at 784).
+# On CPU, plain matmul-softmax attention beats torch's fused kernel in small windows (5-11x at 1 token, 1.1-2.9x
+# at 4-64 tokens, forward and backward) and loses from about 196 tokens on (3.7-4x slower at 784).
 CPU_PLAIN_ATTN_MAX_TOKENS = 64
 
 _LayerNormRef = partial(LayerNorm, eps=1e-5)  # the reference uses torch's default eps
@@ -396,7 +396,8 @@ class AsViT(nn.Module):
         """Use ``scaled_dot_product_attention`` (``enable``, the default), except on CPU in windows of at most
         ``cpu_plain_max_tokens`` tokens (0: in every window), or plain matmul-softmax attention everywhere."""
         if cpu_plain_max_tokens < 0:
-            raise ValueError(f'cpu_plain_max_tokens must be >= 0 (0: SDPA in every window), got {cpu_plain_max_tokens}')
+            raise ValueError(f'cpu_plain_max_tokens must be >= 0 (0: SDPA in every window), '
+                             f'got {cpu_plain_max_tokens}')
         for m in self.modules():
             if isinstance(m, WindowAttention):
                 m.fused_attn = enable

@@ -165,6 +165,15 @@ def test_cpu_attention_takes_plain_attention_in_small_windows(monkeypatch, token
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_set_fused_attn_refuses_a_negative_window_size():
+    model = timm.create_model('asvit_seed')
+    with pytest.raises(ValueError, match=r'cpu_plain_max_tokens must be >= 0 .* got -1'):
+        model.set_fused_attn(cpu_plain_max_tokens=-1)
+    model.set_fused_attn(False, cpu_plain_max_tokens=0)
+    assert {(m.fused_attn, m.cpu_plain_attn_max_tokens) for m in model.modules()
+            if isinstance(m, WindowAttention)} == {(False, 0)}
+
+
 @pytest.mark.parametrize('shape, kernel', [((2, 5, 7, 3), 3), ((3, 10, 10, 16), 4), ((1, 4, 4, 8), 2),
                                            ((2, 9, 6, 5), 5), ((2, 3, 3, 4), 3)])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
