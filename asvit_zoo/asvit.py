@@ -73,11 +73,11 @@ def window_grid(size: int, split: int) -> Tuple[int, int]:
     return window, math.ceil(size / window)
 
 
-def _window_taps(H: int, W: int, kernel_size: int, stride: int, device: torch.device) -> torch.Tensor:
-    """Flat indices (into H * W) of every window's taps: window by window (row-major), each window's taps
-    row-major, as ``nn.Unfold`` orders them."""
+def _window_taps(out_h: int, out_w: int, W: int, kernel_size: int, stride: int,
+                 device: torch.device) -> torch.Tensor:
+    """Flat indices (into H * W) of the taps of the ``out_h`` x ``out_w`` windows: window by window (row-major),
+    each window's taps row-major, as ``nn.Unfold`` orders them."""
     k = kernel_size
-    out_h, out_w = (H - k) // stride + 1, (W - k) // stride + 1
     taps = torch.arange(k, device=device)
     rows = (torch.arange(out_h, device=device) * stride).view(out_h, 1, 1, 1) + taps.view(1, 1, k, 1)
     cols = (torch.arange(out_w, device=device) * stride).view(1, out_w, 1, 1) + taps.view(1, 1, 1, k)
@@ -94,7 +94,7 @@ def unfold_nhwc(x: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
         # On CPU an index gather of the taps takes the same values (copies) 2-6x faster than unfold (im2col), and
         # 2-12x faster with its backward (a scatter-add instead of col2im). GPUs keep unfold: index_select's
         # backward adds with atomics there, in no fixed order.
-        taps = x.reshape(B, H * W, C).index_select(1, _window_taps(H, W, k, stride, x.device))
+        taps = x.reshape(B, H * W, C).index_select(1, _window_taps(out_h, out_w, W, k, stride, x.device))
         return taps.view(B, out_h, out_w, k * k, C).transpose(3, 4).reshape(B, out_h, out_w, C * k * k)
     cols = F.unfold(x.permute(0, 3, 1, 2), kernel_size=k, stride=stride)  # B, C*k*k, out_h*out_w
     return cols.transpose(1, 2).reshape(B, out_h, out_w, C * k * k)

@@ -245,7 +245,8 @@ def _run_scaling(config: ScalingConfig, out_dir: Path, env: DistEnv, resume: boo
         if not candidates:
             break
         measured: Dict[int, Tuple[float, float, bool]] = {}
-        for i in tqdm(my_share(len(candidates)), desc=f'step {step_index}', unit='cand', leave=False, disable=not progress):
+        for i in tqdm(my_share(len(candidates)), desc=f'step {step_index}', unit='cand', leave=False,
+                      disable=not progress):
             m = measure(candidates[i].depths, candidates[i].width, step_index)
             measured[i] = (m.ntk, m.exp, m.bad)
         for part in gather_objects(measured):

@@ -232,6 +232,7 @@ def test_a_failing_curve_measure_restores_the_model(monkeypatch, measure):
     # the curve measures turn the model itself into the curve network (no copy) and must undo that on errors
     model = _net(TINY).eval()
     modules = dict(model.named_modules())
+
     def settings(net):
         return [(m.fused_attn, m.cpu_plain_attn_max_tokens) for m in net.modules() if hasattr(m, 'fused_attn')]
 
