@@ -502,8 +502,10 @@ def resolve_genotype(genotype: Union[Genotype, str], embed_dim: Optional[int] = 
 # --------------------------------------------------------------------------- checkpoint conversion
 _AUTHOR_KEY_RULES = (
     (re.compile(r'^layers\.(\d+)\.downsample\.'), lambda m: f'stages.{int(m.group(1)) + 1}.downsample.'),
-    (re.compile(r'^layers\.(\d+)\.blocks\.(\d+)\.mlps\.0\.0\.'), lambda m: f'stages.{m.group(1)}.blocks.{m.group(2)}.norm2.'),
-    (re.compile(r'^layers\.(\d+)\.blocks\.(\d+)\.mlps\.0\.1\.'), lambda m: f'stages.{m.group(1)}.blocks.{m.group(2)}.mlp.'),
+    (re.compile(r'^layers\.(\d+)\.blocks\.(\d+)\.mlps\.0\.0\.'),
+     lambda m: f'stages.{m.group(1)}.blocks.{m.group(2)}.norm2.'),
+    (re.compile(r'^layers\.(\d+)\.blocks\.(\d+)\.mlps\.0\.1\.'),
+     lambda m: f'stages.{m.group(1)}.blocks.{m.group(2)}.mlp.'),
     (re.compile(r'^layers\.(\d+)\.blocks\.'), lambda m: f'stages.{m.group(1)}.blocks.'),
     (re.compile(r'^head\.0\.'), lambda m: 'head.pre_logits.fc.'),
     (re.compile(r'^head\.2\.'), lambda m: 'head.fc.'),

@@ -95,8 +95,8 @@ def _study_one(config: CorrelationConfig, index: int, seed_genotype: Genotype, i
     cfg = TrainConfig(genotype=str(genotype), img_size=config.img_size, epochs=config.epochs,
                       train_subset=config.train_subset, eval_subset=config.eval_subset, batch_size=config.batch_size,
                       lr=config.lr, warmup_epochs=0, seed=config.seed, device=config.device)
-    result = train(cfg, out / 'runs' / f'{index:03d}', resume=(out / 'runs' / f'{index:03d}' / 'last.pth.tar').is_file(),
-                   progress=False)
+    run_dir = out / 'runs' / f'{index:03d}'
+    result = train(cfg, run_dir, resume=(run_dir / 'last.pth.tar').is_file(), progress=False)
     model = result.model.cpu()
 
     def finite(value: Optional[float]) -> Optional[float]:

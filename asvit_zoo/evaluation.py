@@ -41,7 +41,8 @@ def load_pretrained(model: str, ema: bool = False) -> AsViT:
         if path.suffix == '.safetensors':
             if not (path.parent / CONFIG_FILE).is_file():
                 raise FileNotFoundError(f'{path}: a safetensors file is evaluated with the config.json of its '
-                                        f'folder (an `asvit export` folder), and {path.parent / CONFIG_FILE} is missing')
+                                        f'folder (an `asvit export` folder), and {path.parent / CONFIG_FILE} '
+                                        f'is missing')
             model = LOCAL_DIR_PREFIX + str(path.parent)
         else:
             return checkpoint_model(path, ema=ema).eval()

@@ -326,7 +326,8 @@ def write_variant_cards(registry: Path, names: Sequence[str], config: ScalingCon
     from .registry import write_card
 
     if len(names) != len(config.budgets):
-        raise ValueError(f'{len(names)} names {list(names)} for {len(config.budgets)} budgets; give one name per budget')
+        raise ValueError(f'{len(names)} names {list(names)} for {len(config.budgets)} budgets; '
+                         f'give one name per budget')
     paper_large = Genotype.parse(PAPER_LARGE)
     paper_params = _params(paper_large)  # compared with in the card of the largest budget
     by_step = {s.step: s for s in steps}

@@ -137,7 +137,8 @@ def make_split(out_dir: Path, split: str, num_images: int, config: SceneConfig =
 def data_root_options(data_root: Path) -> Dict[str, str]:
     """``cfg_options`` that point a config built on ``_base_/fmnist_coco_instance.py`` at ``data_root``."""
     root = f'{Path(data_root).resolve()}/'
-    options = {f'{loader}.dataset.data_root': root for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')}
+    loaders = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+    options = {f'{loader}.dataset.data_root': root for loader in loaders}
     options.update({f'{evaluator}.ann_file': str(annotation_file(Path(root), 'val'))
                     for evaluator in ('val_evaluator', 'test_evaluator')})
     return options

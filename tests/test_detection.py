@@ -129,7 +129,8 @@ def _save(source: Dict[str, torch.Tensor], path: Path) -> str:
 @pytest.mark.parametrize('file_name', ['weights.safetensors', 'checkpoint.pth', 'local-dir'])
 def test_pretrained_init_cfg_loads_our_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                file_name: str) -> None:
-    source = {k: v.contiguous() for k, v in timm.create_model('asvit', genotype=TINY, num_classes=10).state_dict().items()}
+    model = timm.create_model('asvit', genotype=TINY, num_classes=10)
+    source = {k: v.contiguous() for k, v in model.state_dict().items()}
     if file_name == 'local-dir':
         _save(source, tmp_path / 'model.safetensors')
         checkpoint = f'local-dir:{tmp_path}'
