@@ -1,4 +1,5 @@
-"""Atomic file writes: a temporary file in the same folder, fsync, then ``os.replace``.
+"""Atomic file writes: a temporary file in the same folder, fsync, then ``os.replace``; and folders written
+whole (:func:`atomic_folder`).
 
 A process killed mid-write leaves the previous file (or none), never a half-written one.
 """
@@ -7,12 +8,15 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, IO, Tuple, Union
+from typing import Any, Callable, IO, Iterator, Tuple, Union
 
 import torch
 
-__all__ = ['atomic_write', 'write_text', 'write_json', 'save_torch']
+__all__ = ['atomic_write', 'atomic_folder', 'write_text', 'write_json', 'save_torch']
 
 PathLike = Union[str, os.PathLike]
 
@@ -56,3 +60,22 @@ def write_json(path: PathLike, obj: Any) -> Path:
 def save_torch(path: PathLike, obj: Any) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
+
+@contextmanager
+def atomic_folder(path: PathLike) -> Iterator[Path]:
+    """Yield an empty folder named like ``path`` inside a hidden temporary folder beside it; when the block ends
+    without an error, it replaces ``path`` (an existing folder is moved aside first, then deleted). On an error,
+    or a kill before the moves, ``path`` is left as it was; a partial folder is never seen under its name (a kill
+    between the two moves leaves the previous folder in the hidden one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent))
+    try:
+        new = staging / path.name
+        new.mkdir()
+        yield new
+        if path.exists():
+            os.replace(path, staging / 'previous')
+        os.replace(new, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

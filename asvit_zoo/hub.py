@@ -21,14 +21,15 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from .fileio import atomic_write, write_json, write_text
+from .fileio import atomic_folder, atomic_write, write_json, write_text
 from .genotype import Genotype
-from .registry import (CONFIG_FILE, DEFAULT_PRETRAINED_CFG, CARD_FILE, VariantCard, load_card, load_registry,
-                       registry_root, render_model_card)
+from .registry import (CONFIG_FILE, DEFAULT_PRETRAINED_CFG, CARD_FILE, HUB_ID_PATTERN, MODEL_NAME_PATTERN,
+                       VariantCard, load_card, load_registry, registry_root, render_model_card)
 
 __all__ = ['WeightsError', 'HubUnavailableError', 'sha256_file', 'verify_sha256', 'read_metadata', 'check_genotype',
-           'hub_file', 'resolve_weights', 'describe_mismatch', 'load_torch_checkpoint', 'read_checkpoint',
-           'checkpoint_model', 'export_weights', 'push_folder']
+           'hub_file', 'local_dir_weights', 'hub_weights', 'resolve_weights', 'describe_mismatch',
+           'load_torch_checkpoint', 'load_safetensors', 'read_checkpoint', 'checkpoint_model', 'export_weights',
+           'push_folder']
 
 PathLike = Union[str, os.PathLike]
 WEIGHTS_FILE = 'model.safetensors'  # timm's file name in a Hub repo
@@ -37,6 +38,7 @@ HF_HUB_PREFIX = 'hf-hub:'
 WEIGHTS_FORMAT = 'pt'  # safetensors' convention for torch tensors
 _CHUNK = 1 << 20
 _ERROR_LINES = 4  # lines of torch's load_state_dict error quoted in a mismatch error
+_NETWORK_ERROR_CLASSES = ('ConnectionError', 'Timeout', 'TransportError')  # requests' and httpx's base classes
 # A trainer checkpoint stores numpy RNG states: these globals (and nothing else) are allowed when unpickling it.
 _NUMPY_RNG_GLOBALS = [np.zeros(1).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
@@ -128,6 +130,28 @@ def hub_file(hub_id: str, filename: str) -> Path:
             f'{LOCAL_DIR_PREFIX}PATH') from None
 
 
+def local_dir_weights(folder: PathLike) -> Path:
+    """``folder/model.safetensors`` of a saved Hub repo, checked against the sha256 its config.json records."""
+    folder = Path(folder)
+    path = folder / WEIGHTS_FILE
+    _verify(path, _recorded_sha256(folder / CONFIG_FILE, WEIGHTS_FILE))
+    return path
+
+
+def hub_weights(hub_id: str, filename: str = WEIGHTS_FILE) -> Path:
+    """A weights file of a Hub repo (see :func:`hub_file`), checked against the sha256 its config.json records."""
+    path = hub_file(hub_id, filename)
+    _verify(path, _recorded_sha256(hub_file(hub_id, CONFIG_FILE), filename))
+    return path
+
+
+def _verify(path: Path, sha256: Optional[str]) -> None:
+    if sha256 is not None:
+        verify_sha256(path, sha256)
+    elif not path.is_file():
+        raise WeightsError(f'{path}: weights file not found')
+
+
 def resolve_weights(cfg: Mapping[str, Any], genotype: Genotype, sha256: Optional[str] = None) -> Optional[Path]:
     """The verified local weights file of a resolved timm pretrained cfg, or None where timm loads it itself
     (a ``url`` or an in-memory ``state_dict``).
@@ -137,20 +161,14 @@ def resolve_weights(cfg: Mapping[str, Any], genotype: Genotype, sha256: Optional
     """
     source = cfg.get('source') or ''
     if source == 'local-dir':
-        folder = Path(cfg['file'])
-        path, sha256 = folder / WEIGHTS_FILE, _recorded_sha256(folder / CONFIG_FILE, WEIGHTS_FILE)
+        path = local_dir_weights(cfg['file'])
     elif source == 'hf-hub' or (cfg.get('hf_hub_id') and not cfg.get('file') and not cfg.get('state_dict')):
-        hub_id, filename = cfg['hf_hub_id'], cfg.get('hf_hub_filename') or WEIGHTS_FILE
-        path = hub_file(hub_id, filename)
-        sha256 = _recorded_sha256(hub_file(hub_id, CONFIG_FILE), filename)
+        path = hub_weights(cfg['hf_hub_id'], cfg.get('hf_hub_filename') or WEIGHTS_FILE)
     elif cfg.get('file'):
         path = Path(cfg['file'])
+        _verify(path, sha256)
     else:
         return None
-    if sha256 is not None:
-        verify_sha256(path, sha256)
-    elif not path.is_file():
-        raise WeightsError(f'{path}: weights file not found')
     if path.suffix == '.safetensors':
         check_genotype(path, genotype)
     return path
@@ -174,21 +192,35 @@ def describe_mismatch(path: PathLike, variant: str, genotype: Genotype, error: E
 
 # --------------------------------------------------------------------------- export
 def load_torch_checkpoint(path: PathLike) -> Any:
-    """``torch.load`` with ``weights_only=True``, allowing the numpy RNG states of trainer checkpoints."""
-    with torch.serialization.safe_globals(_NUMPY_RNG_GLOBALS):
-        return torch.load(path, map_location='cpu', weights_only=True)
+    """``torch.load`` with ``weights_only=True``, allowing the numpy RNG states of trainer checkpoints; a file
+    torch cannot read (truncated, corrupt, not a checkpoint) is a :class:`WeightsError` that names it."""
+    try:
+        with torch.serialization.safe_globals(_NUMPY_RNG_GLOBALS):
+            return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, OSError, EOFError or UnpicklingError for unreadable files
+        raise WeightsError(f'{path}: not a readable torch checkpoint (expected a file written by torch.save; it '
+                           f'may be truncated or corrupt): {type(e).__name__}: {e}') from None
+
+
+def load_safetensors(path: PathLike) -> Dict[str, torch.Tensor]:
+    """The tensors of a safetensors file on the CPU; an unreadable file is a :class:`WeightsError` that names it."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device='cpu')
+    except Exception as e:  # safetensors raises its own SafetensorError, or OSError, for unreadable files
+        raise WeightsError(f'{path}: not a readable safetensors file (expected a header and tensors; it may be '
+                           f'truncated or corrupt): {e}') from None
 
 
 def read_checkpoint(path: PathLike, ema: bool = False) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """(model state dict, trainer info) of a checkpoint: a trainer ``last.pth.tar`` (state under ``model``, or
     ``ema`` with ``ema=True``; info: its config, epoch, schedule), a plain state dict, or a safetensors file."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'{path}: checkpoint not found')
     if path.suffix == '.safetensors':
-        return load_file(str(path)), {}
+        return load_safetensors(path), {}
     checkpoint = load_torch_checkpoint(path)
     if not isinstance(checkpoint, dict):
         raise ValueError(f'{path}: expected a trainer checkpoint or a state dict, found {type(checkpoint).__name__}')
@@ -237,11 +269,20 @@ def canonical_safetensors(data: bytes) -> bytes:
 
 
 def _pretrained_cfg(train_cfg: Mapping[str, Any], in_chans: int, tag: str = '') -> Dict[str, Any]:
-    """timm pretrained cfg of weights trained with ``train_cfg``: its input size and normalisation."""
+    """timm pretrained cfg of weights trained with ``train_cfg``: its input size, normalisation and evaluation
+    transform (the trainer's: in-memory sources are not cropped, an ImageFolder's images are resized and
+    centre-cropped with the recipe's ``crop_pct`` and ``interpolation``)."""
+    from .train import FASHION_MNIST, SYNTHETIC
+
     img_size = int(train_cfg.get('img_size', 224))
     dataset = _dataset_cfg(train_cfg, in_chans)
-    return {**DEFAULT_PRETRAINED_CFG, 'tag': tag, 'input_size': [in_chans, img_size, img_size],
-            'crop_pct': 1.0 if img_size < 64 else DEFAULT_PRETRAINED_CFG['crop_pct'],
+    if train_cfg.get('data') in (FASHION_MNIST, SYNTHETIC):
+        transform = dict(crop_pct=1.0)
+    elif train_cfg.get('data'):
+        transform = {k: train_cfg[k] for k in ('crop_pct', 'interpolation') if k in train_cfg}
+    else:  # weights without a recipe
+        transform = dict(crop_pct=1.0 if img_size < 64 else DEFAULT_PRETRAINED_CFG['crop_pct'])
+    return {**DEFAULT_PRETRAINED_CFG, 'tag': tag, 'input_size': [in_chans, img_size, img_size], **transform,
             'mean': dataset['mean'], 'std': dataset['std']}
 
 
@@ -319,14 +360,19 @@ def export_weights(checkpoint: PathLike, variant: str, tag: str, root: Optional[
     """Write ``root/<variant>.<tag>/`` (model.safetensors, config.json, README.md) from a checkpoint.
 
     The genotype is that of the registered ``variant``; a variant not in the registry is defined by the tagged
-    folder, with ``genotype`` or the one of the trainer's config. Returns the validated card of the folder.
+    folder, with ``genotype`` or the one of the trainer's config. The folder is written whole or not at all (it
+    replaces an earlier export of the same name only once its card validates). Returns the validated card.
     """
     from safetensors.torch import save
 
     from . import __version__
 
+    if not MODEL_NAME_PATTERN.match(variant):
+        raise ValueError(f'variant must be a model name (a letter, then letters, digits or "_"), got {variant!r}')
     if not tag or '.' in tag or '/' in tag:
         raise ValueError(f'tag must be a non-empty name without "." or "/", got {tag!r}')
+    if hf_hub_id is not None and not HUB_ID_PATTERN.match(hf_hub_id):
+        raise ValueError(f'hf_hub_id must be a Hub repo id ORG/NAME, got {hf_hub_id!r}')
     checkpoint = Path(checkpoint)
     root = registry_root() if root is None else Path(root)
     state, info = read_checkpoint(checkpoint, ema=ema)
@@ -343,9 +389,7 @@ def export_weights(checkpoint: PathLike, variant: str, tag: str, root: Optional[
     tensors = {k: v.detach().contiguous() for k, v in state.items()}
     metadata = {'format': WEIGHTS_FORMAT, 'genotype': str(parsed), 'architecture': variant,
                 'asvit_zoo_version': __version__}
-    folder = root / f'{variant}.{tag}'
-    weights_path = atomic_write(folder / WEIGHTS_FILE,
-                                lambda f: f.write(canonical_safetensors(save(tensors, metadata))))
+    data = canonical_safetensors(save(tensors, metadata))
     dataset = _dataset_cfg(train_cfg, in_chans)  # label names
     pretrained_cfg = _pretrained_cfg(train_cfg, in_chans, tag)
     img_size = pretrained_cfg['input_size'][-1]
@@ -364,15 +408,17 @@ def export_weights(checkpoint: PathLike, variant: str, tag: str, root: Optional[
         'global_pool': 'avg', 'model_args': {'genotype': str(parsed)}, 'pretrained_cfg': pretrained_cfg,
         **({'label_names': dataset['label_names']} if 'label_names' in dataset and num_classes == len(
             dataset['label_names']) else {}),
-        'weights': {'file': WEIGHTS_FILE, 'sha256': sha256_file(weights_path),
-                    'bytes': weights_path.stat().st_size},
+        'weights': {'file': WEIGHTS_FILE, 'sha256': hashlib.sha256(data).hexdigest(), 'bytes': len(data)},
         'provenance': {k: v for k, v in provenance.items() if v is not None},
     }
-    write_json(folder / CONFIG_FILE, config)
     text = description or (f'As-ViT {variant} trained on {train_cfg.get("data", "unknown data")} '
                            f'({img_size}x{img_size}, {num_classes} classes), exported by asvit-zoo.')
-    write_text(folder / CARD_FILE, render_model_card(config, text))
-    return load_card(folder)
+    with atomic_folder(root / f'{variant}.{tag}') as folder:
+        atomic_write(folder / WEIGHTS_FILE, lambda f: f.write(data))
+        write_json(folder / CONFIG_FILE, config)
+        write_text(folder / CARD_FILE, render_model_card(config, text))
+        load_card(folder)  # validated before it replaces an earlier export
+    return load_card(root / f'{variant}.{tag}')
 
 
 # --------------------------------------------------------------------------- push
@@ -397,8 +443,23 @@ def push_folder(folder: PathLike, repo_id: str, token: Optional[str] = None, pri
         raise ValueError(f'{folder}: its pretrained_cfg.hf_hub_id is {hub_id!r}, not {repo_id!r}; re-export with '
                          f'--hf-hub-id {repo_id}')
     api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type='model', private=private, exist_ok=True)
     allow = [CONFIG_FILE, CARD_FILE, card.config['weights']['file']]
-    info = api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type='model', allow_patterns=allow,
-                             commit_message=commit_message or f'Upload {folder.name} with asvit-zoo')
+    try:
+        api.create_repo(repo_id, repo_type='model', private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type='model', allow_patterns=allow,
+                                 commit_message=commit_message or f'Upload {folder.name} with asvit-zoo')
+    except Exception as e:
+        if not _is_network_error(e):
+            raise
+        raise HubUnavailableError(f'{folder.name}: cannot push to {repo_id}: the Hub ({api.endpoint}) cannot be '
+                                  f'reached ({type(e).__name__}: {e}); no commit was made. Check the network (or '
+                                  f'HF_ENDPOINT, and that HF_HUB_OFFLINE is not set) and push again') from None
     return str(info)
+
+
+def _is_network_error(error: Exception) -> bool:
+    """Whether ``error`` means the Hub was not reached (no answer): offline mode, a refused or failed connection,
+    a timeout. huggingface_hub raises its HTTP backend's errors here (requests, httpx or httpx2, by version),
+    so they are recognised by the names of their base classes."""
+    return isinstance(error, (ConnectionError, TimeoutError)) or any(
+        cls.__name__ in _NETWORK_ERROR_CLASSES for cls in type(error).__mro__)

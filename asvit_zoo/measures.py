@@ -86,14 +86,14 @@ import torch.nn.functional as F
 from torch.func import jvp
 from torch.overrides import TorchFunctionMode
 
-from timm.models import load_state_dict
-
 from .asvit import AsViT, checkpoint_filter_fn, resolve_genotype
 from .cost import count_macs, param_count
 from .datasets import noise_batch
 from .devices import resolve_device
 from .distributed import gather_objects, group_size, my_share
 from .genotype import Genotype
+from .hub import load_safetensors, read_metadata
+from .weights import load_weights
 
 __all__ = [
     'MEASURES', 'CURVE_POINTS', 'NTK_BATCH', 'Curvature', 'Measures', 'pooled_before_norm', 'curve_network',
@@ -616,14 +616,12 @@ def _load_weights(path: Union[str, Path], genotype: Genotype) -> Dict[str, torch
     if not path.is_file():
         raise FileNotFoundError(f'weights file not found: {path}')
     if path.suffix == '.safetensors':
-        from safetensors import safe_open
-        with safe_open(str(path), 'pt') as f:
-            stored = (f.metadata() or {}).get('genotype')
+        stored = read_metadata(path).get('genotype')
         if stored is not None:
             other = Genotype.parse(stored)
             if (other.seed() if other.is_seed else other) != (genotype.seed() if other.is_seed else genotype):
                 raise ValueError(f'weights file {path} was saved for genotype {stored!r}, not {genotype}')
-    return load_state_dict(str(path), weights_only=True)
+    return load_weights(path)
 
 
 def _num_classes(state_dict: Dict[str, torch.Tensor], path: Union[str, Path]) -> int:
@@ -642,14 +640,10 @@ def _check_inputs(inputs: torch.Tensor, image_size: int, in_chans: int = 3) -> N
 
 def load_measure_inputs(path: Union[str, Path]) -> Tuple[Tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
     """``((curve_basis, curve_theta), ntk_inputs)`` from a safetensors file with the golden io files' keys."""
-    from safetensors.torch import load_file
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'inputs file not found: {path}')
-    try:
-        tensors = load_file(str(path))
-    except Exception as e:  # safetensors raises its own error type on a damaged header
-        raise ValueError(f'inputs file {path} is not a safetensors file ({e})') from None
+    tensors = load_safetensors(path)
     missing = [k for k in INPUT_KEYS if k not in tensors]
     if missing:
         raise ValueError(f'inputs file {path} lacks {missing}; it must hold {list(INPUT_KEYS)} (as the golden '

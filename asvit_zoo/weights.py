@@ -6,11 +6,13 @@ Sources, tried in this order:
   ``weights_only=True``); a ``state_dict``/``model`` wrapper and a ``module.`` prefix are removed;
 * ``local-dir:PATH``: ``PATH/model.safetensors`` (timm's layout of a saved Hub repo);
 * ``hf-hub:ORG/NAME``: ``model.safetensors`` of that Hub repo (downloaded, or from the local cache offline);
+  both checked against the sha256 their ``config.json`` records, as ``timm.create_model`` checks them;
 * a registered timm name, optionally with a tag (``asvit_large.in1k``), whose pretrained cfg has a
   ``file`` (checked against the sha256 its registry card records) or an ``hf_hub_id``.
 
 Hub files are fetched by :func:`asvit_zoo.hub.hub_file`: from the cache under ``HF_HUB_OFFLINE=1``, with one
-clear error when a file is neither cached nor downloadable.
+clear error when a file is neither cached nor downloadable. A file that cannot be read (truncated, corrupt) or
+does not match its recorded sha256 is a :class:`asvit_zoo.hub.WeightsError` that names it.
 
 The state dict is returned as stored; :func:`asvit_zoo.checkpoint_filter_fn` converts the authors' layout.
 """
@@ -22,24 +24,17 @@ from typing import Dict, Mapping
 import torch
 
 from .asvit import registered_card, unwrap_state_dict
-from .hub import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, WEIGHTS_FILE, hub_file, load_torch_checkpoint, verify_sha256
+from .hub import (HF_HUB_PREFIX, LOCAL_DIR_PREFIX, hub_weights, load_safetensors, load_torch_checkpoint,
+                  local_dir_weights, verify_sha256)
 
 __all__ = ['load_weights']
 
 
 def _load_file(path: Path) -> Dict[str, torch.Tensor]:
-    if path.suffix == '.safetensors':
-        from safetensors.torch import load_file
-        state = load_file(str(path), device='cpu')
-    else:
-        state = load_torch_checkpoint(path)
+    state = load_safetensors(path) if path.suffix == '.safetensors' else load_torch_checkpoint(path)
     if not isinstance(state, Mapping):
         raise ValueError(f'{path}: expected a state dict (a mapping of names to tensors), got {type(state).__name__}')
     return {k: v for k, v in unwrap_state_dict(state).items() if isinstance(v, torch.Tensor)}
-
-
-def _load_hub(repo_id: str) -> Dict[str, torch.Tensor]:
-    return _load_file(hub_file(repo_id, WEIGHTS_FILE))  # from the cache offline; one clear error if absent
 
 
 def _load_registered(name: str) -> Dict[str, torch.Tensor]:
@@ -60,7 +55,7 @@ def _load_registered(name: str) -> Dict[str, torch.Tensor]:
             verify_sha256(cfg.file, expected)
         return _load_file(Path(cfg.file))
     if cfg.hf_hub_id:
-        return _load_hub(cfg.hf_hub_id)
+        return _load_file(hub_weights(cfg.hf_hub_id))
     raise FileNotFoundError(f'{name}: its pretrained cfg has neither a file nor an hf_hub_id, so there are no '
                             f'weights to load; pass a file path, {LOCAL_DIR_PREFIX}PATH or {HF_HUB_PREFIX}ORG/NAME')
 
@@ -71,10 +66,7 @@ def load_weights(source: str | Path) -> Dict[str, torch.Tensor]:
     if Path(text).is_file():
         return _load_file(Path(text))
     if text.startswith(LOCAL_DIR_PREFIX):
-        path = Path(text[len(LOCAL_DIR_PREFIX):]) / WEIGHTS_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f'{text}: {path} not found')
-        return _load_file(path)
+        return _load_file(local_dir_weights(text[len(LOCAL_DIR_PREFIX):]))
     if text.startswith(HF_HUB_PREFIX):
-        return _load_hub(text[len(HF_HUB_PREFIX):])
+        return _load_file(hub_weights(text[len(HF_HUB_PREFIX):]))
     return _load_registered(text)

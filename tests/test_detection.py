@@ -31,6 +31,7 @@ from asvit_zoo.datasets import FASHION_MNIST_CLASSES
 from asvit_zoo.detection import (AsViT, allow_mmengine_checkpoints, config_path, create_asvit, list_configs,
                                  load_config)
 from asvit_zoo.detection.fmnist_coco import SceneConfig, annotation_file, data_root_options, make_dataset, make_split
+from asvit_zoo.hub import WeightsError
 from asvit_zoo.weights import load_weights
 from mmdet.registry import DATASETS, MODELS
 
@@ -181,7 +182,7 @@ def test_pretrained_reports_missing_keys(tmp_path: Path, monkeypatch: pytest.Mon
 def test_load_weights_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub.constants
 
-    with pytest.raises(FileNotFoundError, match='model.safetensors'):
+    with pytest.raises(WeightsError, match=f"{tmp_path / 'model.safetensors'}: weights file not found"):
         load_weights(f'local-dir:{tmp_path}')
     with pytest.raises(FileNotFoundError, match='neither a file nor an hf_hub_id'):
         load_weights('asvit_seed')

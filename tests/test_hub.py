@@ -19,7 +19,7 @@ from asvit_zoo.asvit import register_cards
 from asvit_zoo.cli import main as cli_main
 from asvit_zoo.datasets import FASHION_MNIST_CLASSES
 from asvit_zoo.genotype import Genotype
-from asvit_zoo.hub import WeightsError, export_weights, push_folder, sha256_file
+from asvit_zoo.hub import HubUnavailableError, WeightsError, export_weights, push_folder, sha256_file
 from asvit_zoo.registry import load_registry, write_card
 from asvit_zoo.summary import _row
 from asvit_zoo.train import TrainConfig
@@ -123,6 +123,66 @@ def test_cli_export(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     assert card.name == 'asvit_newarch' and card.tags() == ['fmnist'] and str(card.genotype) == GENOTYPE
 
 
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(variant='../evil'), "variant must be a model name .* got '../evil'"),
+    (dict(variant='asvit_a.b'), "variant must be a model name .* got 'asvit_a.b'"),
+    (dict(tag='a/b'), "tag must be a non-empty name without .* got 'a/b'"),
+    (dict(hf_hub_id='bad id'), "hf_hub_id must be a Hub repo id ORG/NAME, got 'bad id'"),
+])
+def test_export_checks_names_before_writing(run_dir: Path, tmp_path: Path, kwargs: dict, message: str):
+    args = {'variant': 'asvit_newarch', 'tag': 'fmnist', **kwargs}
+    with pytest.raises(ValueError, match=message):
+        export_weights(run_dir / 'last.pth.tar', args.pop('variant'), args.pop('tag'), root=tmp_path / 'reg', **args)
+    assert not (tmp_path / 'reg').exists() or not any((tmp_path / 'reg').iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) in ([], ['reg'])  # nothing outside the registry either
+
+
+def test_failed_export_leaves_the_previous_folder(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import asvit_zoo.hub as hub
+
+    folder = export_weights(run_dir / 'last.pth.tar', 'asvit_newarch', 'fmnist', root=tmp_path).path
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def fail(config, text):  # the card is the last file written: fail after the weights and config.json
+        raise RuntimeError('disk full')
+    monkeypatch.setattr(hub, 'render_model_card', fail)
+    with pytest.raises(RuntimeError, match='disk full'):  # config.json would differ: it records the hub id
+        export_weights(run_dir / 'last.pth.tar', 'asvit_newarch', 'fmnist', root=tmp_path, hf_hub_id='org/new')
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['asvit_newarch.fmnist']  # no staging folder left
+    monkeypatch.undo()
+    export_weights(run_dir / 'last.pth.tar', 'asvit_newarch', 'fmnist', root=tmp_path, hf_hub_id='org/new')
+    assert json.loads((folder / 'config.json').read_text())['pretrained_cfg']['hf_hub_id'] == 'org/new'
+    assert "'hf-hub:org/new'" in (folder / 'README.md').read_text()
+
+
+def test_export_records_the_recipes_evaluation_transform(tmp_path: Path):
+    """ImageFolder runs are evaluated with the recipe's crop_pct and interpolation: the exported cfg says so."""
+    cfg = TrainConfig(genotype=GENOTYPE, data=str(tmp_path / 'images'), img_size=32, crop_pct=0.5,
+                      interpolation='nearest').to_dict()
+    torch.save({'epoch': 0, 'config': cfg, 'model': _trained_state(GENOTYPE, steps=0)}, tmp_path / 'last.pth.tar')
+    card = export_weights(tmp_path / 'last.pth.tar', 'asvit_newarch', 'imgf', root=tmp_path / 'reg')
+    pretrained_cfg = card.config['pretrained_cfg']
+    assert (pretrained_cfg['crop_pct'], pretrained_cfg['interpolation']) == (0.5, 'nearest')
+    assert pretrained_cfg['input_size'] == [1, 32, 32] and pretrained_cfg['mean'] == [0.485, 0.456, 0.406]
+
+
+def test_corrupt_checkpoints_are_named(run_dir: Path, tmp_path: Path):
+    path = tmp_path / 'last.pth.tar'
+    path.write_bytes((run_dir / 'last.pth.tar').read_bytes()[:1000])
+    with pytest.raises(WeightsError, match=f'{path}: not a readable torch checkpoint'):
+        export_weights(path, 'asvit_newarch', 'fmnist', root=tmp_path / 'reg')
+    with pytest.raises(WeightsError, match=f'{path}: not a readable torch checkpoint'):
+        load_weights(path)
+    weights = tmp_path / 'w.safetensors'
+    save_file(_trained_state(GENOTYPE, steps=0), str(weights))
+    _truncate(weights)
+    with pytest.raises(WeightsError, match=f'{weights}: not a readable safetensors file'):
+        export_weights(weights, 'asvit_newarch', 'fmnist', root=tmp_path / 'reg', genotype=GENOTYPE)
+    with pytest.raises(WeightsError, match=f'{weights}: not a readable safetensors file'):
+        load_weights(weights)
+
+
 # --------------------------------------------------------------------------- loading
 def test_registered_tag_loads_bit_identical_weights(registry: Path, export_dir: Path):
     card = {c.name: c for c in load_registry(registry)}['asvit_hubtest']
@@ -219,6 +279,8 @@ def test_local_dir_sha256_mismatch(export_dir: Path, tmp_path: Path, damage):
     with pytest.raises(WeightsError, match='sha256 mismatch') as info:
         timm.create_model(f'local-dir:{folder}', pretrained=True)
     assert all(text in str(info.value) for text in (str(folder / 'model.safetensors'), expected, found))
+    with pytest.raises(WeightsError, match='sha256 mismatch'):  # the mmdet Pretrained path checks it too
+        load_weights(f'local-dir:{folder}')
 
 
 def test_local_dir_missing_file(export_dir: Path, tmp_path: Path):
@@ -301,6 +363,26 @@ def test_push(export_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(WeightsError, match='sha256 mismatch'):
         push_folder(folder, HUB_ID)
     assert _FakeApi.calls == []  # nothing uploaded
+
+
+def test_push_without_network_says_so(export_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    import socket
+
+    import huggingface_hub.constants
+
+    with socket.socket() as s:  # a local port that nothing listens on: the connection is refused
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(huggingface_hub.constants, 'ENDPOINT', f'http://127.0.0.1:{port}')
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', False)
+    with pytest.raises(HubUnavailableError) as info:
+        push_folder(export_dir, HUB_ID, token='hf_test')
+    for text in (f'{export_dir.name}: cannot push to {HUB_ID}', f'the Hub (http://127.0.0.1:{port}) cannot be reached',
+                 'no commit was made'):
+        assert text in str(info.value)
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+    with pytest.raises(HubUnavailableError, match='cannot be reached .*offline'):
+        push_folder(export_dir, HUB_ID, token='hf_test')
 
 
 def test_exported_bytes_do_not_depend_on_header_order():
