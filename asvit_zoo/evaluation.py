@@ -21,7 +21,7 @@ from torch import nn
 from .asvit import AsViT, register_folder
 from .devices import resolve_device
 from .distributed import DistEnv
-from .hub import CONFIG_FILE, HF_HUB_PREFIX, LOCAL_DIR_PREFIX, checkpoint_model, hub_file
+from .hub import CONFIG_FILE, HF_HUB_PREFIX, LOCAL_DIR_PREFIX, WEIGHTS_FILE, checkpoint_model, hub_file
 from .retokenization import FULL_TOKENS, format_tokenizer, parse_tokenizer
 from .train import FASHION_MNIST, TrainConfig, build_data, evaluate
 
@@ -43,6 +43,10 @@ def load_pretrained(model: str, ema: bool = False) -> AsViT:
                 raise FileNotFoundError(f'{path}: a safetensors file is evaluated with the config.json of its '
                                         f'folder (an `asvit export` folder), and {path.parent / CONFIG_FILE} '
                                         f'is missing')
+            if path.name != WEIGHTS_FILE:
+                raise ValueError(f'{path}: a safetensors file is evaluated through its folder, whose weights are '
+                                 f'{path.parent / WEIGHTS_FILE}; name that file (or {LOCAL_DIR_PREFIX}'
+                                 f'{path.parent}), or export these weights with `asvit export`')
             model = LOCAL_DIR_PREFIX + str(path.parent)
         else:
             return checkpoint_model(path, ema=ema).eval()
@@ -108,5 +112,5 @@ def evaluate_pretrained(model: str, data: str = FASHION_MNIST, data_root: Option
     net.to(dev)
     metrics = evaluate(net, bundle, env, dev, contextlib.nullcontext)
     return {'model': model, 'data': data, 'tokenizer': format_tokenizer(stride, dilation),
-            'images': len(bundle.eval_loader.dataset), 'top1': metrics['top1'], 'top5': metrics['top5'],
+            'images': metrics['images'], 'top1': metrics['top1'], 'top5': metrics['top5'],
             'loss': metrics['loss'], 'seconds': time.perf_counter() - start}

@@ -50,7 +50,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
 from tqdm import tqdm
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_dataset, create_loader
+from timm.data import (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_dataset, create_loader,
+                       create_transform)
+from timm.data.transforms import str_to_interp_mode
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2, get_optimizer_class
 from timm.scheduler import create_scheduler_v2
@@ -61,6 +63,7 @@ from .cost import param_count
 from .datasets import DEFAULT_ROOT, load_fashion_mnist
 from .distributed import DistEnv, init_distributed, process_group
 from .fileio import save_torch, write_text
+from .hub import load_torch_checkpoint
 from .retokenization import FULL_TOKENS, format_tokenizer, parse_schedule, parse_tokenizer, plot_schedule, schedule_cost
 
 __all__ = ['TrainConfig', 'TrainResult', 'Trainer', 'load_config', 'train']
@@ -71,7 +74,11 @@ FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
 CHECKPOINT = 'last.pth.tar'
 METRICS = 'metrics.jsonl'
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
+UNSUPPORTED_SCHEDULERS = ('plateau', 'none')  # plateau steps per epoch on a metric; none has no step_update
+_INTERPOLATIONS = ('nearest', 'bilinear', 'bicubic', 'box', 'hamming', 'lanczos', 'random')
+RESUME_KEYS = ('epoch', 'config', 'model', 'optimizer', 'scheduler', 'rng')  # of a checkpoint train() wrote
 PathLike = Union[str, Path]
+GENERIC_MODEL = 'asvit'  # the registered model that takes any genotype
 
 
 @dataclass
@@ -86,7 +93,7 @@ class TrainConfig:
     data: str = FASHION_MNIST
     data_root: Optional[str] = None  # Fashion-MNIST folder (default: Debian's /usr/share/datasets/fashion-mnist)
     img_size: int = 28
-    train_subset: Optional[int] = None  # first N training images (in-memory sources)
+    train_subset: Optional[int] = None  # first N training images
     eval_subset: Optional[int] = None
     synthetic_classes: int = 10
     synthetic_train: int = 512
@@ -132,6 +139,29 @@ class TrainConfig:
         for name in ('epochs', 'batch_size', 'img_size'):
             if getattr(self, name) < 1:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
+        for name in ('train_subset', 'eval_subset'):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f'{name} must be >= 1 (the first N images) or unset (all), got {getattr(self, name)}')
+        for name in ('synthetic_classes', 'synthetic_train', 'synthetic_eval'):
+            if getattr(self, name) < 1:
+                raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
+        if self.sched in UNSUPPORTED_SCHEDULERS:
+            raise ValueError(f'sched {self.sched!r} is not supported: the trainer steps the schedule on every update '
+                             f"(use one of timm's schedulers that do, e.g. cosine, tanh, step, multistep, poly)")
+        if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
+            raise ValueError(f"mixup/cutmix need an even batch_size (timm's Mixup mixes pairs), got "
+                             f'{self.batch_size}')
+        try:
+            str_to_interp_mode(self.interpolation)
+        except KeyError:
+            raise ValueError(f'interpolation must be one of timm\'s modes {sorted(_INTERPOLATIONS)}, got '
+                             f'{self.interpolation!r}') from None
+        if self.auto_augment:
+            try:
+                create_transform(32, is_training=True, auto_augment=self.auto_augment)
+            except (AssertionError, KeyError, ValueError) as e:
+                raise ValueError(f"auto_augment {self.auto_augment!r} is not a timm policy (e.g. "
+                                 f"'rand-m9-mstd0.5-inc1', 'augmix-m5-w4-d2', 'original'): {e}") from None
         parse_schedule(self.retokenization)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -152,6 +182,8 @@ def load_config(path: Optional[PathLike] = None, **overrides: Any) -> TrainConfi
         if not isinstance(values, dict):
             raise ValueError(f'{path}: a recipe is a mapping of TrainConfig fields, got {type(values).__name__}')
         values = {k: v for k, v in values.items() if not k.startswith('_')}  # '_comment' etc.
+    if 'model' in overrides and 'genotype' not in overrides and overrides['model'] != values.get('model'):
+        values.pop('genotype', None)  # another model replaces the recipe's architecture, genotype included
     values.update(overrides)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
@@ -265,27 +297,45 @@ def _tensor_data(cfg: TrainConfig, env: DistEnv, device: torch.device) -> DataBu
         num_classes=num_classes, input_size=(1, cfg.img_size, cfg.img_size), prepare=prepare)
 
 
+def _keep_samples(dataset: Any, keep: slice) -> None:
+    """Keep ``samples[keep]`` of a timm ImageFolder dataset (its reader's list of (path, target))."""
+    dataset.reader.samples = dataset.reader.samples[keep]
+
+
 def _image_folder_data(cfg: TrainConfig, env: DistEnv, device: torch.device) -> DataBundle:
     root = Path(cfg.data)
     for split in ('train', 'val'):
         if not (root / split).is_dir():
-            raise FileNotFoundError(f'ImageFolder data needs {root / split} (ImageNet layout: '
-                                    f'root/train/<class>/<image>, root/val/<class>/<image>)')
+            raise FileNotFoundError(f'data {cfg.data!r} is neither {FASHION_MNIST!r}, {SYNTHETIC!r} nor an ImageFolder '
+                                    f'root: {root / split} is missing (ImageNet layout: root/train/<class>/<image>, '
+                                    f'root/val/<class>/<image>)')
     train_set = create_dataset('', root=str(root), split='train', is_training=True)
-    eval_set = create_dataset('', root=str(root), split='val')
+    classes = dict(train_set.reader.class_to_idx)
+    unknown = sorted(p.name for p in (root / 'val').iterdir() if p.is_dir() and p.name not in classes)
+    if unknown:
+        raise ValueError(f'{root / "val"} has classes that {root / "train"} lacks: {unknown[:8]}')
+    eval_set = create_dataset('', root=str(root), split='val', class_map=classes)  # the training split's labels
+    _keep_samples(train_set, slice(cfg.train_subset))
+    # The first eval_subset images, each scored once over all processes (timm's distributed eval sampler pads).
+    _keep_samples(eval_set, slice(cfg.eval_subset))
+    _keep_samples(eval_set, slice(env.rank, None, env.world_size))
+    if len(train_set) < cfg.batch_size * env.world_size:
+        raise ValueError(f'{len(train_set)} training images are fewer than one batch of {cfg.batch_size} x '
+                         f'{env.world_size} processes')
     input_size = (3, cfg.img_size, cfg.img_size)
     prefetch = device.type == 'cuda'
+    # Workers are started anew every epoch (not persistent), so that their random seeds come from the main
+    # process's RNG, which the checkpoint restores: a resumed run augments exactly as an uninterrupted one.
     common = dict(input_size=input_size, interpolation=cfg.interpolation, mean=IMAGENET_DEFAULT_MEAN,
-                  std=IMAGENET_DEFAULT_STD, num_workers=cfg.workers, distributed=env.distributed,
-                  use_prefetcher=prefetch, device=device, pin_memory=prefetch, persistent_workers=cfg.workers > 0)
+                  std=IMAGENET_DEFAULT_STD, num_workers=cfg.workers, use_prefetcher=prefetch, device=device,
+                  pin_memory=prefetch, persistent_workers=False)
     train_loader = create_loader(
         train_set, batch_size=cfg.batch_size, is_training=True, re_prob=cfg.re_prob, hflip=cfg.hflip,
-        color_jitter=cfg.color_jitter, auto_augment=cfg.auto_augment, **common)
+        color_jitter=cfg.color_jitter, auto_augment=cfg.auto_augment, distributed=env.distributed, **common)
     eval_loader = create_loader(eval_set, batch_size=cfg.batch_size * 2, is_training=False, crop_pct=cfg.crop_pct,
-                                **common)
-    return DataBundle(train_loader=train_loader, eval_loader=eval_loader,
-                      num_classes=len(train_set.reader.class_to_idx), input_size=input_size,
-                      prepare=lambda x, training: x.to(device, non_blocking=True))
+                                distributed=False, **common)
+    return DataBundle(train_loader=train_loader, eval_loader=eval_loader, num_classes=len(classes),
+                      input_size=input_size, prepare=lambda x, training: x.to(device, non_blocking=True))
 
 
 def build_data(cfg: TrainConfig, env: DistEnv, device: torch.device) -> DataBundle:
@@ -296,6 +346,12 @@ def build_data(cfg: TrainConfig, env: DistEnv, device: torch.device) -> DataBund
 
 # --------------------------------------------------------------------------- model and checkpoints
 def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> AsViT:
+    if cfg.model == GENERIC_MODEL and cfg.genotype is None:
+        raise ValueError(f"model {GENERIC_MODEL!r} needs a genotype (--genotype 'K,S,E,L|...|H,C'); or name a "
+                         f'registered variant with --model (see `asvit list`)')
+    if cfg.model != GENERIC_MODEL and cfg.genotype is not None:
+        raise ValueError(f'model {cfg.model!r} has its own genotype; genotype {cfg.genotype!r} applies to model '
+                         f'{GENERIC_MODEL!r} only: give one of them')
     kwargs: Dict[str, Any] = dict(num_classes=num_classes, in_chans=in_chans, drop_path_rate=cfg.drop_path)
     if cfg.genotype is not None:
         kwargs['genotype'] = cfg.genotype
@@ -342,7 +398,8 @@ def read_metrics(path: PathLike) -> List[Dict[str, Any]]:
 @torch.no_grad()
 def evaluate(model: nn.Module, data: DataBundle, env: DistEnv, device: torch.device,
              autocast: Callable[[], ContextManager[Any]]) -> Dict[str, float]:
-    """Loss, top-1 and top-5 (%) over the whole evaluation set (summed over processes), at full tokens."""
+    """Loss, top-1 and top-5 (%) and the number of images scored, over the whole evaluation set (summed over
+    processes), at the model's current tokenizer setting."""
     model.eval()
     top_k = (1, min(5, data.num_classes))
     loss_sum = correct1 = correct5 = count = 0.
@@ -356,7 +413,8 @@ def evaluate(model: nn.Module, data: DataBundle, env: DistEnv, device: torch.dev
         correct5 += acc5.item() * len(y) / 100
         count += len(y)
     loss_sum, correct1, correct5, count = _all_reduce_sum([loss_sum, correct1, correct5, count], env, device)
-    return {'loss': loss_sum / count, 'top1': 100 * correct1 / count, 'top5': 100 * correct5 / count}
+    return {'loss': loss_sum / count, 'top1': 100 * correct1 / count, 'top5': 100 * correct5 / count,
+            'images': int(count)}
 
 
 # --------------------------------------------------------------------------- training
@@ -457,7 +515,11 @@ class Trainer:
         """Load last.pth.tar: weights, optimizer, scheduler, EMA, scaler, counters and this process's RNG states."""
         if not self.checkpoint_path.is_file():
             raise FileNotFoundError(f'nothing to resume: {self.checkpoint_path} does not exist')
-        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        state = load_torch_checkpoint(self.checkpoint_path)
+        if not isinstance(state, dict) or not set(RESUME_KEYS) <= state.keys():
+            found = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f'{self.checkpoint_path}: not a checkpoint written by asvit train (it needs '
+                             f'{list(RESUME_KEYS)}; found {found}); resume needs the run\'s own last.pth.tar')
         if state['config'] != self.cfg.to_dict():
             changed = sorted(k for k, v in self.cfg.to_dict().items() if state['config'].get(k) != v)
             raise ValueError(f'{self.checkpoint_path} was written with other settings ({", ".join(changed)}); '

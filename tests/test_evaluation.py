@@ -3,6 +3,7 @@
 the accuracy their cards record."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from asvit_zoo.cli import main as cli_main
 from asvit_zoo.distributed import DistEnv
 from asvit_zoo.evaluation import evaluate_pretrained, load_pretrained
 from asvit_zoo.hub import export_weights
-from asvit_zoo.registry import load_registry
+from asvit_zoo.registry import load_registry, registry_root
 from asvit_zoo.train import TrainConfig, build_data, train
 
 GENOTYPE = '4,2,2,1|2,1,2,1|2,1,2,1|2,1,2,1|16,8'
@@ -92,6 +93,14 @@ def test_errors_name_the_problem(run: Path, tmp_path: Path, capsys: pytest.Captu
     assert 'config.json' in capsys.readouterr().err
     with pytest.raises(ValueError, match='--ema needs a trainer checkpoint'):
         load_pretrained('asvit_seed', ema=True)
+    folder = Path(shutil.copytree(registry_root() / 'asvit_tiny.fmnist', tmp_path / 'copy'))
+    other = folder / 'other.safetensors'  # not the folder's weights: it must not be scored as if it were
+    other.write_bytes(b'not weights')
+    with pytest.raises(ValueError, match=f'{other}: a safetensors file is evaluated through its folder, whose '
+                                         f"weights are {folder / 'model.safetensors'}"):
+        load_pretrained(str(other))
+    assert cli_main(['eval', 'asvit_tiny.fmnist', '--subset', '0']) == 2
+    assert 'eval_subset must be >= 1 (the first N images) or unset (all), got 0' in capsys.readouterr().err
 
 
 def _score_imagenet_head_on_fmnist(tmp_path: Path) -> None:

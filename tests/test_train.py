@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
@@ -190,16 +191,23 @@ def test_two_process_ddp_run_on_cpu(tmp_path):
     assert 0 <= metrics[-1]['eval_top1'] <= 100 and metrics[-1]['train_macs'] < metrics[-1]['train_macs_full']
 
 
-def test_image_folder_run_through_timm_loaders(tmp_path):
+def _image_folder(root: Path, n: int = 48, val_every: int = 4, skip_val_class: Optional[int] = None) -> Path:
+    """An ImageFolder root of ``n`` 32x32 RGB images of 3 classes; every ``val_every``-th one goes to val/."""
     from PIL import Image
 
-    root = tmp_path / 'folder'
-    images, labels = synthetic_images(48, 3, 32, seed=0, in_chans=3)
+    images, labels = synthetic_images(n, 3, 32, seed=0, in_chans=3)
     for i, (image, label) in enumerate(zip(images, labels)):
-        split = 'val' if i % 4 == 0 else 'train'
+        split = 'val' if i % val_every == 0 else 'train'
+        if split == 'val' and int(label) == skip_val_class:
+            continue
         folder = root / split / f'class{int(label)}'
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f'{i}.png')
+    return root
+
+
+def test_image_folder_run_through_timm_loaders(tmp_path):
+    root = _image_folder(tmp_path / 'folder')
     run = tmp_path / 'run'
     _train('--output', str(run), '--genotype', TINY, '--data', str(root), '--img-size', '32', '--batch-size', '8',
            '--epochs', '1', '--workers', '0', '--auto-augment', 'rand-m9-mstd0.5-inc1', '--re-prob', '0.25',
@@ -208,3 +216,97 @@ def test_image_folder_run_through_timm_loaders(tmp_path):
     (record,) = read_metrics(run / METRICS)
     assert record['tokenizer'] == ['8:2', '4:1'] and 0 <= record['eval_top1'] <= 100
     assert _weights(run)['model']['head.fc.weight'].shape == (3, 64)
+
+
+IMAGE_FOLDER_RUN = ['--genotype', TINY, '--img-size', '32', '--batch-size', '8', '--epochs', '2', '--warmup-epochs',
+                    '0', '--auto-augment', 'rand-m9-mstd0.5-inc1', '--re-prob', '0.25', '--device', 'cpu',
+                    '--no-progress']
+
+
+def test_image_folder_resume_with_workers_continues_exactly(tmp_path):
+    """Loader workers draw their augmentation seeds from the restored RNG: two workers, stop, resume, same run."""
+    root = str(_image_folder(tmp_path / 'folder'))
+    straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
+    _train('--output', str(straight), '--data', root, '--workers', '2', *IMAGE_FOLDER_RUN)
+    _train('--output', str(resumed), '--data', root, '--workers', '2', '--stop-after', '1', *IMAGE_FOLDER_RUN)
+    _train('--output', str(resumed), '--data', root, '--workers', '2', '--resume', *IMAGE_FOLDER_RUN)
+    a, b = read_metrics(straight / METRICS), read_metrics(resumed / METRICS)
+    assert [m['train_loss'] for m in a] == [m['train_loss'] for m in b] and len(a) == 2
+    ca, cb = _weights(straight)['model'], _weights(resumed)['model']
+    assert all(torch.equal(ca[k], cb[k]) for k in ca)
+
+
+def test_image_folder_labels_subsets_and_processes(tmp_path):
+    from asvit_zoo.distributed import DistEnv
+    from asvit_zoo.train import build_data
+
+    root = _image_folder(tmp_path / 'folder', skip_val_class=1)  # val/ lacks class1: labels follow train/
+    cfg = TrainConfig(genotype=TINY, data=str(root), img_size=32, batch_size=4, workers=0, device='cpu')
+    data = build_data(cfg, DistEnv(), torch.device('cpu'))
+    labels = torch.cat([y for _, y in data.eval_loader])
+    assert data.num_classes == 3 and sorted(set(labels.tolist())) == [0, 2] and len(labels) == 8
+    cfg = TrainConfig(genotype=TINY, data=str(root), img_size=32, batch_size=4, workers=0, device='cpu',
+                      train_subset=10, eval_subset=5)
+    data = build_data(cfg, DistEnv(), torch.device('cpu'))
+    assert len(data.train_loader.dataset) == 10 and len(data.eval_loader.dataset) == 5
+    with pytest.raises(ValueError, match='36 training images are fewer than one batch of 64 x 1 processes'):
+        build_data(TrainConfig(data=str(root), img_size=32, batch_size=64, workers=0), DistEnv(), torch.device('cpu'))
+    (root / 'val' / 'class9').mkdir()
+    (root / 'val' / 'class9' / 'x.png').write_bytes((next((root / 'val' / 'class0').iterdir())).read_bytes())
+    with pytest.raises(ValueError, match=r"val has classes that .*train lacks: \['class9'\]"):
+        build_data(TrainConfig(data=str(root), img_size=32, batch_size=4, workers=0), DistEnv(), torch.device('cpu'))
+
+
+def test_two_processes_score_each_image_folder_val_image_once(tmp_path):
+    root = _image_folder(tmp_path / 'folder', n=60)  # 15 val images: not a multiple of 2
+    run = tmp_path / 'ddp'
+    proc = torchrun([str(REPO_ROOT / 'tools' / 'train.py'), '--output', str(run), '--data', str(root),
+                     '--workers', '0', *IMAGE_FOLDER_RUN, '--epochs', '1'])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (record,) = read_metrics(run / METRICS)
+    assert record['eval_images'] == 15
+    assert round(record['eval_top1'] * 15 / 100, 6) == round(record['eval_top1'] * 15 / 100)  # whole images right
+
+
+def test_model_and_genotype(tmp_path):
+    from asvit_zoo.train import build_model
+
+    cfg = load_config(RECIPES / 'fmnist_tiny.json', model='asvit_seed')  # another model replaces the recipe's
+    assert cfg.genotype is None and build_model(cfg, 10, 1).num_classes == 10
+    assert load_config(RECIPES / 'fmnist_tiny.json', model='asvit').genotype is not None  # the same model keeps it
+    with pytest.raises(ValueError, match="model 'asvit_small' has its own genotype; genotype '.*' applies to model "
+                                         "'asvit' only"):
+        build_model(TrainConfig(model='asvit_small', genotype=TINY), 10, 1)
+    with pytest.raises(ValueError, match="model 'asvit' needs a genotype"):
+        build_model(TrainConfig(), 10, 1)
+
+
+@pytest.mark.parametrize('setting,message', [
+    (dict(sched='plateau'), "sched 'plateau' is not supported: the trainer steps the schedule on every update"),
+    (dict(sched='none'), "sched 'none' is not supported"),
+    (dict(mixup=0.5, batch_size=15), 'mixup/cutmix need an even batch_size .* got 15'),
+    (dict(synthetic_eval=0), 'synthetic_eval must be >= 1, got 0'),
+    (dict(synthetic_classes=0), 'synthetic_classes must be >= 1, got 0'),
+    (dict(interpolation='foo'), r"interpolation must be one of timm's modes \[.*'bicubic'.*\], got 'foo'"),
+    (dict(auto_augment='foo'), "auto_augment 'foo' is not a timm policy"),
+    (dict(eval_subset=-5), r'eval_subset must be >= 1 \(the first N images\) or unset \(all\), got -5'),
+])
+def test_settings_are_checked(setting, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**setting)
+
+
+@pytest.mark.parametrize('content', [b'', b'not a checkpoint', 'state dict', 'list'])
+def test_resume_names_a_bad_checkpoint(tmp_path, content, capsys):
+    run = tmp_path / 'run'
+    _train('--output', str(run), '--stop-after', '1', *TINY_RUN)
+    path = run / CHECKPOINT
+    if content == 'state dict':
+        torch.save(_weights(run)['model'], path)
+    elif content == 'list':
+        torch.save([1, 2], path)
+    else:
+        path.write_bytes(content)
+    assert main(['train', '--output', str(run), '--resume', *TINY_RUN]) == 2
+    err = capsys.readouterr().err
+    assert f'asvit train: error: {path}: not a' in err and 'Traceback' not in err
