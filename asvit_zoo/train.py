@@ -425,6 +425,7 @@ class TrainResult:
     output: Path
     metrics: List[Dict[str, Any]] = field(default_factory=list)
     model: Optional[AsViT] = None
+    is_main: bool = True  # process 0 (under torchrun, every process returns a result)
 
     @property
     def final(self) -> Dict[str, Any]:
@@ -542,7 +543,7 @@ class Trainer:
         _set_rng_state(state['rng'][self.env.rank])
 
     def save(self, epoch: int) -> None:
-        """Write last.pth.tar and metrics.jsonl (process 0); every process contributes its RNG states."""
+        """Write metrics.jsonl and last.pth.tar (process 0); every process contributes its RNG states."""
         rng = _gather_rng_states(self.env)
         if not self.env.is_main:
             return
@@ -554,8 +555,10 @@ class Trainer:
             'train_macs': self.train_macs, 'wall_time': self.wall, 'cpu_time': self.cpu, 'rng': rng,
             'schedule': str(self.schedule),
         }
-        save_torch(self.checkpoint_path, checkpoint)
+        # metrics first: a kill between the two writes leaves a record that resume drops (it keeps the epochs
+        # before the checkpoint's), never a checkpoint whose epoch has no record
         _write_metrics(self.metrics_path, self.metrics)
+        save_torch(self.checkpoint_path, checkpoint)
 
     def train_epoch(self, epoch: int) -> Dict[str, Any]:
         """One epoch; each step runs at its phase's tokenizer setting. Returns the loss and the settings used."""
@@ -666,4 +669,4 @@ def train(cfg: TrainConfig, output: PathLike, resume: bool = False, progress: bo
         if resume:
             trainer.resume()
         metrics = trainer.run(stop_after)
-    return TrainResult(output=trainer.output, metrics=metrics, model=trainer.model)
+    return TrainResult(output=trainer.output, metrics=metrics, model=trainer.model, is_main=trainer.env.is_main)

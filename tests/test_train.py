@@ -265,6 +265,7 @@ def test_two_processes_score_each_image_folder_val_image_once(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (record,) = read_metrics(run / METRICS)
     assert record['eval_images'] == 15
+    assert proc.stdout.count(': eval top-1 ') == 1  # process 0 alone prints the summary
     assert round(record['eval_top1'] * 15 / 100, 6) == round(record['eval_top1'] * 15 / 100)  # whole images right
 
 

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     progress = not getattr(args, 'no_progress', False)
     result = train(cfg, args.output, resume=getattr(args, 'resume', False), progress=progress,
                    stop_after=getattr(args, 'stop_after', None))
-    if result.metrics:
+    if result.metrics and result.is_main:
         final = result.final
         print(f'epoch {final["epoch"] + 1}: eval top-1 {final["eval_top1"]:.2f}%  top-5 {final["eval_top5"]:.2f}%  '
               f'train {final["train_time"]:.1f}s  training {final["train_macs"] / 1e9:.4g} GMACs '
