@@ -259,6 +259,23 @@ def test_offline_hf_cache(export_dir: Path, tmp_path: Path, hf_cache):
     assert out['missing_seconds'] < 5
 
 
+def test_model_card_snippet_runs_in_a_fresh_process(export_dir: Path, tmp_path: Path, hf_cache):
+    """The card's Use block, run as written where only the Hub (here: an offline cache) has the variant."""
+    readme = (export_dir / 'README.md').read_text()
+    snippet = readme.split('## Use\n\n```python\n')[1].split('```')[0]
+    assert "asvit_zoo.register_folder(snapshot_download('asvit-zoo/asvit_hubtest-fmnist'))" in snippet
+    cache = hf_cache(tmp_path / 'hub', HUB_ID, export_dir)
+    env = dict(os.environ, HF_HOME=str(tmp_path / 'hf_home'), HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE='1')
+    env.pop('ASVIT_ZOO_REGISTRY', None)
+    check = "\nprint(type(model).__name__, model.num_classes, model.pretrained_cfg['hf_hub_id'])"
+    result = subprocess.run([sys.executable, '-c', snippet + check], env=env, capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ['AsViT', '10', HUB_ID]
+    shipped = (asvit_zoo.registry.registry_root() / 'asvit_tiny.fmnist' / 'README.md').read_text()
+    assert 'register_folder' not in shipped  # import asvit_zoo registers a shipped architecture everywhere
+
+
 # --------------------------------------------------------------------------- integrity
 def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-100])
