@@ -91,7 +91,13 @@ def check_genotype(path: PathLike, expected: Genotype) -> None:
     (a seed genotype, without widths and depths, is left to the shape check of the load)."""
     metadata = read_metadata(path)
     found = metadata.get('genotype')
-    if found is not None and not Genotype.parse(found).is_seed and Genotype.parse(found) != expected:
+    if found is None:
+        return
+    try:
+        stored = Genotype.parse(found)
+    except ValueError as e:
+        raise WeightsError(f'{path}: the genotype in its metadata does not parse: {e}') from None
+    if not stored.is_seed and stored != expected:
         raise WeightsError(f'{path}: weights of another variant: expected genotype {expected}, found genotype '
                            f"{found} (architecture {metadata.get('architecture', 'unknown')})")
 

@@ -326,6 +326,14 @@ def test_registered_weights_are_checked(run_dir: Path, tmp_path: Path):
         load_weights('asvit_hubdamaged.fmnist')
 
 
+def test_unparsable_genotype_metadata_names_the_file(tmp_path: Path):
+    path = tmp_path / 'model.safetensors'
+    save_file(_trained_state(GENOTYPE, steps=0), str(path), metadata={'genotype': 'garbage'})
+    with pytest.raises(WeightsError, match=f"{path}: the genotype in its metadata does not parse: genotype 'garbage'"):
+        timm.create_model('asvit', genotype=GENOTYPE, **MODEL_KWARGS, pretrained=True,
+                          pretrained_cfg_overlay=dict(file=str(path)))
+
+
 def test_wrong_variant(export_dir: Path):
     with pytest.raises(WeightsError, match=f'weights of another variant: expected genotype {OTHER_GENOTYPE}, '
                                            f'found genotype {GENOTYPE} \\(architecture asvit_hubtest\\)'):
