@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -58,21 +59,34 @@ class BuildPreset:
     description: str = ''
 
     def __post_init__(self) -> None:
-        from .scaling import ScalingConfig
+        from .evaluation import evaluate_pretrained
+        from .scaling import ScalingConfig, check_variant_names
         from .search import SearchConfig
         from .train import TrainConfig
 
-        names = list(self.scale.get('names') or [])
-        budgets = list(self.scale.get('budgets') or [])
-        if not names or len(names) != len(budgets) or len(set(names)) != len(names):
-            raise ValueError(f'preset {self.name}: scale needs distinct "names", one per budget; got names {names} '
-                             f'for budgets {budgets}')
-        SearchConfig(**dict(self.search, device='cpu'))  # the device is checked when the search runs
-        ScalingConfig(seed_genotype='4,2,2|2,1,2|2,1,2|2,1,2|16', **self._scaling_kwargs())
+        for section in ('search', 'scale', 'train', 'evaluate'):
+            if not isinstance(getattr(self, section), Mapping):
+                raise ValueError(f'preset {self.name}: {section} must be an object of settings, got '
+                                 f'{getattr(self, section)!r}')
+        try:
+            check_variant_names(list(self.scale.get('names') or []), list(self.scale.get('budgets') or []))
+        except ValueError as e:
+            raise ValueError(f'preset {self.name}: scale: {e}') from None
         unknown = sorted(set(self.train) & {'model', 'genotype'})
         if unknown:
             raise ValueError(f'preset {self.name}: train must not set {unknown} (the build trains its own variants)')
-        TrainConfig(**self.train)
+        options = set(inspect.signature(evaluate_pretrained).parameters) - {'model', 'data'}
+        unknown = sorted(set(self.evaluate) - options - {'data'})
+        if unknown:
+            raise ValueError(f'preset {self.name}: unknown evaluate setting(s) {unknown}; known: {sorted(options)}')
+        for section, build in (('search', lambda: SearchConfig(**dict(self.search, device='cpu'))),  # device: at run
+                               ('scale', lambda: ScalingConfig(seed_genotype='4,2,2|2,1,2|2,1,2|2,1,2|16',
+                                                               **self._scaling_kwargs())),
+                               ('train', lambda: TrainConfig(**self.train))):
+            try:
+                build()
+            except (TypeError, ValueError) as e:  # unknown keys are TypeErrors of the dataclass
+                raise ValueError(f'preset {self.name}: {section}: {e}') from None
 
     def _scaling_kwargs(self) -> Dict[str, Any]:
         kwargs = {k: v for k, v in self.scale.items() if k != 'names'}
@@ -104,6 +118,8 @@ def load_preset(name_or_path: PathLike) -> BuildPreset:
         data = json.loads(path.read_text(encoding='utf-8'))
     except json.JSONDecodeError as e:
         raise ValueError(f'{path}: not valid JSON: {e}') from None
+    if not isinstance(data, dict):
+        raise ValueError(f'{path}: a preset is a JSON object of fields, got {type(data).__name__}')
     data = {k: v for k, v in data.items() if not k.startswith('_')}
     known = {f.name for f in dataclasses.fields(BuildPreset)}
     unknown = sorted(set(data) - known)

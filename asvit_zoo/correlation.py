@@ -112,7 +112,8 @@ def _study_one(config: CorrelationConfig, index: int, seed_genotype: Genotype, i
 
 def kendall_table(records: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """Kendall's tau (tau-b) and its p-value between test top-1 and each score, over the records where the
-    score is finite; ``agrees`` says whether the sign is the one the paper expects."""
+    score is finite; ``agrees`` says whether the sign is the one the paper expects. tau is None where it is
+    undefined: fewer than 3 records, or every top-1 (or every score) equal."""
     from scipy.stats import kendalltau
 
     rows = []
@@ -123,6 +124,9 @@ def kendall_table(records: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
             continue
         result = kendalltau([p[0] for p in pairs], [p[1] for p in pairs])
         tau, p = float(result.statistic), float(result.pvalue)
+        if not math.isfinite(tau):  # a constant side: no ranking to compare
+            rows.append(dict(score=key, label=label, n=len(pairs), tau=None, p_value=None, agrees=None))
+            continue
         rows.append(dict(score=key, label=label, n=len(pairs), tau=tau, p_value=p, expected_sign=sign,
                          agrees=bool(tau * sign > 0)))
     return rows

@@ -167,10 +167,11 @@ def fashion_mnist_batch(n: int, image_size: int, seed: int = 0, root: PathLike =
     return _normalize(resized.expand(-1, 3, -1, -1))
 
 
-def noise_batch(n: int, image_size: int, seed: int = 0) -> torch.Tensor:
-    """``n`` standard Gaussian images (n, 3, image_size, image_size) drawn from ``seed``: already 'normalised'."""
+def noise_batch(n: int, image_size: int, seed: int = 0, in_chans: int = 3) -> torch.Tensor:
+    """``n`` standard Gaussian images (n, in_chans, image_size, image_size) drawn from ``seed``: already
+    'normalised'."""
     _check_batch_args(n, image_size)
-    return torch.randn(n, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(n, in_chans, image_size, image_size, generator=torch.Generator().manual_seed(seed))
 
 
 def image_folder_batch(root: PathLike, n: int, image_size: int, seed: int = 0) -> torch.Tensor:

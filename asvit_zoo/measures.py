@@ -694,7 +694,8 @@ def measure_genotype(
         genotype: Seed string (with ``embed_dim``, optional ``depths``) or scaled string or Genotype.
         image_size: Input resolution of the curve and of the default NTK batch.
         repeat: Number of independently initialised copies (1 with ``weights``).
-        inputs: NTK batch (n, 3, image_size, image_size); default: ``NTK_BATCH`` Gaussian images from ``seed``.
+        inputs: NTK batch (n, C, image_size, image_size); default: ``NTK_BATCH`` Gaussian images from ``seed``.
+            C is 3, or the input channels of ``weights`` (e.g. 1 for grayscale Fashion-MNIST weights).
         seed: Seed of the copies' inits, of the default curve and of the default NTK batch.
         device: 'cpu' or 'cuda[:N]'.
         weights: Weights file to measure instead of fresh initialisations.
@@ -712,19 +713,21 @@ def measure_genotype(
     if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
         raise ValueError(f'repeat must be an integer >= 1, got {repeat!r}')
     dev = resolve_device(device)
-    state_dict, num_classes = None, NUM_CLASSES
+    state_dict, num_classes, in_chans = None, NUM_CLASSES, 3
     if weights is not None:
         if repeat != 1:
             raise ValueError(f'repeat={repeat}: with weights there is one network to measure; use repeat=1')
         state_dict = _load_weights(weights, g)
         num_classes = _num_classes(state_dict, weights)
-    basis, thetas = curve if curve is not None else default_curve(image_size, seed=seed)
+        if 'patch_embed.proj.weight' in state_dict:
+            in_chans = state_dict['patch_embed.proj.weight'].shape[1]
+    basis, thetas = curve if curve is not None else default_curve(image_size, in_chans, seed=seed)
     if inputs is None:
-        inputs = noise_batch(NTK_BATCH, image_size, seed)
-    _check_inputs(inputs, image_size)
-    if 3 * image_size * image_size != basis.shape[0]:
-        raise ValueError(f'curve_basis has {basis.shape[0]} rows; image_size={image_size} needs 3 * {image_size}^2 = '
-                         f'{3 * image_size * image_size}')
+        inputs = noise_batch(NTK_BATCH, image_size, seed, in_chans)
+    _check_inputs(inputs, image_size, in_chans)
+    if in_chans * image_size * image_size != basis.shape[0]:
+        raise ValueError(f'curve_basis has {basis.shape[0]} rows; image_size={image_size} needs {in_chans} * '
+                         f'{image_size}^2 = {in_chans * image_size * image_size}')
     inputs, basis, thetas = inputs.to(dev), basis.to(dev), thetas.to(dev)
 
     ranks = group_size() if distributed else 1
@@ -733,13 +736,13 @@ def measure_genotype(
     for r in my_share(repeat) if distributed else range(repeat):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + r)
-            model = AsViT(g, num_classes=num_classes)
+            model = AsViT(g, num_classes=num_classes, in_chans=in_chans)
         if state_dict is not None:
             model.load_state_dict(checkpoint_filter_fn(state_dict, model))
         model = model.to(dev)
         if r == 0:
             result.params = param_count(model)
-            result.gmacs = count_macs(model, (3, image_size, image_size)) / 1e9
+            result.gmacs = count_macs(model, (in_chans, image_size, image_size)) / 1e9
         values: Dict[str, Any] = {}
         if 'exp' in which:
             values['exp'] = _timed(result.seconds, 'exp', dev, lambda: length_distortion(model, basis, thetas))

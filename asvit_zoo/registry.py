@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
-from .fileio import write_json, write_text
+from .fileio import atomic_folder, write_json, write_text
 from .genotype import Genotype
 
 __all__ = ['RegistryError', 'VariantCard', 'registry_root', 'load_registry', 'load_card', 'write_card',
@@ -286,7 +286,7 @@ def render_model_card(config: Mapping[str, Any], description: str) -> str:
 
 def write_card(root: Path, name: str, genotype: Genotype, description: str,
                provenance: Optional[Mapping[str, Any]] = None, num_classes: int = 1000) -> VariantCard:
-    """Write (atomically) ``root/name/config.json`` and its ``README.md``; return the validated card."""
+    """Write ``root/name/`` (config.json and README.md) whole, once its card validates; return the card."""
     if genotype.is_seed:
         raise ValueError(f'variant {name}: a card needs a scaled genotype, got the seed {genotype}')
     config: Dict[str, Any] = {
@@ -295,7 +295,8 @@ def write_card(root: Path, name: str, genotype: Genotype, description: str,
     }
     if provenance:
         config['provenance'] = dict(provenance)
-    folder = Path(root) / name
-    write_json(folder / CONFIG_FILE, config)
-    write_text(folder / CARD_FILE, render_model_card(config, description))
-    return load_card(folder)
+    with atomic_folder(Path(root) / name) as folder:
+        write_json(folder / CONFIG_FILE, config)
+        write_text(folder / CARD_FILE, render_model_card(config, description))
+        load_card(folder)
+    return load_card(Path(root) / name)

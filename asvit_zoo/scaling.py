@@ -42,6 +42,7 @@ from tqdm import tqdm
 from .asvit import AsViT
 from .cost import count_macs, param_count
 from .datasets import search_batch
+from .devices import resolve_device
 from .distributed import DistEnv, barrier, gather_objects, my_share, process_group
 from .fileio import atomic_write, write_json
 from .genotype import Genotype
@@ -81,6 +82,7 @@ class ScalingConfig:
         for name in ('image_size', 'repeat', 'batch_size'):
             if getattr(self, name) < 1:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
+        resolve_device(self.device)
 
     @property
     def stop_at(self) -> float:
@@ -318,6 +320,18 @@ def plot_trajectory(steps: Sequence[ScalingStep], budgets: Sequence[float], path
     return path
 
 
+def check_variant_names(names: Sequence[str], budgets: Sequence[float]) -> None:
+    """Raise ``ValueError`` unless ``names`` are distinct model names, one per budget (checked before a run)."""
+    from .registry import MODEL_NAME_PATTERN
+
+    if len(names) != len(budgets) or len(set(names)) != len(names):
+        raise ValueError(f'{len(names)} names {list(names)} for {len(budgets)} budgets; give one distinct name per '
+                         f'budget')
+    bad = [name for name in names if not MODEL_NAME_PATTERN.match(name)]
+    if bad:
+        raise ValueError(f'variant names must be model names (a letter, then letters, digits or "_"), got {bad}')
+
+
 def write_variant_cards(registry: Path, names: Sequence[str], config: ScalingConfig, steps: Sequence[ScalingStep],
                         command: str) -> List[Path]:
     """Write one registry card per budget (``names`` in budget order) with its provenance."""
@@ -325,9 +339,7 @@ def write_variant_cards(registry: Path, names: Sequence[str], config: ScalingCon
     from .genotype import PAPER_LARGE
     from .registry import write_card
 
-    if len(names) != len(config.budgets):
-        raise ValueError(f'{len(names)} names {list(names)} for {len(config.budgets)} budgets; '
-                         f'give one name per budget')
+    check_variant_names(names, config.budgets)
     paper_large = Genotype.parse(PAPER_LARGE)
     paper_params = _params(paper_large)  # compared with in the card of the largest budget
     by_step = {s.step: s for s in steps}

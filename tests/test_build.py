@@ -128,10 +128,24 @@ def test_preset_errors_name_the_problem(tmp_path: Path):
         load_preset('nope')
     bad = tmp_path / 'bad.json'
     bad.write_text(json.dumps(dict(TINY_PRESET, scale=dict(TINY_PRESET['scale'], names=['a', 'b']))))
-    with pytest.raises(ValueError, match='one per budget'):
+    with pytest.raises(ValueError, match=r"scale: 2 names \['a', 'b'\] for 1 budgets; give one distinct name"):
         load_preset(bad)
     bad.write_text(json.dumps(dict(TINY_PRESET, trian={})))
     with pytest.raises(ValueError, match=r"unknown preset field\(s\) \['trian'\]"):
+        load_preset(bad)
+    for change, message in [
+        (dict(scale=dict(TINY_PRESET['scale'], names=['bad name!'])),
+         r"scale: variant names must be model names .*\['bad name!'\]"),
+        (dict(search=dict(TINY_PRESET['search'], stepz=3)), "search: .*unexpected keyword argument 'stepz'"),
+        (dict(train=dict(TINY_PRESET['train'], epochs='1')), 'train: '),
+        (dict(evaluate={'foo': 1}), r"unknown evaluate setting\(s\) \['foo'\]"),
+        (dict(search=None), 'search must be an object of settings, got None'),
+    ]:
+        bad.write_text(json.dumps(dict(TINY_PRESET, **change)))
+        with pytest.raises(ValueError, match=message):
+            load_preset(bad)
+    bad.write_text('[1, 2]')
+    with pytest.raises(ValueError, match='a preset is a JSON object of fields, got list'):
         load_preset(bad)
     for name in ('fmnist-cpu', 'imagenet-paper'):
         assert load_preset(name).name == name

@@ -1,6 +1,5 @@
 """``asvit correlate``: topology sampling, Kendall tau, and a small real study that resumes exactly."""
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -29,7 +28,10 @@ def test_kendall_signs():
     assert rows['ntk']['tau'] == pytest.approx(-1.0) and rows['ntk']['agrees']  # smaller condition is better
     assert rows['curvature']['tau'] == pytest.approx(-1.0) and not rows['curvature']['agrees']
     assert rows['combined']['tau'] is None and rows['combined']['n'] == 0
-    assert math.isnan(rows['params']['tau'])  # a constant score does not rank
+    assert rows['params']['tau'] is None and rows['params']['n'] == 4  # a constant score does not rank
+    flat = kendall_table([dict(r, top1=0.) for r in records])  # every network at chance: no ranking either
+    assert all(r['tau'] is None and r['p_value'] is None for r in flat)
+    json.dumps(flat, allow_nan=False)  # what correlation.json holds is valid JSON
 
 
 def _untimed(record):

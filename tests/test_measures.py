@@ -18,6 +18,7 @@ from asvit_zoo import AsViT, checkpoint_filter_fn
 from asvit_zoo.asvit import CPU_PLAIN_ATTN_MAX_TOKENS
 from asvit_zoo import measures as M
 from asvit_zoo.cli import main
+from asvit_zoo.registry import registry_root
 from conftest import GOLDEN_NETWORKS, torchrun
 
 # Small networks (32 and 40 px). The second has odd kernels and token grids that splits do not divide,
@@ -362,6 +363,21 @@ def test_cli_inputs_file_needs_its_keys(tmp_path, capsys):
     assert main(['measure', TINY, '--inputs', str(path)]) == 2
     err = capsys.readouterr().err
     assert "lacks ['curve_theta', 'ntk_inputs']" in err and str(path) in err
+
+
+def test_cli_measures_grayscale_weights_and_names_bad_values(tmp_path, capsys):
+    shipped = registry_root() / 'asvit_tiny.fmnist' / 'model.safetensors'  # 1 input channel, 10 classes
+    genotype = '5,2,4,2|3,1,4,2|3,1,4,1|3,1,2,1|16,32'
+    assert main(['measure', genotype, '--weights', str(shipped), '--image-size', '28', '--which', 'exp,ntk',
+                 '--json']) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out['exp'] > 0 and out['ntk'] > 1 and out['params'] == 1311626
+    assert main(['measure', TINY, '--image-size', '0', '--json']) == 2
+    assert 'image_size must be a positive integer, got 0' in capsys.readouterr().err
+    damaged = tmp_path / 'damaged.safetensors'
+    damaged.write_bytes(shipped.read_bytes()[:1000])
+    assert main(['measure', genotype, '--weights', str(damaged), '--image-size', '28']) == 2
+    assert f'{damaged}: not a readable safetensors file' in capsys.readouterr().err
 
 
 def test_cli_weights_of_another_genotype(tmp_path, capsys):

@@ -87,6 +87,11 @@ def test_recorded_command_regenerates_the_card(tmp_path, monkeypatch, capsys):
     (['--budgets', '200M'], 'exceeds upper_limit'),
     (['--registry', 'reg'], '--registry needs --names'),
     (['--seed', '8,2,3,1|4,1,2,1|4,1,4,1|4,1,6,1|32,32'], 'seed genotype must be in the seed form'),
+    (['--budgets', '1e9999'], '--budgets must be a positive count'),
+    (['--device', 'tpu'], "device 'tpu' is not a torch device; use cpu, cuda or cuda:N"),
+    (['--budgets', '3M,4M', '--names', 'good,bad-name', '--registry', 'reg'],
+     "variant names must be model names (a letter, then letters, digits or \"_\"), got ['bad-name']"),
+    (['--budgets', '3M,4M', '--names', 'same,same', '--registry', 'reg'], 'give one distinct name per budget'),
 ])
 def test_cli_errors(tmp_path, capsys, argv, message):
     base = {'--seed': PAPER_SEED, '--out': str(tmp_path / 'run')}
@@ -94,6 +99,7 @@ def test_cli_errors(tmp_path, capsys, argv, message):
         base[flag] = value
     assert main(['scale', *[f'{flag}={value}' for flag, value in base.items()]]) == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / 'run').exists()  # refused before any work
 
 
 SHARED_CANDIDATES_SCRIPT = '''

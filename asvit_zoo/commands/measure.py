@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)  # a clear error before any process group starts
     with process_group(str(device)) as (env, dev):
         result = measure_genotype(
-            args.genotype, embed_dim=args.embed_dim, image_size=image_size or DEFAULT_IMAGE_SIZE, repeat=args.repeat,
+            args.genotype, embed_dim=args.embed_dim, image_size=DEFAULT_IMAGE_SIZE if image_size is None else image_size, repeat=args.repeat,
             inputs=inputs, seed=args.seed, device=dev, weights=args.weights, curve=curve,
             which=[w.strip() for w in args.which.split(',') if w.strip()], distributed=True)
     if not env.is_main:  # under torchrun: one result, from process 0

@@ -14,7 +14,7 @@ def parse_count(text: str, option: str) -> int:
     """A positive count such as '30M', '1.5G', '250k' or '30000000'."""
     match = _COUNT.match(text)
     value = float(match.group(1)) * _SUFFIXES[match.group(2).lower()] if match else math.nan
-    if not value >= 1:
+    if not (math.isfinite(value) and value >= 1):
         raise ValueError(f'{option} must be a positive count such as 30M, 1.5G or 250000, got {text!r}')
     return round(value)
 

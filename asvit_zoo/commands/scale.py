@@ -6,7 +6,8 @@ import shlex
 from pathlib import Path
 
 from ..distributed import dist_env
-from ..scaling import ScalingConfig, plot_trajectory, run_scaling, select_variants, write_variant_cards
+from ..scaling import (ScalingConfig, check_variant_names, plot_trajectory, run_scaling, select_variants,
+                       write_variant_cards)
 from ..fileio import write_json
 from .options import parse_count
 
@@ -53,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     names = args.names.split(',') if args.names else None
     if args.registry and not names:
         raise ValueError('--registry needs --names (one variant name per budget)')
+    if names:
+        check_variant_names(names, budgets)  # before the run, not after it
     config = ScalingConfig(seed_genotype=args.seed, budgets=budgets,
                            upper_limit=float(parse_count(args.upper_limit, '--upper-limit')),
                            image_size=args.image_size, repeat=args.repeat, batch_size=args.batch_size,
