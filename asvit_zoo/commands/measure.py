@@ -44,9 +44,11 @@ def run(args: argparse.Namespace) -> int:
                              f'{inputs.shape[-1]}x{inputs.shape[-2]}; leave --image-size out or match it')
         image_size = inputs.shape[-1]
     device = resolve_device(args.device)  # a clear error before any process group starts
+    if image_size is None:
+        image_size = DEFAULT_IMAGE_SIZE
     with process_group(str(device)) as (env, dev):
         result = measure_genotype(
-            args.genotype, embed_dim=args.embed_dim, image_size=DEFAULT_IMAGE_SIZE if image_size is None else image_size, repeat=args.repeat,
+            args.genotype, embed_dim=args.embed_dim, image_size=image_size, repeat=args.repeat,
             inputs=inputs, seed=args.seed, device=dev, weights=args.weights, curve=curve,
             which=[w.strip() for w in args.which.split(',') if w.strip()], distributed=True)
     if not env.is_main:  # under torchrun: one result, from process 0
