@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from .cost import count_macs, param_count
-from .fileio import write_json, write_text
+from .fileio import read_json, write_json, write_text
 
 __all__ = ['STAGES', 'PRESETS', 'BuildPreset', 'load_preset', 'build']
 
@@ -81,7 +81,7 @@ class BuildPreset:
             raise ValueError(f'preset {self.name}: unknown evaluate setting(s) {unknown}; known: {sorted(options)}')
         for section, build in (('search', lambda: SearchConfig(**dict(self.search, device='cpu'))),  # device: at run
                                ('scale', lambda: ScalingConfig(seed_genotype='4,2,2|2,1,2|2,1,2|2,1,2|16',
-                                                               **self._scaling_kwargs())),
+                                                               **dict(self._scaling_kwargs(), device='cpu'))),
                                ('train', lambda: TrainConfig(**self.train))):
             try:
                 build()
@@ -140,7 +140,7 @@ class _Stages:
     def __init__(self, folder: Path, writer: bool = True):
         self.path = folder / STAGES_FILE
         self.writer = writer  # under torchrun only rank 0 writes
-        self.done: Dict[str, Dict[str, Any]] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.done: Dict[str, Dict[str, Any]] = read_json(self.path) if self.path.is_file() else {}
         self.invalidated = False
 
     def outputs(self, stage: str, inputs: Any) -> Optional[Dict[str, Any]]:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from .cost import count_macs, param_count
 from .datasets import search_batch
-from .fileio import write_json, write_text
+from .fileio import read_json, write_json, write_text
 from .genotype import SEARCH_SPACE, Genotype
 from .measures import measure_genotype
 
@@ -178,7 +178,7 @@ def correlate(config: CorrelationConfig, out: PathLike, progress: bool = True) -
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records_path = out / RECORDS_FILE
-    saved = json.loads(records_path.read_text()) if records_path.is_file() else {}
+    saved = read_json(records_path) if records_path.is_file() else {}
     if saved and saved['config'] != json.loads(json.dumps(dataclasses.asdict(config))):
         raise ValueError(f'{records_path} was written with another configuration {saved["config"]}; use the same '
                          f'options to continue it, or another output folder')

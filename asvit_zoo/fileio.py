@@ -12,11 +12,11 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, IO, Iterator, Tuple, Union
+from typing import Any, Callable, IO, Iterator, List, Tuple, Union
 
 import torch
 
-__all__ = ['atomic_write', 'atomic_folder', 'write_text', 'write_json', 'save_torch']
+__all__ = ['atomic_write', 'atomic_folder', 'write_text', 'write_json', 'read_json', 'read_json_lines', 'save_torch']
 
 PathLike = Union[str, os.PathLike]
 
@@ -55,6 +55,34 @@ def write_text(path: PathLike, text: str) -> Path:
 
 def write_json(path: PathLike, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + '\n')
+
+
+def read_json(path: PathLike) -> Any:
+    """The JSON value of a file; a damaged one is a ``ValueError`` that names it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding='utf-8'))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise _damaged(path, e) from None
+
+
+def read_json_lines(path: PathLike) -> List[Any]:
+    """The values of a JSON-lines file (blank lines skipped); a damaged line is a ``ValueError`` that names it."""
+    path = Path(path)
+    values = []
+    try:
+        for number, line in enumerate(path.read_text(encoding='utf-8').splitlines(), 1):
+            if line.strip():
+                values.append(json.loads(line))
+    except json.JSONDecodeError as e:
+        raise _damaged(path, f'line {number}: {e.msg}') from None
+    except UnicodeDecodeError as e:
+        raise _damaged(path, e) from None
+    return values
+
+
+def _damaged(path: Path, reason: Any) -> ValueError:
+    return ValueError(f'{path}: damaged, not valid JSON ({reason}); delete it, or start again in a new folder')
 
 
 def save_torch(path: PathLike, obj: Any) -> Path:

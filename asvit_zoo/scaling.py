@@ -44,7 +44,7 @@ from .cost import count_macs, param_count
 from .datasets import search_batch
 from .devices import resolve_device
 from .distributed import DistEnv, barrier, gather_objects, my_share, process_group
-from .fileio import atomic_write, write_json
+from .fileio import atomic_write, read_json, write_json
 from .genotype import Genotype
 from .measures import measure_genotype
 
@@ -175,7 +175,13 @@ def _choose(candidates: List[Candidate]) -> Candidate:
 
 
 def load_trajectory(out_dir: Path) -> Dict[str, Any]:
-    return json.loads((Path(out_dir) / TRAJECTORY_FILE).read_text())
+    """The saved trajectory of a scaling run folder (config, done, steps)."""
+    path = Path(out_dir) / TRAJECTORY_FILE
+    saved = read_json(path)
+    if not isinstance(saved, dict) or not {'config', 'done', 'steps'} <= saved.keys():
+        raise ValueError(f'{path}: not a scaling trajectory (an object with "config", "done" and "steps"); delete '
+                         f'it, or start again in a new folder')
+    return saved
 
 
 def _save(out_dir: Path, config: ScalingConfig, steps: List[ScalingStep], done: bool) -> None:

@@ -64,7 +64,8 @@ from tqdm import tqdm
 from .datasets import search_batch
 from .devices import resolve_device
 from .distributed import DistEnv, barrier, process_group
-from .fileio import save_torch, write_json
+from .fileio import read_json_lines, save_torch, write_json
+from .hub import load_torch_checkpoint
 from .genotype import SEARCH_SPACE, Genotype
 from .measures import Measures, measure_genotype
 
@@ -362,7 +363,7 @@ def _search(config: SearchConfig, out: Path, env: DistEnv, resume: bool, scorer:
         raise ValueError(f'{out} already holds a search run; pass --resume to continue it or choose another --out')
     state = _SearchState(config)
     if resume and state_path.exists():
-        saved = torch.load(state_path, map_location='cpu', weights_only=True)
+        saved = load_torch_checkpoint(state_path)
         _check_resumable(saved, config, state_path)
         state.load_state_dict(saved)
     inputs = search_batch(config.data, config.batch_size, config.image_size, seed=config.seed)
@@ -415,6 +416,6 @@ def _finish(state: _SearchState, scorer: Scorer, inputs: torch.Tensor, out: Path
     }
     if env.is_main:
         write_json(out / SUMMARY_FILE, summary)
-        records = [json.loads(line) for line in (out / STEPS_FILE).read_text().splitlines()]
+        records = read_json_lines(out / STEPS_FILE)
         _save_curves(records, out / CURVES_FILE)
     return SearchResult(genotype=genotype, summary=summary)

@@ -62,7 +62,7 @@ from .asvit import AsViT
 from .cost import param_count
 from .datasets import DEFAULT_ROOT, load_fashion_mnist
 from .distributed import DistEnv, init_distributed, process_group
-from .fileio import save_torch, write_text
+from .fileio import read_json_lines, save_torch, write_text
 from .hub import load_torch_checkpoint
 from .retokenization import FULL_TOKENS, format_tokenizer, parse_schedule, parse_tokenizer, plot_schedule, schedule_cost
 
@@ -390,8 +390,7 @@ def _write_metrics(path: Path, metrics: List[Dict[str, Any]]) -> None:
 
 def read_metrics(path: PathLike) -> List[Dict[str, Any]]:
     """The records of a metrics.jsonl (one JSON object per line)."""
-    path = Path(path)
-    return [json.loads(line) for line in path.read_text(encoding='utf-8').splitlines() if line.strip()]
+    return read_json_lines(path)
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from asvit_zoo.fileio import atomic_write, write_json, write_text
+from asvit_zoo.fileio import atomic_write, read_json, read_json_lines, write_json, write_text
 
 posix_only = pytest.mark.skipif(sys.platform == 'win32', reason='POSIX file modes')
 
@@ -50,3 +50,16 @@ def test_threads_writing_at_once_all_get_whole_files_and_the_mode(tmp_path: Path
         assert p.read_text().startswith('{\n  "name": "' + p.name)
         assert os.stat(p).st_mode & 0o777 == 0o640
     assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in paths)
+
+
+def test_damaged_json_files_are_named(tmp_path: Path) -> None:
+    path = write_json(tmp_path / 'a.json', {'a': [1, 2]})
+    assert read_json(path) == {'a': [1, 2]}
+    path.write_text('{"a": [1, ')
+    with pytest.raises(ValueError, match=f'{path}: damaged, not valid JSON .*delete it, or start again'):
+        read_json(path)
+    lines = write_text(tmp_path / 'b.jsonl', '{"a": 1}\n\n{"a": 2}\n')
+    assert read_json_lines(lines) == [{'a': 1}, {'a': 2}]
+    lines.write_text('{"a": 1}\n{"a": \n')
+    with pytest.raises(ValueError, match=r'b.jsonl: damaged, not valid JSON \(line 2: Expecting value\)'):
+        read_json_lines(lines)

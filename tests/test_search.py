@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -270,3 +271,14 @@ def test_cli_refuses_to_overwrite_or_resume_with_other_settings(reference_run: P
     assert 'cannot resume with different settings (seed: run has 0, given 1)' in capsys.readouterr().err
     assert cli.main(['search', '--out', str(reference_run), '--steps', '2', *TINY_ARGS, '--resume']) == 2
     assert f'already done {STEPS} steps, more than steps=2' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('damage', ['garbage', 'truncated'])
+def test_cli_names_a_damaged_state_file(reference_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                        damage: str) -> None:
+    run = Path(shutil.copytree(reference_run, tmp_path / 'run'))
+    state = run / 'state.pt'
+    state.write_bytes(b'garbage\n' if damage == 'garbage' else state.read_bytes()[:500])
+    assert cli.main(['search', '--out', str(run), '--steps', str(STEPS), *TINY_ARGS, '--resume']) == 2
+    err = capsys.readouterr().err
+    assert f'asvit search: error: {state}: not a readable torch checkpoint' in err and 'Traceback' not in err
