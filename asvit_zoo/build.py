@@ -16,8 +16,10 @@ A preset is a JSON file (:data:`PRESETS` ships ``fmnist-cpu`` and ``imagenet-pap
 the fingerprint of its inputs in ``stages.json`` when it completes; a later build with the same inputs skips
 it, and a stage that was interrupted continues from its own checkpoint (search ``state.pt``, scaling
 ``trajectory.json``, trainer ``last.pth.tar``), so a killed build picks up where it stopped and ends with
-the results of an uninterrupted one. A stage whose inputs changed is run again from scratch, and so is
-everything after it.
+the results of an uninterrupted one. A stage whose inputs changed is run again from scratch; a later stage
+runs again where its own inputs changed with it: each stage's inputs hold what it uses of the earlier ones (the
+seed genotype, a variant's genotype, the trained checkpoint's outputs, the exported weights' sha256). Variants
+that a changed preset no longer names leave the build: their registry folders, training runs and records.
 """
 from __future__ import annotations
 
@@ -144,12 +146,21 @@ class _Stages:
         self.invalidated = False
 
     def outputs(self, stage: str, inputs: Any) -> Optional[Dict[str, Any]]:
-        """The recorded outputs of ``stage`` if it completed with these inputs (and no earlier stage was rerun)."""
+        """The recorded outputs of ``stage`` if it completed with these inputs. A stage that ran before with
+        other inputs marks the build ``invalidated``: the interrupted work of later stages is not continued."""
         record = self.done.get(stage)
-        if self.invalidated or record is None or record['fingerprint'] != _fingerprint(inputs):
+        if record is None or record['fingerprint'] != _fingerprint(inputs):
             self.invalidated = self.invalidated or record is not None
             return None
         return record['outputs']
+
+    def keep_variants(self, names: Sequence[str]) -> None:
+        """Forget the per-variant stages (``train/NAME`` ...) of variants not in ``names``."""
+        stale = [key for key in self.done if '/' in key and key.split('/', 1)[1] not in names]
+        for key in stale:
+            del self.done[key]
+        if stale and self.writer:
+            write_json(self.path, self.done)
 
     def complete(self, stage: str, inputs: Any, outputs: Dict[str, Any], seconds: float) -> Dict[str, Any]:
         self.done[stage] = {'fingerprint': _fingerprint(inputs), 'outputs': outputs, 'seconds': seconds}
@@ -185,6 +196,9 @@ def _scale(preset: BuildPreset, folder: Path, seed: str, resume: bool, progress:
     variants = select_variants(seed, steps, config.budgets)
     write_json(out / 'variants.json', variants)
     registry = folder / 'registry'
+    for stale in registry.iterdir() if registry.is_dir() else []:  # variants of an earlier preset
+        if stale.is_dir() and stale.name.split('.')[0] not in preset.scale['names']:
+            shutil.rmtree(stale)
     write_variant_cards(registry, preset.scale['names'], config, steps, f'asvit build --preset {preset.name}')
     return {'variants': [dict(v, name=name) for name, v in zip(preset.scale['names'], variants)]}
 
@@ -350,6 +364,12 @@ def build(preset: BuildPreset, folder: PathLike, until: Optional[str] = None,
         scale_in = {'scale': preset.scale, 'seed': outputs['search']['seed_genotype']}
         outputs['scale'] = run('scale', scale_in, lambda: _scale(preset, folder, outputs['search']['seed_genotype'],
                                                                  not stages.invalidated, progress))
+    if 'scale' in outputs and rank == 0:
+        names = [variant['name'] for variant in outputs['scale']['variants']]
+        stages.keep_variants(names)
+        for stale in (folder / 'train').iterdir() if (folder / 'train').is_dir() else []:
+            if stale.name not in names:
+                shutil.rmtree(stale)
     rows: List[Dict[str, Any]] = []
     for variant in outputs.get('scale', {}).get('variants', []) if last >= STAGES.index('train') else []:
         name = variant['name']

@@ -3,12 +3,13 @@ evaluation, report), a build killed mid-training and restarted ends with the res
 and the variants it produced load with ``timm.create_model`` afterwards."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import pytest
 
@@ -79,6 +80,27 @@ def test_a_finished_build_is_skipped(uninterrupted: Path, preset_file: Path):
     build(load_preset(preset_file), uninterrupted, progress=False, log=lines.append)
     assert sum('skipped' in line for line in lines) == 5
     assert (uninterrupted / STAGES_FILE).read_text() == before
+
+
+def test_a_changed_preset_reruns_only_what_it_changes(uninterrupted: Path, tmp_path: Path):
+    folder = Path(shutil.copytree(uninterrupted, tmp_path / 'build_c'))
+    changed = tmp_path / 'changed.json'
+    # The search's inputs change but not its result (max_params spelled out at its default): it runs again, and
+    # finds the seed it found before, so scaling and training are skipped; the evaluation's options change too.
+    changed.write_text(json.dumps(dict(TINY_PRESET, search=dict(TINY_PRESET['search'], max_params=None),
+                                       evaluate=dict(TINY_PRESET['evaluate'], batch_size=100))))
+    lines: List[str] = []
+    build(load_preset(changed), folder, progress=False, log=lines.append)
+    assert [line for line in lines if line.endswith('running')] == ['[search] running', f'[evaluate/{NAME}] running']
+    assert sum('skipped' in line for line in lines) == 3  # training, above all, is not repeated
+
+    renamed = 'asvit_tb_renamed'  # the same variant under another name: the old one leaves the build
+    changed.write_text(json.dumps(dict(TINY_PRESET, scale=dict(TINY_PRESET['scale'], names=[renamed]))))
+    build(load_preset(changed), folder, progress=False, log=lambda _: None)
+    assert sorted(p.name for p in (folder / 'registry').iterdir()) == [renamed, f'{renamed}.fmnist']
+    assert [p.name for p in (folder / 'train').iterdir()] == [renamed]
+    assert not any(NAME in stage for stage in json.loads((folder / STAGES_FILE).read_text()))
+    assert NAME not in (folder / 'report.md').read_text() and renamed in (folder / 'report.md').read_text()
 
 
 def test_killed_build_resumes_to_the_same_results(uninterrupted: Path, preset_file: Path, tmp_path: Path):
