@@ -611,6 +611,15 @@ def registered_card(name: str) -> Optional[VariantCard]:
     return _CARDS.get(name)
 
 
+def check_pretrained_tag(name: str) -> None:
+    """Raise ``ValueError`` when ``name`` is a registered variant with a tag it does not have, listing its tags."""
+    architecture, _, tag = name.partition('.')
+    card = registered_card(architecture)
+    if card is not None and tag and tag not in card.tags():
+        tags = [f'{architecture}.{t}' if t else architecture for t in card.tags()]
+        raise ValueError(f'{name}: {architecture} has no pretrained tag {tag!r}; it has {tags}')
+
+
 def list_pretrained_variants() -> List[str]:
     """Names (with tag) of the registered variants that have weights."""
     return [f'{card.name}.{tag}' if tag else card.name

@@ -18,7 +18,7 @@ import timm
 import torch
 from torch import nn
 
-from .asvit import AsViT, register_folder
+from .asvit import AsViT, check_pretrained_tag, register_folder
 from .devices import resolve_device
 from .distributed import DistEnv
 from .hub import CONFIG_FILE, HF_HUB_PREFIX, LOCAL_DIR_PREFIX, WEIGHTS_FILE, checkpoint_model, hub_file
@@ -57,6 +57,8 @@ def load_pretrained(model: str, ema: bool = False) -> AsViT:
         register_folder(hub_file(model[len(HF_HUB_PREFIX):], CONFIG_FILE).parent)
     elif model.startswith(LOCAL_DIR_PREFIX):
         register_folder(model[len(LOCAL_DIR_PREFIX):])
+    else:
+        check_pretrained_tag(model)
     created = timm.create_model(model, pretrained=True)
     if not isinstance(created, AsViT):
         raise ValueError(f'{model!r} is a {type(created).__name__}, not an As-ViT model')

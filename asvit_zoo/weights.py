@@ -23,7 +23,7 @@ from typing import Dict, Mapping
 
 import torch
 
-from .asvit import registered_card, unwrap_state_dict
+from .asvit import check_pretrained_tag, registered_card, unwrap_state_dict
 from .hub import (HF_HUB_PREFIX, LOCAL_DIR_PREFIX, hub_weights, load_safetensors, load_torch_checkpoint,
                   local_dir_weights, verify_sha256)
 
@@ -41,6 +41,7 @@ def _load_registered(name: str) -> Dict[str, torch.Tensor]:
     import timm
     from timm.models import get_pretrained_cfg
 
+    check_pretrained_tag(name)
     cfg = get_pretrained_cfg(name)
     if cfg is None or not timm.is_model(name.split('.')[0]):
         raise FileNotFoundError(

@@ -188,6 +188,8 @@ def test_load_weights_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         load_weights('asvit_seed')
     with pytest.raises(FileNotFoundError, match='neither an existing file'):
         load_weights('no_such_model')
+    with pytest.raises(ValueError, match="asvit_tiny has no pretrained tag 'nope'"):
+        load_weights('asvit_tiny.nope')
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
     monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'hub'))
     with pytest.raises(FileNotFoundError, match='is not in the Hugging Face cache'):
