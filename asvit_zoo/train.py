@@ -75,7 +75,7 @@ CHECKPOINT = 'last.pth.tar'
 METRICS = 'metrics.jsonl'
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 UNSUPPORTED_SCHEDULERS = ('plateau', 'none')  # plateau steps per epoch on a metric; none has no step_update
-_INTERPOLATIONS = ('nearest', 'bilinear', 'bicubic', 'box', 'hamming', 'lanczos', 'random')
+_INTERPOLATIONS = ('nearest', 'bilinear', 'bicubic', 'box', 'hamming', 'lanczos')  # str_to_interp_mode's
 RESUME_KEYS = ('epoch', 'config', 'model', 'optimizer', 'scheduler', 'rng')  # of a checkpoint train() wrote
 PathLike = Union[str, Path]
 GENERIC_MODEL = 'asvit'  # the registered model that takes any genotype
@@ -136,15 +136,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.amp not in ('none', *AMP_DTYPES):
             raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
-        for name in ('epochs', 'batch_size', 'img_size'):
+        for name in ('epochs', 'batch_size', 'img_size', 'synthetic_classes', 'synthetic_train', 'synthetic_eval'):
             if getattr(self, name) < 1:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
         for name in ('train_subset', 'eval_subset'):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f'{name} must be >= 1 (the first N images) or unset (all), got {getattr(self, name)}')
-        for name in ('synthetic_classes', 'synthetic_train', 'synthetic_eval'):
-            if getattr(self, name) < 1:
-                raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
         if self.sched in UNSUPPORTED_SCHEDULERS:
             raise ValueError(f'sched {self.sched!r} is not supported: the trainer steps the schedule on every update '
                              f"(use one of timm's schedulers that do, e.g. cosine, tanh, step, multistep, poly)")
