@@ -196,9 +196,6 @@ def _scale(preset: BuildPreset, folder: Path, seed: str, resume: bool, progress:
     variants = select_variants(seed, steps, config.budgets)
     write_json(out / 'variants.json', variants)
     registry = folder / 'registry'
-    for stale in registry.iterdir() if registry.is_dir() else []:  # variants of an earlier preset
-        if stale.is_dir() and stale.name.split('.')[0] not in preset.scale['names']:
-            shutil.rmtree(stale)
     write_variant_cards(registry, preset.scale['names'], config, steps, f'asvit build --preset {preset.name}')
     return {'variants': [dict(v, name=name) for name, v in zip(preset.scale['names'], variants)]}
 
@@ -364,12 +361,13 @@ def build(preset: BuildPreset, folder: PathLike, until: Optional[str] = None,
         scale_in = {'scale': preset.scale, 'seed': outputs['search']['seed_genotype']}
         outputs['scale'] = run('scale', scale_in, lambda: _scale(preset, folder, outputs['search']['seed_genotype'],
                                                                  not stages.invalidated, progress))
-    if 'scale' in outputs and rank == 0:
+    if 'scale' in outputs and rank == 0:  # variants of an earlier preset leave the build
         names = [variant['name'] for variant in outputs['scale']['variants']]
         stages.keep_variants(names)
-        for stale in (folder / 'train').iterdir() if (folder / 'train').is_dir() else []:
-            if stale.name not in names:
-                shutil.rmtree(stale)
+        for parent in (folder / 'registry', folder / 'train'):  # NAME, NAME.TAG; runs are named NAME
+            for path in parent.iterdir() if parent.is_dir() else []:
+                if path.is_dir() and path.name.split('.')[0] not in names:
+                    shutil.rmtree(path)
     rows: List[Dict[str, Any]] = []
     for variant in outputs.get('scale', {}).get('variants', []) if last >= STAGES.index('train') else []:
         name = variant['name']

@@ -119,12 +119,11 @@ def kendall_table(records: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     rows = []
     for key, (label, sign) in SCORES.items():
         pairs = [(r[key], r['top1']) for r in records if r.get(key) is not None]
-        if len(pairs) < 3:
-            rows.append(dict(score=key, label=label, n=len(pairs), tau=None, p_value=None, agrees=None))
-            continue
-        result = kendalltau([p[0] for p in pairs], [p[1] for p in pairs])
-        tau, p = float(result.statistic), float(result.pvalue)
-        if not math.isfinite(tau):  # a constant side: no ranking to compare
+        tau = p = math.nan
+        if len(pairs) >= 3:
+            result = kendalltau([p[0] for p in pairs], [p[1] for p in pairs])
+            tau, p = float(result.statistic), float(result.pvalue)
+        if not math.isfinite(tau):  # too few records, or a constant side: no ranking to compare
             rows.append(dict(score=key, label=label, n=len(pairs), tau=None, p_value=None, agrees=None))
             continue
         rows.append(dict(score=key, label=label, n=len(pairs), tau=tau, p_value=p, expected_sign=sign,
