@@ -64,7 +64,8 @@ from .datasets import DEFAULT_ROOT, load_fashion_mnist
 from .distributed import DistEnv, init_distributed, process_group
 from .fileio import read_json_lines, save_torch, write_text
 from .hub import load_torch_checkpoint
-from .retokenization import FULL_TOKENS, format_tokenizer, parse_schedule, parse_tokenizer, plot_schedule, schedule_cost
+from .retokenization import (FULL_TOKENS, SCHEDULES, format_tokenizer, parse_schedule, parse_tokenizer, plot_schedule,
+                             schedule_cost)
 
 __all__ = ['TrainConfig', 'TrainResult', 'Trainer', 'load_config', 'train']
 
@@ -81,57 +82,66 @@ PathLike = Union[str, Path]
 GENERIC_MODEL = 'asvit'  # the registered model that takes any genotype
 
 
+def _setting(default: Any, help: str) -> Any:
+    """A TrainConfig field whose ``help`` is the text of its ``asvit train`` option."""
+    return field(default=default, metadata={'help': help})
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run (recipes in ``recipes/*.json`` set these fields)."""
 
-    # model: a registered variant name, or 'asvit' with a scaled genotype 'K,S,E,L|...|H,C'
-    model: str = 'asvit'
-    genotype: Optional[str] = None
-    drop_path: float = 0.
-    # data: 'fashion-mnist', 'synthetic' or an ImageFolder root with train/ and val/
-    data: str = FASHION_MNIST
-    data_root: Optional[str] = None  # Fashion-MNIST folder (default: Debian's /usr/share/datasets/fashion-mnist)
-    img_size: int = 28
-    train_subset: Optional[int] = None  # first N training images
-    eval_subset: Optional[int] = None
-    synthetic_classes: int = 10
-    synthetic_train: int = 512
-    synthetic_eval: int = 128
-    crop_padding: int = 2  # in-memory sources: random crop of the zero-padded image, then flip
-    scale_range: float = 1.  # in-memory sources: zoom each image by a log-uniform factor in [1/r, r] (1: off)
-    hflip: float = 0.5
-    auto_augment: Optional[str] = None  # ImageFolder only (timm's create_transform)
-    re_prob: float = 0.
-    color_jitter: float = 0.4
-    crop_pct: float = 0.875
-    interpolation: str = 'bicubic'
-    workers: int = 4
+    # model
+    model: str = _setting('asvit', "a registered variant name, or 'asvit' with --genotype")
+    genotype: Optional[str] = _setting(None, "scaled genotype 'K,S,E,L|K,S,E,L|K,S,E,L|K,S,E,L|H,C' (model 'asvit')")
+    drop_path: float = _setting(0., 'stochastic depth rate')
+    # data
+    data: str = _setting(FASHION_MNIST, f"'{FASHION_MNIST}', '{SYNTHETIC}', or an ImageFolder root with train/ and "
+                                        'val/ (ImageNet layout)')
+    data_root: Optional[str] = _setting(None, f"Fashion-MNIST folder, unset: Debian's {DEFAULT_ROOT}")
+    img_size: int = _setting(28, 'input height and width')
+    train_subset: Optional[int] = _setting(None, 'train on the first N training images')
+    eval_subset: Optional[int] = _setting(None, 'score the first N evaluation images')
+    synthetic_classes: int = _setting(10, f'{SYNTHETIC} data: number of classes')
+    synthetic_train: int = _setting(512, f'{SYNTHETIC} data: training images')
+    synthetic_eval: int = _setting(128, f'{SYNTHETIC} data: evaluation images')
+    crop_padding: int = _setting(2, 'in-memory data only: random crop of the image zero-padded by this many pixels')
+    scale_range: float = _setting(1., 'in-memory data only: zoom each image by a log-uniform factor in [1/R, R] '
+                                      '(1: off)')
+    hflip: float = _setting(0.5, 'probability of a horizontal flip')
+    auto_augment: Optional[str] = _setting(None, "ImageFolder only: timm policy, e.g. 'rand-m9-mstd0.5-inc1'")
+    re_prob: float = _setting(0., 'ImageFolder only: random erasing probability')
+    color_jitter: float = _setting(0.4, 'ImageFolder only: colour jitter strength (timm ignores it with '
+                                        'auto_augment)')
+    crop_pct: float = _setting(0.875, 'ImageFolder only: centre-crop fraction for evaluation')
+    interpolation: str = _setting('bicubic', f'ImageFolder only: resize interpolation ({", ".join(_INTERPOLATIONS)})')
+    workers: int = _setting(4, 'ImageFolder only: data loader processes')
     # optimisation
-    epochs: int = 10
-    batch_size: int = 128  # per process
-    opt: str = 'adamw'
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    momentum: float = 0.9
-    layer_decay: Optional[float] = None
-    clip_grad: Optional[float] = None
-    sched: str = 'cosine'
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
-    min_lr: float = 1e-5
-    smoothing: float = 0.1
-    mixup: float = 0.
-    cutmix: float = 0.
-    mixup_prob: float = 1.
-    mixup_switch_prob: float = 0.5
-    model_ema: bool = False
-    model_ema_decay: float = 0.9998
-    amp: str = 'none'  # 'none', 'bf16' or 'fp16' (fp16: CUDA only)
-    # progressive re-tokenization: a name in retokenization.SCHEDULES or 'fraction:stride:dilation,...'
-    retokenization: str = 'full'
-    seed: int = 0
-    device: str = 'auto'  # 'auto': cuda:LOCAL_RANK when CUDA is available, else cpu
+    epochs: int = _setting(10, 'training epochs')
+    batch_size: int = _setting(128, 'images per step and process')
+    opt: str = _setting('adamw', "timm optimizer name (create_optimizer_v2), e.g. 'adamw', 'sgd', 'lamb'")
+    lr: float = _setting(1e-3, 'peak learning rate')
+    weight_decay: float = _setting(0.05, 'weight decay')
+    momentum: float = _setting(0.9, 'momentum (SGD-like optimizers)')
+    layer_decay: Optional[float] = _setting(None, 'layer-wise learning-rate decay (timm), unset: off')
+    clip_grad: Optional[float] = _setting(None, 'clip the gradient norm to this value, unset: off')
+    sched: str = _setting('cosine', "timm scheduler stepped every update, e.g. 'cosine', 'step', 'poly'")
+    warmup_epochs: int = _setting(1, 'linear warm-up epochs')
+    warmup_lr: float = _setting(1e-5, 'learning rate at the start of warm-up')
+    min_lr: float = _setting(1e-5, 'learning rate at the end of the schedule')
+    smoothing: float = _setting(0.1, 'label smoothing')
+    mixup: float = _setting(0., 'Mixup alpha (0: off)')
+    cutmix: float = _setting(0., 'CutMix alpha (0: off)')
+    mixup_prob: float = _setting(1., 'probability of mixing a batch')
+    mixup_switch_prob: float = _setting(0.5, 'probability of CutMix instead of Mixup when both are on')
+    model_ema: bool = _setting(False, 'keep and score an exponential moving average of the weights')
+    model_ema_decay: float = _setting(0.9998, 'EMA decay per update')
+    amp: str = _setting('none', "'none', 'bf16' or 'fp16' (fp16: CUDA only)")
+    # progressive re-tokenization
+    retokenization: str = _setting('full', f"a schedule ({', '.join(SCHEDULES)}) or "
+                                           "'fraction:stride:dilation,...'")
+    seed: int = _setting(0, 'random seed')
+    device: str = _setting('auto', "'auto' (cuda:LOCAL_RANK when CUDA is available, else cpu), 'cpu', 'cuda:N'")
 
     def __post_init__(self) -> None:
         if self.amp not in ('none', *AMP_DTYPES):

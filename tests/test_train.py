@@ -1,7 +1,9 @@
 """The trainer: recipes, CLI overrides, batched augmentation, exact resume and a 2-process DDP run (gloo)."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -68,6 +70,17 @@ def test_cli_options_override_the_recipe():
                                       '--epochs', '3', '--lr', '0.01', '--model-ema', '--retokenization', 'short'])
     assert (args.epochs, args.lr, args.model_ema, args.retokenization) == (3, 0.01, True, 'short')
     assert not hasattr(args, 'batch_size')  # options not given leave the recipe's values
+
+
+def test_train_help_describes_every_setting_and_marks_the_image_folder_ones(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(['train', '--help'])
+    text = ''.join(capsys.readouterr().out.split())  # argparse wraps lines, also at hyphens
+    for f in dataclasses.fields(TrainConfig):
+        assert ''.join(f.metadata['help'].split()) + f'[{f.default}]' in text, f.name
+    for name in ('auto-augment', 're-prob', 'color-jitter', 'crop-pct', 'interpolation', 'workers'):
+        assert re.search(rf'--{name}[A-Z]+ImageFolderonly:', text), name
+    assert '--crop-paddingINTin-memorydataonly:' in text
 
 
 def test_augment_batch_crops_and_flips_per_image():

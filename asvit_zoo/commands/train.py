@@ -38,12 +38,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     for f in dataclasses.fields(TrainConfig):
         option = '--' + f.name.replace('_', '-')
         kind = _option_type(hints[f.name])
+        help_text = f'{f.metadata["help"]} [{f.default}]'
         if kind is bool:
-            settings.add_argument(option, dest=f.name, action=argparse.BooleanOptionalAction,
-                                  help=f'[{f.default}]')
+            settings.add_argument(option, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
         else:
-            settings.add_argument(option, dest=f.name, type=kind, metavar=kind.__name__.upper(),
-                                  help=f'[{f.default}]')
+            settings.add_argument(option, dest=f.name, type=kind, metavar=kind.__name__.upper(), help=help_text)
     parser.set_defaults(func=run)
 
 
