@@ -36,8 +36,14 @@ def _row(card: VariantCard, model: torch.nn.Module, image_size: int, seconds: Op
                       ', '.join(hub_ids) or '-', seconds)
 
 
+def _check_image_size(image_size: int) -> None:
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f'image_size must be a positive integer (pixels), got {image_size!r}')
+
+
 def list_variants(image_size: int = 224) -> List[VariantRow]:
     """Every registered variant with its counts, built on the meta device (no memory, no weights)."""
+    _check_image_size(image_size)
     rows = []
     for card in load_registry():
         with torch.device('meta'):
@@ -49,6 +55,7 @@ def list_variants(image_size: int = 224) -> List[VariantRow]:
 @torch.no_grad()
 def summarize_variants(image_size: int = 224) -> List[VariantRow]:
     """Build each registered variant for real, check one forward pass at ``image_size``, count it."""
+    _check_image_size(image_size)
     rows = []
     for card in tqdm(load_registry(), desc='variants', unit='model'):
         model = timm.create_model(card.name).eval()

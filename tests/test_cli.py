@@ -38,3 +38,10 @@ def test_show_prints_the_card_and_rejects_unknown_names(capsys):
     assert main(['show', 'asvit_huge']) == 2
     err = capsys.readouterr().err
     assert "unknown variant 'asvit_huge'" in err and 'asvit_small' in err
+
+
+@pytest.mark.parametrize('command', ['list', 'summary'])
+@pytest.mark.parametrize('size', ['0', '-3'])
+def test_tables_reject_an_image_size_below_one(capsys, command, size):
+    assert main([command, '--image-size', size]) == 2
+    assert f'image_size must be a positive integer (pixels), got {size}' in capsys.readouterr().err
