@@ -24,7 +24,7 @@ import torch
 from .fileio import atomic_folder, atomic_write, write_json, write_text
 from .genotype import Genotype
 from .registry import (CONFIG_FILE, DEFAULT_PRETRAINED_CFG, CARD_FILE, HUB_ID_PATTERN, MODEL_NAME_PATTERN,
-                       VariantCard, load_card, load_registry, registry_root, render_model_card)
+                       MODEL_NAME_RULE, VariantCard, load_card, load_registry, registry_root, render_model_card)
 
 __all__ = ['WeightsError', 'HubUnavailableError', 'sha256_file', 'verify_sha256', 'read_metadata', 'check_genotype',
            'hub_file', 'local_dir_weights', 'hub_weights', 'resolve_weights', 'describe_mismatch',
@@ -374,7 +374,7 @@ def export_weights(checkpoint: PathLike, variant: str, tag: str, root: Optional[
     from . import __version__
 
     if not MODEL_NAME_PATTERN.match(variant):
-        raise ValueError(f'variant must be a model name (a letter, then letters, digits or "_"), got {variant!r}')
+        raise ValueError(f'variant must be a model name ({MODEL_NAME_RULE}), got {variant!r}')
     if not tag or '.' in tag or '/' in tag:
         raise ValueError(f'tag must be a non-empty name without "." or "/", got {tag!r}')
     if hf_hub_id is not None and not HUB_ID_PATTERN.match(hf_hub_id):

@@ -35,6 +35,7 @@ WEIGHTS_KEYS = frozenset({'file', 'sha256', 'bytes'})
 SHA256_PATTERN = re.compile(r'^[0-9a-f]{64}$')
 HUB_ID_PATTERN = re.compile(r'^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$')
 MODEL_NAME_PATTERN = re.compile(r'^[A-Za-z][A-Za-z0-9_]*$')  # a timm model name (the part before `.tag`)
+MODEL_NAME_RULE = 'a letter, then letters, digits or "_"'  # MODEL_NAME_PATTERN in words, for error messages
 DEFAULT_PRETRAINED_CFG = {
     'tag': '', 'input_size': [3, 224, 224], 'crop_pct': 0.9, 'interpolation': 'bicubic',
     'mean': [0.485, 0.456, 0.406], 'std': [0.229, 0.224, 0.225], 'license': 'mit',
@@ -157,8 +158,8 @@ def load_card(folder: Path, check_name: bool = True) -> VariantCard:
     if not isinstance(config['pretrained_cfg'], dict):
         raise _fail(config_path, 'pretrained_cfg must be an object')
     if not (isinstance(config['architecture'], str) and MODEL_NAME_PATTERN.match(config['architecture'])):
-        raise _fail(config_path, f"architecture must be a model name (a letter, then letters, digits or '_'), "
-                                 f"got {config['architecture']!r}")
+        raise _fail(config_path, f"architecture must be a model name ({MODEL_NAME_RULE}), got "
+                                 f"{config['architecture']!r}")
     tag = config['pretrained_cfg'].get('tag', '')
     if check_name and folder.name not in (config['architecture'], f"{config['architecture']}.{tag}"):
         expected = f"{config['architecture']!r}" + (f" or {config['architecture'] + '.' + tag!r}" if tag else '')

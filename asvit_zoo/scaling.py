@@ -328,14 +328,14 @@ def plot_trajectory(steps: Sequence[ScalingStep], budgets: Sequence[float], path
 
 def check_variant_names(names: Sequence[str], budgets: Sequence[float]) -> None:
     """Raise ``ValueError`` unless ``names`` are distinct model names, one per budget (checked before a run)."""
-    from .registry import MODEL_NAME_PATTERN
+    from .registry import MODEL_NAME_PATTERN, MODEL_NAME_RULE
 
     if len(names) != len(budgets) or len(set(names)) != len(names):
         raise ValueError(f'{len(names)} names {list(names)} for {len(budgets)} budgets; give one distinct name per '
                          f'budget')
     bad = [name for name in names if not MODEL_NAME_PATTERN.match(name)]
     if bad:
-        raise ValueError(f'variant names must be model names (a letter, then letters, digits or "_"), got {bad}')
+        raise ValueError(f'variant names must be model names ({MODEL_NAME_RULE}), got {bad}')
 
 
 def write_variant_cards(registry: Path, names: Sequence[str], config: ScalingConfig, steps: Sequence[ScalingStep],

@@ -53,6 +53,8 @@ def test_valid_copy_loads(card_dir):
     (dict(architecture=None), r"missing required field\(s\) \['architecture'\]"),
     (dict(weights_url='x'), r"unknown field\(s\) \['weights_url'\]"),
     (dict(architecture='asvit_small'), "architecture 'asvit_small' does not match its folder name 'asvit_seed'"),
+    (dict(architecture='bad-name'), r"architecture must be a model name \(a letter, then letters, digits or \"_\"\), "
+                                    r"got 'bad-name'"),
     (dict(model_args={'genotype': '8,2,3|4,1,2|4,1,4|4,1,6|99'}),
      r'model_args.genotype does not parse: H \(heads of stage 4\) must be a positive multiple of 8.*got 99'),
     (dict(model_args={'genotype': '8,2,3|4,1,2|4,1,4|4,1,6|32'}), 'must be in the scaled form'),
