@@ -88,6 +88,9 @@ def evaluate_pretrained(model: str, data: str = FASHION_MNIST, data_root: Option
     """
     from .train import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 
+    for name, value in (('batch_size', batch_size), ('subset', subset)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f'{name} must be an integer >= 1, got {value!r}')
     stride, dilation = parse_tokenizer(tokenizer)
     start = time.perf_counter()
     net = load_pretrained(model, ema=ema)
@@ -95,11 +98,10 @@ def evaluate_pretrained(model: str, data: str = FASHION_MNIST, data_root: Option
     in_chans, height, width = net.pretrained_cfg['input_size']
     if height != width:
         raise ValueError(f'{model}: evaluation uses square images, the model expects {height}x{width}')
-    # The trainer's data builder (evaluation batches are twice its batch size); it also reads a training split,
-    # of which one batch is kept.
-    half = max(1, batch_size // 2)
+    # The trainer's data builder; it also reads a training split (for ImageFolder data, its class map), of which
+    # one image is kept.
     cfg = TrainConfig(data=data, data_root=None if data_root is None else str(data_root), img_size=int(height),
-                      batch_size=half, eval_subset=subset, train_subset=half,
+                      batch_size=1, eval_batch_size=batch_size, eval_subset=subset, train_subset=1,
                       crop_pct=net.pretrained_cfg.get('crop_pct', 1.0),
                       interpolation=net.pretrained_cfg.get('interpolation', 'bicubic'), workers=0, device=device)
     dev = resolve_device(device)

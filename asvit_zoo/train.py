@@ -119,6 +119,8 @@ class TrainConfig:
     # optimisation
     epochs: int = _setting(10, 'training epochs')
     batch_size: int = _setting(128, 'images per step and process')
+    eval_batch_size: Optional[int] = _setting(None, 'images per evaluation batch and process, unset: 2 x '
+                                                    'batch_size')
     opt: str = _setting('adamw', "timm optimizer name (create_optimizer_v2), e.g. 'adamw', 'sgd', 'lamb'")
     lr: float = _setting(1e-3, 'peak learning rate')
     weight_decay: float = _setting(0.05, 'weight decay')
@@ -152,6 +154,8 @@ class TrainConfig:
         for name in ('train_subset', 'eval_subset'):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f'{name} must be >= 1 (the first N images) or unset (all), got {getattr(self, name)}')
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise ValueError(f'eval_batch_size must be >= 1 or unset (2 x batch_size), got {self.eval_batch_size}')
         if self.sched in UNSUPPORTED_SCHEDULERS:
             raise ValueError(f'sched {self.sched!r} is not supported: the trainer steps the schedule on every update '
                              f"(use one of timm's schedulers that do, e.g. cosine, tanh, step, multistep, poly)")
@@ -300,7 +304,7 @@ def _tensor_data(cfg: TrainConfig, env: DistEnv, device: torch.device) -> DataBu
     eval_indices = list(range(env.rank, len(eval_set), env.world_size))  # every image once over all processes
     return DataBundle(
         train_loader=DataLoader(train_set, cfg.batch_size, sampler=train_sampler, drop_last=True),
-        eval_loader=DataLoader(Subset(eval_set, eval_indices), cfg.batch_size * 2),
+        eval_loader=DataLoader(Subset(eval_set, eval_indices), cfg.eval_batch_size or 2 * cfg.batch_size),
         num_classes=num_classes, input_size=(1, cfg.img_size, cfg.img_size), prepare=prepare)
 
 
@@ -339,8 +343,8 @@ def _image_folder_data(cfg: TrainConfig, env: DistEnv, device: torch.device) -> 
     train_loader = create_loader(
         train_set, batch_size=cfg.batch_size, is_training=True, re_prob=cfg.re_prob, hflip=cfg.hflip,
         color_jitter=cfg.color_jitter, auto_augment=cfg.auto_augment, distributed=env.distributed, **common)
-    eval_loader = create_loader(eval_set, batch_size=cfg.batch_size * 2, is_training=False, crop_pct=cfg.crop_pct,
-                                distributed=False, **common)
+    eval_loader = create_loader(eval_set, batch_size=cfg.eval_batch_size or 2 * cfg.batch_size, is_training=False,
+                                crop_pct=cfg.crop_pct, distributed=False, **common)
     return DataBundle(train_loader=train_loader, eval_loader=eval_loader, num_classes=len(classes),
                       input_size=input_size, prepare=lambda x, training: x.to(device, non_blocking=True))
 
@@ -527,8 +531,10 @@ class Trainer:
             found = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
             raise ValueError(f'{self.checkpoint_path}: not a checkpoint written by asvit train (it needs '
                              f'{list(RESUME_KEYS)}; found {found}); resume needs the run\'s own last.pth.tar')
-        if state['config'] != self.cfg.to_dict():
-            changed = sorted(k for k, v in self.cfg.to_dict().items() if state['config'].get(k) != v)
+        # a setting that the checkpoint's version did not have counts as its default
+        saved = {**{f.name: f.default for f in dataclasses.fields(TrainConfig)}, **state['config']}
+        changed = sorted(k for k, v in self.cfg.to_dict().items() if saved[k] != v)
+        if changed:
             raise ValueError(f'{self.checkpoint_path} was written with other settings ({", ".join(changed)}); '
                              f'resume with the same config')
         if len(state['rng']) != self.env.world_size:

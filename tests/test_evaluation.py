@@ -102,8 +102,9 @@ def test_errors_name_the_problem(run: Path, tmp_path: Path, capsys: pytest.Captu
     with pytest.raises(ValueError, match=r"asvit_tiny.nope: asvit_tiny has no pretrained tag 'nope'; it has "
                                          r"\['asvit_tiny', 'asvit_tiny.fmnist'\]"):
         load_pretrained('asvit_tiny.nope')
-    assert cli_main(['eval', 'asvit_tiny.fmnist', '--subset', '0']) == 2
-    assert 'eval_subset must be >= 1 (the first N images) or unset (all), got 0' in capsys.readouterr().err
+    for option in ('--subset', '--batch-size'):
+        assert cli_main(['eval', 'asvit_tiny.fmnist', option, '0']) == 2
+        assert f"{option[2:].replace('-', '_')} must be an integer >= 1, got 0" in capsys.readouterr().err
 
 
 def _score_imagenet_head_on_fmnist(tmp_path: Path) -> None:

@@ -178,6 +178,12 @@ def test_resume_refuses_other_settings(tmp_path):
         from asvit_zoo.train import train
         train(load_config(**{**json.loads((run / 'config.json').read_text()), 'lr': 1e-2}), run, resume=True)
     assert main(['train', '--output', str(tmp_path / 'none'), '--resume', *TINY_RUN]) == 2
+    # a checkpoint of an earlier version, without a setting added since, resumes with that setting's default
+    state = torch.load(run / CHECKPOINT, weights_only=False)  # our own file
+    del state['config']['eval_batch_size']
+    torch.save(state, run / CHECKPOINT)
+    assert main(['train', '--output', str(run), '--resume', *TINY_RUN]) == 0
+    assert len(read_metrics(run / METRICS)) == 2
 
 
 @pytest.mark.parametrize('device, local_rank, expected', [('cuda', '1', 'cuda:1'), ('cuda:0', '1', 'cuda:0')])
@@ -229,6 +235,10 @@ def test_image_folder_run_through_timm_loaders(tmp_path):
     (record,) = read_metrics(run / METRICS)
     assert record['tokenizer'] == ['8:2', '4:1'] and 0 <= record['eval_top1'] <= 100
     assert _weights(run)['model']['head.fc.weight'].shape == (3, 64)
+    # `asvit eval` scores the checkpoint as the trainer did, though train/ has fewer images than one eval batch
+    result = evaluate_pretrained(str(run / CHECKPOINT), data=str(root))  # batch 256
+    assert result['images'] == 12 and result['top1'] == pytest.approx(record['eval_top1'], abs=1e-6)
+    assert result['loss'] == pytest.approx(record['eval_loss'], rel=1e-5)
 
 
 IMAGE_FOLDER_RUN = ['--genotype', TINY, '--img-size', '32', '--batch-size', '8', '--epochs', '2', '--warmup-epochs',
@@ -304,6 +314,7 @@ def test_model_and_genotype(tmp_path):
     (dict(interpolation='foo'), r"interpolation must be one of timm's modes \[.*'bicubic'.*\], got 'foo'"),
     (dict(auto_augment='foo'), "auto_augment 'foo' is not a timm policy"),
     (dict(eval_subset=-5), r'eval_subset must be >= 1 \(the first N images\) or unset \(all\), got -5'),
+    (dict(eval_batch_size=0), r'eval_batch_size must be >= 1 or unset \(2 x batch_size\), got 0'),
 ])
 def test_settings_are_checked(setting, message):
     with pytest.raises(ValueError, match=message):
