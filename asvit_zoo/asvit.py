@@ -323,6 +323,9 @@ class AsViT(nn.Module):
         the genotype says; an image size (e.g. 224 for detection) fixes each stage's window side to the one the
         S x S split gives at that size, so larger inputs get more windows of the same size (Swin-like cost)."""
         super().__init__()
+        if window_img_size is not None and (isinstance(window_img_size, bool) or not isinstance(window_img_size, int)
+                                            or window_img_size < 1):
+            raise ValueError(f'window_img_size must be None or an image size >= 1, got {window_img_size!r}')
         self.genotype = resolve_genotype(genotype, embed_dim, depths)
         self.window_img_size = window_img_size
         self.num_classes = num_classes

@@ -18,9 +18,12 @@ from timm.models import adapt_input_conv
 from mmdet.registry import MODELS
 
 from asvit_zoo import checkpoint_filter_fn
+from asvit_zoo.asvit import unwrap_state_dict
 from asvit_zoo.weights import load_weights
 
 __all__ = ['AsViT', 'create_asvit']
+
+PRETRAINED_KEYS = ('type', 'checkpoint', 'prefix')  # of init_cfg
 
 
 def create_asvit(arch: str, **kwargs: Any) -> nn.Module:
@@ -33,6 +36,16 @@ def create_asvit(arch: str, **kwargs: Any) -> nn.Module:
     return timm.create_model(arch, **kwargs)
 
 
+def _check_init_cfg(init_cfg: Any) -> None:
+    if init_cfg is None:
+        return
+    if not isinstance(init_cfg, dict) or init_cfg.get('type') != 'Pretrained' or 'checkpoint' not in init_cfg:
+        raise ValueError(f"AsViT init_cfg must be None or dict(type='Pretrained', checkpoint=SOURCE), got {init_cfg!r}")
+    unknown = sorted(set(init_cfg) - set(PRETRAINED_KEYS))
+    if unknown:
+        raise ValueError(f'AsViT init_cfg has unknown keys {unknown}; allowed: {list(PRETRAINED_KEYS)}')
+
+
 @MODELS.register_module()
 class AsViT(BaseModule):
     """As-ViT backbone.
@@ -43,13 +56,16 @@ class AsViT(BaseModule):
         frozen_stages: -1 freezes nothing, 0 the stage-1 tokenizer, ``i >= 1`` also stages ``0..i-1``.
         drop_path_rate: Stochastic depth rate, linearly increasing over the blocks.
         with_cp: Gradient checkpointing of the blocks.
-        norm_eval: Keep the normalization layers in eval mode while training.
+        norm_eval: Keep the normalization layers in eval mode while training (accepted as mmdet configs set
+            it; the backbone has only LayerNorms, which have no running statistics, so it changes nothing).
         window_img_size: Image size at which the genotype's S x S attention split fixes each stage's window
             side (default 224, the pretraining size): detection inputs get more windows of that side, as in
             Swin. None keeps S x S windows at any input size (attention cost quadratic in the image area).
-        init_cfg: ``dict(type='Pretrained', checkpoint=SOURCE)``, SOURCE being a checkpoint file
-            (safetensors or torch), ``local-dir:PATH``, ``hf-hub:ORG/NAME`` or a registered variant
-            (with tag) that has weights; weights in the authors' layout are converted.
+        init_cfg: ``dict(type='Pretrained', checkpoint=SOURCE[, prefix=PREFIX])``, SOURCE being a checkpoint
+            file (safetensors or torch), ``local-dir:PATH``, ``hf-hub:ORG/NAME`` or a registered variant
+            (with tag) that has weights; weights in the authors' layout are converted. With ``prefix``, only
+            the tensors whose keys start with it are taken, without it (``prefix='backbone.'`` for a checkpoint
+            of a whole detector).
     """
 
     def __init__(self,
@@ -61,13 +77,14 @@ class AsViT(BaseModule):
                  norm_eval: bool = False,
                  window_img_size: Optional[int] = 224,
                  init_cfg: Optional[Dict[str, Any]] = None) -> None:
-        if init_cfg is not None and init_cfg.get('type') != 'Pretrained':
-            raise ValueError(f"AsViT init_cfg must be None or dict(type='Pretrained', checkpoint=...), got {init_cfg}")
+        _check_init_cfg(init_cfg)
         super().__init__(init_cfg=init_cfg)
         self.model = create_asvit(arch, num_classes=0, drop_path_rate=drop_path_rate, window_img_size=window_img_size)
         num_stages = len(self.model.stages)
-        if not out_indices or any(not 0 <= i < num_stages for i in out_indices):
-            raise ValueError(f'AsViT out_indices must be stage indices in [0, {num_stages}), got {out_indices}')
+        indices = list(out_indices)
+        if not indices or indices != sorted(set(indices)) or not all(0 <= i < num_stages for i in indices):
+            raise ValueError(f'AsViT out_indices must be increasing stage indices in [0, {num_stages}) (the maps come '
+                             f'in stage order), got {out_indices}')
         if not -1 <= frozen_stages <= num_stages:
             raise ValueError(f'AsViT frozen_stages must be in [-1, {num_stages}], got {frozen_stages}')
         self.out_indices = tuple(self.model.prune_intermediate_layers(list(out_indices), prune_norm=True,
@@ -104,10 +121,21 @@ class AsViT(BaseModule):
         model keeps the As-ViT initialisation it was built with."""
         if self.init_cfg is None:
             return
-        source = self.init_cfg['checkpoint']
-        state_dict = checkpoint_filter_fn(load_weights(source), self.model)
+        source, prefix = self.init_cfg['checkpoint'], self.init_cfg.get('prefix')
+        state_dict = unwrap_state_dict(load_weights(source))
+        if prefix:
+            state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            if not state_dict:
+                raise ValueError(f'AsViT init_cfg: no key of {source} starts with prefix {prefix!r}')
+        if all(k.startswith('model.') for k in state_dict):  # this adapter's own state dict
+            state_dict = {k[len('model.'):]: v for k, v in state_dict.items()}
+        state_dict = checkpoint_filter_fn(state_dict, self.model)
         adapted = self._adapt_input_conv(state_dict)
         missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
+        if len(unexpected) == len(state_dict):
+            raise ValueError(f'AsViT init_cfg: no tensor of {source} fits the backbone (its first keys: '
+                             f'{sorted(state_dict)[:4]}); for a checkpoint of a whole detector give prefix, e.g. '
+                             f"dict(type='Pretrained', checkpoint=..., prefix='backbone.')")
         print_log(f'AsViT: loaded {len(state_dict) - len(unexpected)} tensors from {source}{adapted}; '
                   f'missing keys: {missing or "none"}; unexpected keys: {unexpected or "none"}', logger='current')
         self._is_init = True

@@ -110,6 +110,13 @@ def test_backbone_frozen_stages_with_cp_and_norm_eval() -> None:
 @pytest.mark.parametrize('kwargs, match', [
     (dict(arch='resnet50'), 'registered As-ViT variant'),
     (dict(arch=TINY, out_indices=(4,)), 'out_indices'),
+    (dict(arch=TINY, out_indices=(3, 1)), r'out_indices must be increasing stage indices .* got \(3, 1\)'),
+    (dict(arch=TINY, out_indices=(1, 1)), r'out_indices must be increasing'),
+    (dict(arch=TINY, window_img_size=0), 'window_img_size must be None or an image size >= 1, got 0'),
+    (dict(arch=TINY, init_cfg=dict(type='Pretrained')), r"dict\(type='Pretrained', checkpoint=SOURCE\), got"),
+    (dict(arch=TINY, init_cfg=[dict(type='Pretrained', checkpoint='x')]), 'init_cfg must be None or dict'),
+    (dict(arch=TINY, init_cfg=dict(type='Pretrained', checkpoint='x', map_location='cuda')),
+     r"unknown keys \['map_location'\]; allowed: \['type', 'checkpoint', 'prefix'\]"),
     (dict(arch=TINY, frozen_stages=7), 'frozen_stages'),
     (dict(arch=TINY, init_cfg=dict(type='Normal')), 'Pretrained'),
 ])
@@ -148,6 +155,23 @@ def test_pretrained_init_cfg_loads_our_weights(tmp_path: Path, monkeypatch: pyte
     assert unused and all(key.startswith(('head.', 'norm.')) for key in unused)
     reported_unexpected = logged[0].split('unexpected keys:')[1]
     assert all(f"'{key}'" in reported_unexpected for key in unused)
+
+
+def test_pretrained_prefix_takes_the_backbone_of_a_detector_checkpoint(tmp_path: Path) -> None:
+    trained = MODELS.build(dict(type='AsViT', arch=TINY))
+    detector = {'state_dict': {f'backbone.{k}': v for k, v in trained.state_dict().items()}, 'meta': {}}
+    checkpoint = str(tmp_path / 'detector.pth')
+    torch.save(detector, checkpoint)
+    backbone = MODELS.build(dict(type='AsViT', arch=TINY,
+                                 init_cfg=dict(type='Pretrained', checkpoint=checkpoint, prefix='backbone.')))
+    backbone.init_weights()  # keys backbone.model.*: the prefix, then the adapter's own model. are removed
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in backbone.state_dict().items())
+    for init_cfg, message in ((dict(prefix='neck.'), "no key of .* starts with prefix 'neck.'"),
+                              (dict(), r"no tensor of .* fits the backbone .*backbone.model.*prefix='backbone.'")):
+        backbone = MODELS.build(dict(type='AsViT', arch=TINY,
+                                     init_cfg=dict(type='Pretrained', checkpoint=checkpoint, **init_cfg)))
+        with pytest.raises(ValueError, match=message):
+            backbone.init_weights()
 
 
 def test_pretrained_grayscale_weights_fit_an_rgb_backbone(monkeypatch: pytest.MonkeyPatch) -> None:
