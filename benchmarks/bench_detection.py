@@ -64,6 +64,10 @@ def bench_train(work_dir: Path, num_train: int, num_val: int, max_iters: Optiona
     data = work_dir / 'data'
     if not (annotation_file(data, 'train').is_file() and annotation_file(data, 'val').is_file()):
         _run(['make_det_data.py', '--out', str(data), '--train', str(num_train), '--val', str(num_val)], threads)
+    found = {split: len(json.loads(annotation_file(data, split).read_text())['images']) for split in ('train', 'val')}
+    if (found['train'], found['val']) != (num_train, num_val):
+        raise ValueError(f"{data} holds {found['train']} train and {found['val']} val images, not the {num_train} and "
+                         f'{num_val} asked for: delete it to generate them, or ask for its counts')
     options = data_root_options(data)
     if max_iters is not None:  # the same schedule (warm-up for the first 1/10, then cosine) over max_iters
         warmup = max(1, max_iters // 10)
@@ -140,7 +144,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     work_dir = args.work_dir.resolve()
     if args.part == 'train':
-        result = bench_train(work_dir, args.train_images, args.val_images, args.max_iters, args.threads, args.config)
+        try:
+            result = bench_train(work_dir, args.train_images, args.val_images, args.max_iters, args.threads,
+                                 args.config)
+        except ValueError as e:
+            parser.error(str(e))
     else:
         result = bench_speed(args.archs, args.image_size, args.rounds)
     result['command'] = ' '.join(['python', 'benchmarks/bench_detection.py', *(argv or sys.argv[1:])])
