@@ -67,7 +67,7 @@ from .distributed import DistEnv, barrier, process_group
 from .fileio import read_json_lines, save_torch, write_json
 from .hub import load_torch_checkpoint
 from .genotype import SEARCH_SPACE, Genotype
-from .measures import Measures, measure_genotype
+from .measures import Measures, check_seed, measure_genotype
 
 __all__ = ['SearchConfig', 'SearchResult', 'Policy', 'MeasureHistory', 'Baseline', 'budget_penalty', 'search']
 
@@ -111,6 +111,7 @@ class SearchConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f'{name} must be an integer >= 1, got {value!r}')
+        check_seed(self.seed)
         measures = tuple(self.measures)
         unknown = sorted(set(measures) - set(MEASURE_SIGNS))
         if unknown or not measures or len(set(measures)) != len(measures):
