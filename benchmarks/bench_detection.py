@@ -36,7 +36,7 @@ from mmdet.registry import MODELS
 
 from asvit_zoo.detection import load_config
 from asvit_zoo.detection.fmnist_coco import annotation_file, data_root_options
-from asvit_zoo.fileio import write_json
+from asvit_zoo.fileio import read_json, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = REPO / 'tools'
@@ -64,7 +64,7 @@ def bench_train(work_dir: Path, num_train: int, num_val: int, max_iters: Optiona
     data = work_dir / 'data'
     if not (annotation_file(data, 'train').is_file() and annotation_file(data, 'val').is_file()):
         _run(['make_det_data.py', '--out', str(data), '--train', str(num_train), '--val', str(num_val)], threads)
-    found = {split: len(json.loads(annotation_file(data, split).read_text())['images']) for split in ('train', 'val')}
+    found = {split: len(read_json(annotation_file(data, split))['images']) for split in ('train', 'val')}
     if (found['train'], found['val']) != (num_train, num_val):
         raise ValueError(f"{data} holds {found['train']} train and {found['val']} val images, not the {num_train} and "
                          f'{num_val} asked for: delete it to generate them, or ask for its counts')
