@@ -46,6 +46,11 @@ def _check_init_cfg(init_cfg: Any) -> None:
         raise ValueError(f'AsViT init_cfg has unknown keys {unknown}; allowed: {list(PRETRAINED_KEYS)}')
 
 
+def _under_prefix(state_dict: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
+    """The tensors whose keys start with ``prefix``, keyed without it."""
+    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
 @MODELS.register_module()
 class AsViT(BaseModule):
     """As-ViT backbone.
@@ -124,11 +129,11 @@ class AsViT(BaseModule):
         source, prefix = self.init_cfg['checkpoint'], self.init_cfg.get('prefix')
         state_dict = unwrap_state_dict(load_weights(source))
         if prefix:
-            state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            state_dict = _under_prefix(state_dict, prefix)
             if not state_dict:
                 raise ValueError(f'AsViT init_cfg: no key of {source} starts with prefix {prefix!r}')
         if all(k.startswith('model.') for k in state_dict):  # this adapter's own state dict
-            state_dict = {k[len('model.'):]: v for k, v in state_dict.items()}
+            state_dict = _under_prefix(state_dict, 'model.')
         state_dict = checkpoint_filter_fn(state_dict, self.model)
         adapted = self._adapt_input_conv(state_dict)
         missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
