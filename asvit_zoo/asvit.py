@@ -38,6 +38,7 @@ from timm.models._manipulate import checkpoint_seq, named_apply
 from .genotype import Genotype
 from .hub import describe_mismatch, resolve_weights
 from .registry import VariantCard, extra_registries, load_card, load_registry
+from .validation import is_count
 
 __all__ = ['AsViT', 'checkpoint_filter_fn', 'unwrap_state_dict', 'register_cards', 'registered_card']
 
@@ -323,8 +324,7 @@ class AsViT(nn.Module):
         the genotype says; an image size (e.g. 224 for detection) fixes each stage's window side to the one the
         S x S split gives at that size, so larger inputs get more windows of the same size (Swin-like cost)."""
         super().__init__()
-        if window_img_size is not None and (isinstance(window_img_size, bool) or not isinstance(window_img_size, int)
-                                            or window_img_size < 1):
+        if window_img_size is not None and not is_count(window_img_size):
             raise ValueError(f'window_img_size must be None or an image size >= 1, got {window_img_size!r}')
         self.genotype = resolve_genotype(genotype, embed_dim, depths)
         self.window_img_size = window_img_size

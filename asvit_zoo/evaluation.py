@@ -24,6 +24,7 @@ from .distributed import DistEnv
 from .hub import CONFIG_FILE, HF_HUB_PREFIX, LOCAL_DIR_PREFIX, WEIGHTS_FILE, checkpoint_model, hub_file
 from .retokenization import FULL_TOKENS, format_tokenizer, parse_tokenizer
 from .train import FASHION_MNIST, TrainConfig, build_data, evaluate
+from .validation import is_count
 
 __all__ = ['load_pretrained', 'evaluate_pretrained']
 
@@ -89,7 +90,7 @@ def evaluate_pretrained(model: str, data: str = FASHION_MNIST, data_root: Option
     from .train import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 
     for name, value in (('batch_size', batch_size), ('subset', subset)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is not None and not is_count(value):
             raise ValueError(f'{name} must be an integer >= 1, got {value!r}')
     stride, dilation = parse_tokenizer(tokenizer)
     start = time.perf_counter()

@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from .validation import is_count
+
 __all__ = ['NUM_STAGES', 'MAX_WIDTH', 'SEARCH_SPACE', 'PAPER_SEED', 'PAPER_LARGE', 'Genotype']
 
 # Published by the authors (code README): the seed their search found, and As-ViT Large.
@@ -109,7 +111,7 @@ class Genotype:
             for i, depth in enumerate(self.depths):
                 if depth < 1:
                     raise ValueError(f'L{i + 1} (depth of stage {i + 1}) must be >= 1, got {depth}')
-            if isinstance(self.embed_dim, bool) or not isinstance(self.embed_dim, int) or self.embed_dim < 1:
+            if not is_count(self.embed_dim):
                 raise ValueError(f'C (embedding width of stage 1) must be an integer >= 1, got {self.embed_dim!r}')
             self.check_width(self.embed_dim)
 

@@ -93,12 +93,13 @@ from .devices import resolve_device
 from .distributed import gather_objects, group_size, my_share
 from .genotype import Genotype
 from .hub import load_safetensors, read_metadata
+from .validation import check_seed, is_count
 from .weights import load_weights
 
 __all__ = [
     'MEASURES', 'CURVE_POINTS', 'NTK_BATCH', 'Curvature', 'Measures', 'pooled_before_norm', 'curve_network',
     'default_curve', 'curve_points', 'curve_velocity', 'length_distortion', 'curvature', 'ntk_jacobian', 'ntk_gram',
-    'ntk_condition', 'load_measure_inputs', 'measure_genotype', 'check_seed',
+    'ntk_condition', 'load_measure_inputs', 'measure_genotype',
 ]
 
 MEASURES = ('exp', 'curvature', 'ntk')
@@ -580,15 +581,6 @@ def ntk_condition(model: nn.Module, inputs: torch.Tensor) -> Tuple[float, torch.
 
 
 # --------------------------------------------------------------------------- one genotype
-SEED_MAX = 2 ** 32 - 1  # the largest seed every generator we seed (torch, numpy) accepts
-
-
-def check_seed(seed: int) -> None:
-    """Raise ``ValueError`` unless ``seed`` is an integer in [0, SEED_MAX]."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
-        raise ValueError(f'seed must be an integer in [0, 2**32 - 1], got {seed!r}')
-
-
 @dataclass
 class Measures:
     """Measures of one genotype, means over ``repeat`` copies (None: not measured). ``ntk_eigenvalues`` is
@@ -717,9 +709,9 @@ def measure_genotype(
     unknown = [w for w in which if w not in MEASURES]
     if unknown or not which:
         raise ValueError(f'which={list(which)}: measures must be a non-empty subset of {list(MEASURES)}')
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+    if not is_count(image_size):
         raise ValueError(f'image_size must be a positive integer, got {image_size!r}')
-    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+    if not is_count(repeat):
         raise ValueError(f'repeat must be an integer >= 1, got {repeat!r}')
     check_seed(seed)
     dev = resolve_device(device)

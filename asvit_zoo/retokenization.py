@@ -22,6 +22,7 @@ from typing import Any, Dict, Sequence, Tuple, Union
 
 from .asvit import STEM_STRIDE, AsViT
 from .cost import count_macs
+from .validation import is_count
 
 __all__ = [
     'FULL_TOKENS', 'SCHEDULES', 'Phase', 'RetokenizationSchedule', 'ScheduleCost', 'parse_schedule',
@@ -69,7 +70,7 @@ class RetokenizationSchedule:
             if not (isinstance(p.fraction, (int, float)) and math.isfinite(p.fraction) and 0 < p.fraction <= 1):
                 raise ValueError(f'phase {i + 1} ({p}): fraction must be in (0, 1], got {p.fraction!r}')
             for name, value in (('stride', p.stride), ('dilation', p.dilation)):
-                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                if not is_count(value):
                     raise ValueError(f'phase {i + 1} ({p}): {name} must be an integer >= 1, got {value!r}')
         total = sum(p.fraction for p in self.phases)
         if abs(total - 1) > _FRACTION_TOL:

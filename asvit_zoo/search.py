@@ -67,7 +67,8 @@ from .distributed import DistEnv, barrier, process_group
 from .fileio import read_json_lines, save_torch, write_json
 from .hub import load_torch_checkpoint
 from .genotype import SEARCH_SPACE, Genotype
-from .measures import Measures, check_seed, measure_genotype
+from .measures import Measures, measure_genotype
+from .validation import check_seed, is_count
 
 __all__ = ['SearchConfig', 'SearchResult', 'Policy', 'MeasureHistory', 'Baseline', 'budget_penalty', 'search']
 
@@ -109,7 +110,7 @@ class SearchConfig:
     def __post_init__(self) -> None:
         for name in ('steps', 'repeat', 'batch_size', 'image_size'):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_count(value):
                 raise ValueError(f'{name} must be an integer >= 1, got {value!r}')
         check_seed(self.seed)
         measures = tuple(self.measures)

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from .cost import count_macs, param_count
 from .registry import VariantCard, load_registry
+from .validation import is_count
 
 __all__ = ['VariantRow', 'list_variants', 'summarize_variants', 'format_table']
 
@@ -37,7 +38,7 @@ def _row(card: VariantCard, model: torch.nn.Module, image_size: int, seconds: Op
 
 
 def _check_image_size(image_size: int) -> None:
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+    if not is_count(image_size):
         raise ValueError(f'image_size must be a positive integer (pixels), got {image_size!r}')
 
 

@@ -66,6 +66,7 @@ from .fileio import read_json_lines, save_torch, write_text
 from .hub import load_torch_checkpoint
 from .retokenization import (FULL_TOKENS, SCHEDULES, format_tokenizer, parse_schedule, parse_tokenizer, plot_schedule,
                              schedule_cost)
+from .validation import SEED_RANGE, Range, check_fields
 
 __all__ = ['TrainConfig', 'TrainResult', 'Trainer', 'load_config', 'train']
 
@@ -82,9 +83,14 @@ PathLike = Union[str, Path]
 GENERIC_MODEL = 'asvit'  # the registered model that takes any genotype
 
 
-def _setting(default: Any, help: str) -> Any:
-    """A TrainConfig field whose ``help`` is the text of its ``asvit train`` option."""
-    return field(default=default, metadata={'help': help})
+def _setting(default: Any, help: str, allowed: Optional[Range] = None) -> Any:
+    """A TrainConfig field whose ``help`` is the text of its ``asvit train`` option and ``allowed`` the range of
+    its numbers (see :func:`~asvit_zoo.validation.check_fields`)."""
+    return field(default=default, metadata={'help': help, 'range': allowed})
+
+
+_COUNT, _NON_NEGATIVE, _POSITIVE = Range(1), Range(0), Range(0, low_open=True)
+_PROBABILITY, _FRACTION = Range(0, 1), Range(0, 1, high_open=True)
 
 
 @dataclass
@@ -94,68 +100,63 @@ class TrainConfig:
     # model
     model: str = _setting('asvit', "a registered variant name, or 'asvit' with --genotype")
     genotype: Optional[str] = _setting(None, "scaled genotype 'K,S,E,L|K,S,E,L|K,S,E,L|K,S,E,L|H,C' (model 'asvit')")
-    drop_path: float = _setting(0., 'stochastic depth rate')
+    drop_path: float = _setting(0., 'stochastic depth rate', _FRACTION)
     # data
     data: str = _setting(FASHION_MNIST, f"'{FASHION_MNIST}', '{SYNTHETIC}', or an ImageFolder root with train/ and "
                                         'val/ (ImageNet layout)')
     data_root: Optional[str] = _setting(None, f"Fashion-MNIST folder, unset: Debian's {DEFAULT_ROOT}")
-    img_size: int = _setting(28, 'input height and width')
-    train_subset: Optional[int] = _setting(None, 'train on the first N training images')
-    eval_subset: Optional[int] = _setting(None, 'score the first N evaluation images')
-    synthetic_classes: int = _setting(10, f'{SYNTHETIC} data: number of classes')
-    synthetic_train: int = _setting(512, f'{SYNTHETIC} data: training images')
-    synthetic_eval: int = _setting(128, f'{SYNTHETIC} data: evaluation images')
-    crop_padding: int = _setting(2, 'in-memory data only: random crop of the image zero-padded by this many pixels')
+    img_size: int = _setting(28, 'input height and width', _COUNT)
+    train_subset: Optional[int] = _setting(None, 'train on the first N training images', _COUNT)
+    eval_subset: Optional[int] = _setting(None, 'score the first N evaluation images', _COUNT)
+    synthetic_classes: int = _setting(10, f'{SYNTHETIC} data: number of classes', _COUNT)
+    synthetic_train: int = _setting(512, f'{SYNTHETIC} data: training images', _COUNT)
+    synthetic_eval: int = _setting(128, f'{SYNTHETIC} data: evaluation images', _COUNT)
+    crop_padding: int = _setting(2, 'in-memory data only: random crop of the image zero-padded by this many pixels',
+                                 _NON_NEGATIVE)
     scale_range: float = _setting(1., 'in-memory data only: zoom each image by a log-uniform factor in [1/R, R] '
-                                      '(1: off)')
-    hflip: float = _setting(0.5, 'probability of a horizontal flip')
+                                      '(1: off)', Range(1))
+    hflip: float = _setting(0.5, 'probability of a horizontal flip', _PROBABILITY)
     auto_augment: Optional[str] = _setting(None, "ImageFolder only: timm policy, e.g. 'rand-m9-mstd0.5-inc1'")
-    re_prob: float = _setting(0., 'ImageFolder only: random erasing probability')
+    re_prob: float = _setting(0., 'ImageFolder only: random erasing probability', _PROBABILITY)
     color_jitter: float = _setting(0.4, 'ImageFolder only: colour jitter strength (timm ignores it with '
-                                        'auto_augment)')
-    crop_pct: float = _setting(0.875, 'ImageFolder only: centre-crop fraction for evaluation')
+                                        'auto_augment)', _NON_NEGATIVE)
+    crop_pct: float = _setting(0.875, 'ImageFolder only: centre-crop fraction for evaluation',
+                               Range(0, 1, low_open=True))
     interpolation: str = _setting('bicubic', f'ImageFolder only: resize interpolation ({", ".join(_INTERPOLATIONS)})')
-    workers: int = _setting(4, 'ImageFolder only: data loader processes')
+    workers: int = _setting(4, 'ImageFolder only: data loader processes', _NON_NEGATIVE)
     # optimisation
-    epochs: int = _setting(10, 'training epochs')
-    batch_size: int = _setting(128, 'images per step and process')
+    epochs: int = _setting(10, 'training epochs', _COUNT)
+    batch_size: int = _setting(128, 'images per step and process', _COUNT)
     eval_batch_size: Optional[int] = _setting(None, 'images per evaluation batch and process, unset: 2 x '
-                                                    'batch_size')
+                                                    'batch_size', _COUNT)
     opt: str = _setting('adamw', "timm optimizer name (create_optimizer_v2), e.g. 'adamw', 'sgd', 'lamb'")
-    lr: float = _setting(1e-3, 'peak learning rate')
-    weight_decay: float = _setting(0.05, 'weight decay')
-    momentum: float = _setting(0.9, 'momentum (SGD-like optimizers)')
-    layer_decay: Optional[float] = _setting(None, 'layer-wise learning-rate decay (timm), unset: off')
-    clip_grad: Optional[float] = _setting(None, 'clip the gradient norm to this value, unset: off')
+    lr: float = _setting(1e-3, 'peak learning rate', _NON_NEGATIVE)
+    weight_decay: float = _setting(0.05, 'weight decay', _NON_NEGATIVE)
+    momentum: float = _setting(0.9, 'momentum (SGD-like optimizers)', _PROBABILITY)
+    layer_decay: Optional[float] = _setting(None, 'layer-wise learning-rate decay (timm), unset: off', _POSITIVE)
+    clip_grad: Optional[float] = _setting(None, 'clip the gradient norm to this value, unset: off', _POSITIVE)
     sched: str = _setting('cosine', "timm scheduler stepped every update, e.g. 'cosine', 'step', 'poly'")
-    warmup_epochs: int = _setting(1, 'linear warm-up epochs')
-    warmup_lr: float = _setting(1e-5, 'learning rate at the start of warm-up')
-    min_lr: float = _setting(1e-5, 'learning rate at the end of the schedule')
-    smoothing: float = _setting(0.1, 'label smoothing')
-    mixup: float = _setting(0., 'Mixup alpha (0: off)')
-    cutmix: float = _setting(0., 'CutMix alpha (0: off)')
-    mixup_prob: float = _setting(1., 'probability of mixing a batch')
-    mixup_switch_prob: float = _setting(0.5, 'probability of CutMix instead of Mixup when both are on')
+    warmup_epochs: int = _setting(1, 'linear warm-up epochs', _NON_NEGATIVE)
+    warmup_lr: float = _setting(1e-5, 'learning rate at the start of warm-up', _NON_NEGATIVE)
+    min_lr: float = _setting(1e-5, 'learning rate at the end of the schedule', _NON_NEGATIVE)
+    smoothing: float = _setting(0.1, 'label smoothing', _FRACTION)
+    mixup: float = _setting(0., 'Mixup alpha (0: off)', _NON_NEGATIVE)
+    cutmix: float = _setting(0., 'CutMix alpha (0: off)', _NON_NEGATIVE)
+    mixup_prob: float = _setting(1., 'probability of mixing a batch', _PROBABILITY)
+    mixup_switch_prob: float = _setting(0.5, 'probability of CutMix instead of Mixup when both are on', _PROBABILITY)
     model_ema: bool = _setting(False, 'keep and score an exponential moving average of the weights')
-    model_ema_decay: float = _setting(0.9998, 'EMA decay per update')
+    model_ema_decay: float = _setting(0.9998, 'EMA decay per update', _PROBABILITY)
     amp: str = _setting('none', "'none', 'bf16' or 'fp16' (fp16: CUDA only)")
     # progressive re-tokenization
     retokenization: str = _setting('full', f"a schedule ({', '.join(SCHEDULES)}) or "
                                            "'fraction:stride:dilation,...'")
-    seed: int = _setting(0, 'random seed')
+    seed: int = _setting(0, 'random seed', SEED_RANGE)
     device: str = _setting('auto', "'auto' (cuda:LOCAL_RANK when CUDA is available, else cpu), 'cpu', 'cuda:N'")
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.amp not in ('none', *AMP_DTYPES):
             raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
-        for name in ('epochs', 'batch_size', 'img_size', 'synthetic_classes', 'synthetic_train', 'synthetic_eval'):
-            if getattr(self, name) < 1:
-                raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
-        for name in ('train_subset', 'eval_subset'):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f'{name} must be >= 1 (the first N images) or unset (all), got {getattr(self, name)}')
-        if self.eval_batch_size is not None and self.eval_batch_size < 1:
-            raise ValueError(f'eval_batch_size must be >= 1 or unset (2 x batch_size), got {self.eval_batch_size}')
         if self.sched in UNSUPPORTED_SCHEDULERS:
             raise ValueError(f'sched {self.sched!r} is not supported: the trainer steps the schedule on every update '
                              f"(use one of timm's schedulers that do, e.g. cosine, tanh, step, multistep, poly)")

@@ -245,7 +245,7 @@ def test_budget_parsing() -> None:
     (['--measures', 'ntk,flops'], "measures must be a non-empty list of distinct names from ['exp', 'ntk'], got "
                                   "['ntk', 'flops']"),
     (['--steps', '0'], 'steps must be an integer >= 1, got 0'),
-    (['--seed', '-1'], 'seed must be an integer in [0, 2**32 - 1], got -1'),
+    (['--seed', '-1'], 'seed must be an integer in [0, 4294967295], got -1'),
 ])
 def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture, args: List[str], message: str) -> None:
     out = tmp_path / 'run'

@@ -63,6 +63,15 @@ def test_config_errors(tmp_path):
     (tmp_path / 'list.json').write_text('[1, 2]')
     with pytest.raises(ValueError, match='a recipe is a mapping'):
         load_config(tmp_path / 'list.json')
+    (tmp_path / 'typo.json').write_text('{"epochs": "3"}')  # a value of the wrong type in a recipe file
+    with pytest.raises(ValueError, match="epochs must be an integer, got '3'"):
+        load_config(tmp_path / 'typo.json')
+
+
+def test_cli_names_a_setting_out_of_range(tmp_path, capsys):
+    assert main(['train', '--output', str(tmp_path / 'run'), *TINY_RUN, '--seed', str(2 ** 32)]) == 2
+    assert r'seed must be in [0, 4294967295], got 4294967296' in capsys.readouterr().err
+    assert not (tmp_path / 'run').exists()
 
 
 def test_cli_options_override_the_recipe():
@@ -77,7 +86,9 @@ def test_train_help_describes_every_setting_and_marks_the_image_folder_ones(caps
         build_parser().parse_args(['train', '--help'])
     text = ''.join(capsys.readouterr().out.split())  # argparse wraps lines, also at hyphens
     for f in dataclasses.fields(TrainConfig):
-        assert ''.join(f.metadata['help'].split()) + f'[{f.default}]' in text, f.name
+        allowed = '' if f.metadata['range'] is None else f'({f.metadata["range"]})'  # e.g. (in [0, 1])
+        assert ''.join((f.metadata['help'] + allowed).split()) + f'[{f.default}]' in text, f.name
+    assert '--hflipFLOATprobabilityofahorizontalflip(in[0,1])[0.5]' in text
     for name in ('auto-augment', 're-prob', 'color-jitter', 'crop-pct', 'interpolation', 'workers'):
         assert re.search(rf'--{name}[A-Z]+ImageFolderonly:', text), name
     assert '--crop-paddingINTin-memorydataonly:' in text
@@ -313,8 +324,21 @@ def test_model_and_genotype(tmp_path):
     (dict(synthetic_classes=0), 'synthetic_classes must be >= 1, got 0'),
     (dict(interpolation='foo'), r"interpolation must be one of timm's modes \[.*'bicubic'.*\], got 'foo'"),
     (dict(auto_augment='foo'), "auto_augment 'foo' is not a timm policy"),
-    (dict(eval_subset=-5), r'eval_subset must be >= 1 \(the first N images\) or unset \(all\), got -5'),
-    (dict(eval_batch_size=0), r'eval_batch_size must be >= 1 or unset \(2 x batch_size\), got 0'),
+    (dict(eval_subset=-5), 'eval_subset must be >= 1 or unset, got -5'),
+    (dict(eval_batch_size=0), 'eval_batch_size must be >= 1 or unset, got 0'),
+    (dict(epochs='3'), "epochs must be an integer, got '3'"),
+    (dict(batch_size=2.5), 'batch_size must be an integer, got 2.5'),
+    (dict(lr='fast'), "lr must be a finite number, got 'fast'"),
+    (dict(lr=float('nan')), 'lr must be a finite number, got nan'),
+    (dict(model_ema='yes'), "model_ema must be true or false, got 'yes'"),
+    (dict(opt=3), 'opt must be a string, got 3'),
+    (dict(hflip=1.5), r'hflip must be in \[0, 1\], got 1.5'),
+    (dict(smoothing=1.0), r'smoothing must be in \[0, 1\), got 1.0'),
+    (dict(crop_pct=0), r'crop_pct must be in \(0, 1\], got 0'),
+    (dict(layer_decay=0.), 'layer_decay must be > 0 or unset, got 0.0'),
+    (dict(workers=-1), 'workers must be >= 0, got -1'),
+    (dict(scale_range=0.5), 'scale_range must be >= 1, got 0.5'),
+    (dict(seed=2 ** 32), r'seed must be in \[0, 4294967295\], got 4294967296'),
 ])
 def test_settings_are_checked(setting, message):
     with pytest.raises(ValueError, match=message):

@@ -8,15 +8,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
-from typing import Any, Callable, Dict
+from typing import Any, Dict
 
 from ..train import TrainConfig, load_config, train
-
-
-def _option_type(hint: Any) -> Callable[[str], Any]:
-    """The argparse ``type`` of a TrainConfig field annotation (Optional[X] -> X)."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if args else hint
+from ..validation import field_type
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -37,8 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         option = '--' + f.name.replace('_', '-')
-        kind = _option_type(hints[f.name])
-        help_text = f'{f.metadata["help"]} [{f.default}]'
+        kind, _ = field_type(hints[f.name])
+        allowed = f' ({f.metadata["range"]})' if f.metadata['range'] is not None else ''
+        help_text = f'{f.metadata["help"]}{allowed} [{f.default}]'
         if kind is bool:
             settings.add_argument(option, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
         else:

@@ -1,0 +1,71 @@
+"""Shared checks of user-given settings: ranges, counts, seeds and dataclass fields."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import pytest
+
+from asvit_zoo.validation import SEED_MAX, Range, check_fields, check_seed, field_type, is_count
+
+
+@pytest.mark.parametrize('allowed,inside,outside,text', [
+    (Range(1), [1, 2.5, 10 ** 9], [0, 0.999, -1, math.nan], '>= 1'),
+    (Range(0, low_open=True), [1e-12, 3], [0, -1e-12], '> 0'),
+    (Range(0, 1), [0, 0.5, 1], [-0.1, 1.1], 'in [0, 1]'),
+    (Range(0, 1, high_open=True), [0, 0.999], [1, 1.5], 'in [0, 1)'),
+    (Range(0, 1, low_open=True), [1e-9, 1], [0], 'in (0, 1]'),
+    (Range(0, SEED_MAX), [0, SEED_MAX], [-1, SEED_MAX + 1], 'in [0, 4294967295]'),
+    (Range(0.5, 2.25), [0.5, 2.25], [0.49, 2.26], 'in [0.5, 2.25]'),
+])
+def test_range(allowed, inside, outside, text):
+    assert all(v in allowed for v in inside) and not any(v in allowed for v in outside)
+    assert str(allowed) == text
+
+
+def test_is_count_and_check_seed():
+    assert [is_count(v) for v in (1, 7, 0, -1, 1.0, True, '2', None)] == [True, True] + [False] * 6
+    for seed in (0, SEED_MAX):
+        check_seed(seed)
+    for seed in (-1, SEED_MAX + 1, 1.0, True, '3'):
+        with pytest.raises(ValueError, match=r'seed must be an integer in \[0, 4294967295\], got'):
+            check_seed(seed)
+
+
+def test_field_type():
+    assert field_type(int) == (int, False) and field_type(Optional[float]) == (float, True)
+
+
+@dataclass
+class _Settings:
+    steps: int = field(default=1, metadata={'range': Range(1)})
+    rate: float = field(default=0.5, metadata={'range': Range(0, 1)})
+    name: str = 'x'
+    flag: bool = False
+    limit: Optional[float] = field(default=None, metadata={'range': Range(0, low_open=True)})
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@pytest.mark.parametrize('values,message', [
+    (dict(steps=True), 'steps must be an integer, got True'),
+    (dict(steps=2.0), 'steps must be an integer, got 2.0'),
+    (dict(steps=0), 'steps must be >= 1, got 0'),
+    (dict(rate='0.5'), "rate must be a finite number, got '0.5'"),
+    (dict(rate=math.inf), 'rate must be a finite number, got inf'),
+    (dict(rate=2), r'rate must be in \[0, 1\], got 2'),
+    (dict(name=None), 'name must be a string, got None'),
+    (dict(flag=1), 'flag must be true or false, got 1'),
+    (dict(limit=0), 'limit must be > 0 or unset, got 0'),
+    (dict(limit='1'), "limit must be a finite number or unset, got '1'"),
+])
+def test_check_fields_names_the_field_the_value_and_what_is_allowed(values, message):
+    with pytest.raises(ValueError, match=f'^{message}$'):
+        _Settings(**values)
+
+
+def test_check_fields_accepts_valid_values():
+    s = _Settings(steps=3, rate=1, name='y', flag=True, limit=2.5)  # an int where a float is asked is a number
+    assert (s.steps, s.rate, s.limit) == (3, 1, 2.5) and _Settings(limit=None).limit is None
