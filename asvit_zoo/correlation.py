@@ -27,6 +27,7 @@ from .datasets import search_batch
 from .fileio import read_json, write_json, write_text
 from .genotype import SEARCH_SPACE, Genotype
 from .measures import measure_genotype
+from .validation import check_seed, offset_seed
 
 __all__ = ['CorrelationConfig', 'sample_topologies', 'kendall_table', 'correlate']
 
@@ -65,6 +66,7 @@ class CorrelationConfig:
     def __post_init__(self) -> None:
         if self.n < 3:
             raise ValueError(f'n must be >= 3 topologies for a rank correlation, got {self.n}')
+        check_seed(self.seed)
 
 
 def sample_topologies(n: int, seed: int) -> List[Genotype]:
@@ -90,7 +92,7 @@ def _study_one(config: CorrelationConfig, index: int, seed_genotype: Genotype, i
     genotype = seed_genotype.scaled(config.depths, config.embed_dim)
     start = time.perf_counter()
     m = measure_genotype(genotype, image_size=config.measure_image_size, repeat=config.repeat, inputs=inputs,
-                         seed=config.seed + index, device=config.device)
+                         seed=offset_seed(config.seed, index), device=config.device)
     measured = time.perf_counter()
     cfg = TrainConfig(genotype=str(genotype), img_size=config.img_size, epochs=config.epochs,
                       train_subset=config.train_subset, eval_subset=config.eval_subset, batch_size=config.batch_size,

@@ -47,6 +47,7 @@ from .distributed import DistEnv, barrier, gather_objects, my_share, process_gro
 from .fileio import atomic_write, read_json, write_json
 from .genotype import Genotype
 from .measures import measure_genotype
+from .validation import check_seed, is_count, offset_seed
 
 __all__ = ['ScalingConfig', 'Candidate', 'ScalingStep', 'real_size', 'run_scaling', 'select_variants',
            'load_trajectory', 'plot_trajectory']
@@ -79,9 +80,13 @@ class ScalingConfig:
             raise ValueError(f'budgets must be positive parameter counts, got {list(self.budgets)}')
         if max(self.budgets) > self.upper_limit:
             raise ValueError(f'the largest budget {max(self.budgets):.4g} exceeds upper_limit {self.upper_limit:.4g}')
-        for name in ('image_size', 'repeat', 'batch_size'):
-            if getattr(self, name) < 1:
-                raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
+        for name in ('image_size', 'repeat'):
+            if not is_count(getattr(self, name)):
+                raise ValueError(f'{name} must be an integer >= 1, got {getattr(self, name)!r}')
+        if not is_count(self.batch_size) or self.batch_size < 2:
+            raise ValueError(f'batch_size must be an integer >= 2 (the NTK batch: a Gram matrix of one image has '
+                             f'condition 1), got {self.batch_size!r}')
+        check_seed(self.seed)
         resolve_device(self.device)
 
     @property
@@ -226,8 +231,9 @@ def _run_scaling(config: ScalingConfig, out_dir: Path, env: DistEnv, resume: boo
 
     def measure(depths: Tuple[int, ...], width: int, step_index: int, distributed: bool = False) -> Any:
         return measure_genotype(seed, embed_dim=width, depths=depths, image_size=config.image_size,
-                                repeat=config.repeat, inputs=batch, seed=config.seed * 100_003 + step_index,
-                                device=config.device, which=SCALING_MEASURES, distributed=distributed)
+                                repeat=config.repeat, inputs=batch,
+                                seed=offset_seed(config.seed * 100_003, step_index), device=config.device,
+                                which=SCALING_MEASURES, distributed=distributed)
 
     def save(done: bool) -> None:
         if env.is_main:

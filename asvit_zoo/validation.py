@@ -10,7 +10,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
-__all__ = ['SEED_MAX', 'SEED_RANGE', 'Range', 'check_fields', 'check_seed', 'field_type', 'is_count']
+__all__ = ['SEED_MAX', 'SEED_RANGE', 'Range', 'check_fields', 'check_seed', 'field_type', 'is_count', 'offset_seed']
 
 SEED_MAX = 2 ** 32 - 1  # the largest seed every generator we seed (torch, numpy) accepts
 _KIND_WORDS = {bool: 'true or false', int: 'an integer', float: 'a finite number', str: 'a string'}
@@ -67,6 +67,11 @@ def check_seed(seed: Any) -> None:
     """Raise ``ValueError`` unless ``seed`` is an integer in :data:`SEED_RANGE`."""
     if not _has_kind(seed, int) or seed not in SEED_RANGE:
         raise ValueError(f'seed must be an integer {SEED_RANGE}, got {seed!r}')
+
+
+def offset_seed(seed: int, offset: int) -> int:
+    """``seed + offset`` wrapped into :data:`SEED_RANGE` (the seed of the ``offset``-th item of a run)."""
+    return (seed + offset) % (SEED_MAX + 1)
 
 
 def check_fields(config: Any) -> None:

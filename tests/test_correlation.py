@@ -1,4 +1,5 @@
 """``asvit correlate``: topology sampling, Kendall tau, and a small real study that resumes exactly."""
+import dataclasses
 import json
 from pathlib import Path
 
@@ -64,3 +65,26 @@ def test_other_options_do_not_continue_a_study(tmp_path: Path, capsys: pytest.Ca
     (tmp_path / RECORDS_FILE).write_text(json.dumps({'config': {'n': 99}, 'records': [], 'seconds': 0}))
     assert cli_main(['correlate', '--out', str(tmp_path), '-n', '3', '--no-progress']) == 2
     assert 'was written with another configuration' in capsys.readouterr().err
+
+
+def test_a_seed_out_of_range_is_refused_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture):
+    assert cli_main(['correlate', '--out', str(tmp_path / 'study'), '--seed', '-1', '--no-progress']) == 2
+    assert 'seed must be an integer in [0, 4294967295], got -1' in capsys.readouterr().err
+    assert not (tmp_path / 'study').exists()
+
+
+def test_each_topology_is_measured_with_a_seed_in_range(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import asvit_zoo.correlation as correlation
+
+    seeds = []
+
+    def stop(*args, seed, **kwargs):  # record the seed, then stop before the training
+        seeds.append(seed)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(correlation, 'measure_genotype', stop)
+    config = dataclasses.replace(TINY, seed=2 ** 32 - 1)
+    for index in (0, 1):
+        with pytest.raises(KeyboardInterrupt):
+            correlation._study_one(config, index, sample_topologies(2, config.seed)[index], None, tmp_path)
+    assert seeds == [2 ** 32 - 1, 0]

@@ -62,6 +62,17 @@ def test_resume_gives_the_same_trajectory(tmp_path):
     assert abs(variant['params'] - 2.6e6) / 2.6e6 < 0.03
 
 
+def test_the_largest_seed_runs(tmp_path, monkeypatch):  # each measure's seed is derived from it, in range
+    import asvit_zoo.scaling as scaling
+
+    seeds, measure = [], scaling.measure_genotype
+    monkeypatch.setattr(scaling, 'measure_genotype',
+                        lambda *args, seed, **kwargs: seeds.append(seed) or measure(*args, seed=seed, **kwargs))
+    steps = run_scaling(ScalingConfig(PAPER_SEED, **{**TINY, 'seed': 2 ** 32 - 1}), tmp_path / 'run', progress=False)
+    assert len(steps) >= 2 and seeds and all(0 <= s <= 2 ** 32 - 1 for s in seeds)
+    assert sorted(set(seeds)) == sorted({((2 ** 32 - 1) * 100_003 + s.step) % 2 ** 32 for s in steps})
+
+
 def test_recorded_command_regenerates_the_card(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     argv = ['scale', '--seed', PAPER_SEED, '--budgets', '2.6M', '--names', 'asvit_tiny', '--upper-limit', '4M',
@@ -92,6 +103,9 @@ def test_recorded_command_regenerates_the_card(tmp_path, monkeypatch, capsys):
     (['--budgets', '3M,4M', '--names', 'good,bad-name', '--registry', 'reg'],
      "variant names must be model names (a letter, then letters, digits or \"_\"), got ['bad-name']"),
     (['--budgets', '3M,4M', '--names', 'same,same', '--registry', 'reg'], 'give one distinct name per budget'),
+    (['--random-seed', '-3'], 'seed must be an integer in [0, 4294967295], got -3'),
+    (['--batch-size', '1'], 'batch_size must be an integer >= 2 (the NTK batch'),
+    (['--repeat', '0'], 'repeat must be an integer >= 1, got 0'),
 ])
 def test_cli_errors(tmp_path, capsys, argv, message):
     base = {'--seed': PAPER_SEED, '--out': str(tmp_path / 'run')}

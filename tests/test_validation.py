@@ -7,7 +7,7 @@ from typing import Optional
 
 import pytest
 
-from asvit_zoo.validation import SEED_MAX, Range, check_fields, check_seed, field_type, is_count
+from asvit_zoo.validation import SEED_MAX, Range, check_fields, check_seed, field_type, is_count, offset_seed
 
 
 @pytest.mark.parametrize('allowed,inside,outside,text', [
@@ -31,6 +31,10 @@ def test_is_count_and_check_seed():
     for seed in (-1, SEED_MAX + 1, 1.0, True, '3'):
         with pytest.raises(ValueError, match=r'seed must be an integer in \[0, 4294967295\], got'):
             check_seed(seed)
+
+
+def test_offset_seed_stays_in_range():
+    assert offset_seed(5, 3) == 8 and offset_seed(SEED_MAX, 1) == 0 and offset_seed(SEED_MAX * 100_003, 7) <= SEED_MAX
 
 
 def test_field_type():
