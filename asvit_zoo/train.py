@@ -66,7 +66,7 @@ from .fileio import read_json_lines, save_torch, write_text
 from .hub import load_torch_checkpoint
 from .retokenization import (FULL_TOKENS, SCHEDULES, format_tokenizer, parse_schedule, parse_tokenizer, plot_schedule,
                              schedule_cost)
-from .validation import SEED_RANGE, Range, check_fields
+from .validation import SEED_RANGE, Range, check_fields, offset_seed
 
 __all__ = ['TrainConfig', 'TrainResult', 'Trainer', 'load_config', 'train']
 
@@ -478,7 +478,7 @@ class Trainer:
         self.env, self.device = init_distributed(cfg.device)
         self.output = Path(output)
         self.progress = progress and self.env.is_main
-        _seed_everything(cfg.seed + self.env.rank)
+        _seed_everything(offset_seed(cfg.seed, self.env.rank))
 
         self.data = build_data(cfg, self.env, self.device)
         self.model = build_model(cfg, self.data.num_classes, self.data.input_size[0]).to(self.device)
