@@ -32,13 +32,13 @@ def _create_temp(path: Path) -> Tuple[int, Path]:
             continue
 
 
-def atomic_write(path: PathLike, write: Callable[[IO[Any]], None], mode: str = 'wb') -> Path:
-    """Call ``write(file)`` on a temporary file beside ``path``, then move it into place."""
+def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write(file)`` on a temporary binary file beside ``path``, then move it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _create_temp(path)
     try:
-        with os.fdopen(fd, mode) as f:
+        with os.fdopen(fd, 'wb') as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -50,7 +50,8 @@ def atomic_write(path: PathLike, write: Callable[[IO[Any]], None], mode: str = '
 
 
 def write_text(path: PathLike, text: str) -> Path:
-    return atomic_write(path, lambda f: f.write(text), mode='w')
+    """Write ``text`` as UTF-8 (whatever the locale), atomically."""
+    return atomic_write(path, lambda f: f.write(text.encode('utf-8')))
 
 
 def write_json(path: PathLike, obj: Any) -> Path:

@@ -63,3 +63,15 @@ def test_damaged_json_files_are_named(tmp_path: Path) -> None:
     lines.write_text('{"a": 1}\n{"a": \n')
     with pytest.raises(ValueError, match=r'b.jsonl: damaged, not valid JSON \(line 2: Expecting value\)'):
         read_json_lines(lines)
+
+
+def test_text_is_written_as_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    import subprocess
+
+    path = tmp_path / 'card.md'
+    text = 'Tiny \u2014 28\u00d728'
+    code = f'from asvit_zoo.fileio import write_text; write_text({str(path)!r}, {ascii(text)})'
+    env = dict(os.environ, LC_ALL='C', LANG='C', PYTHONUTF8='0', PYTHONIOENCODING='ascii')
+    result = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert path.read_bytes() == text.encode('utf-8')
