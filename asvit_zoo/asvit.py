@@ -36,7 +36,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq, named_apply
 
 from .genotype import Genotype
-from .hub import describe_mismatch, resolve_weights
+from .hub import describe_mismatch, read_checkpoint, resolve_weights
 from .registry import VariantCard, extra_registries, load_card, load_registry
 from .validation import is_count
 
@@ -574,8 +574,10 @@ def _create_asvit(variant: str, pretrained: bool = False, **kwargs: Any) -> AsVi
         # Resolve (hf-hub: through the cache, honouring HF_HUB_OFFLINE) and verify the file before building.
         genotype = resolve_genotype(kwargs['genotype'], kwargs.get('embed_dim'), kwargs.get('depths'))
         weights = resolve_weights(cfg, genotype, _recorded_sha256(variant, cfg))
-        if weights is not None:
+        if weights is not None and weights.suffix == '.safetensors':
             kwargs['pretrained_cfg_overlay'] = dict(overlay, file=str(weights), source='file')
+        elif weights is not None:  # a torch file is read here: timm's own load refuses a trainer checkpoint
+            kwargs['pretrained_cfg_overlay'] = dict(overlay, state_dict=read_checkpoint(weights)[0], source='file')
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
     try:
         return build_model_with_cfg(

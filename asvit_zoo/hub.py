@@ -21,7 +21,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from .fileio import atomic_folder, atomic_write, write_json, write_text
+from .fileio import atomic_folder, atomic_write, read_json, write_json, write_text
 from .genotype import Genotype
 from .registry import (CONFIG_FILE, DEFAULT_PRETRAINED_CFG, CARD_FILE, HUB_ID_PATTERN, MODEL_NAME_PATTERN,
                        MODEL_NAME_RULE, VariantCard, load_card, load_registry, registry_root, render_model_card)
@@ -61,17 +61,18 @@ def sha256_file(path: PathLike) -> str:
     return digest.hexdigest()
 
 
-def verify_sha256(path: PathLike, expected: str) -> None:
-    """Raise :class:`WeightsError` unless ``path`` exists and its sha256 is ``expected``."""
+_REEXPORT = 're-export it with `asvit export` or copy the repo folder again'
+
+
+def verify_sha256(path: PathLike, expected: str, fix: str = _REEXPORT) -> None:
+    """Raise :class:`WeightsError` unless ``path`` exists and its sha256 is ``expected``; ``fix`` says what to do."""
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f'{path}: weights file not found (expected a file with sha256 {expected}); '
-                           f're-export it with `asvit export` or download the repo again')
+        raise WeightsError(f'{path}: weights file not found (expected a file with sha256 {expected}); {fix}')
     found = sha256_file(path)
     if found != expected:
         raise WeightsError(f'{path}: sha256 mismatch: expected {expected} (recorded in {CONFIG_FILE}), found {found} '
-                           f'({path.stat().st_size} bytes); the file is truncated, corrupt or was replaced. Re-export '
-                           f'it with `asvit export` or download it again')
+                           f'({path.stat().st_size} bytes); the file is truncated, corrupt or was replaced: {fix}')
 
 
 def read_metadata(path: PathLike) -> Dict[str, str]:
@@ -105,7 +106,13 @@ def check_genotype(path: PathLike, expected: Genotype) -> None:
 def _recorded_sha256(config_path: Path, filename: str) -> Optional[str]:
     """The sha256 that the ``weights`` field of a Hub-format config.json records for ``filename`` (None without
     one)."""
-    weights = json.loads(config_path.read_text(encoding='utf-8')).get('weights') if config_path.is_file() else None
+    if not config_path.is_file():
+        return None
+    config = read_json(config_path)
+    if not isinstance(config, dict):
+        raise WeightsError(f'{config_path}: expected a JSON object (a Hub-format config), found '
+                           f'{type(config).__name__}')
+    weights = config.get('weights')
     return weights.get('sha256') if isinstance(weights, dict) and weights.get('file') == filename else None
 
 
@@ -122,11 +129,21 @@ def hub_file(hub_id: str, filename: str) -> Path:
     cannot be downloaded) raises :class:`HubUnavailableError` with the ways to fix it.
     """
     from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+    from huggingface_hub.errors import (LocalEntryNotFoundError, OfflineModeIsEnabled, RemoteEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
 
     repo_id, revision = _split_revision(hub_id)
     try:
         return Path(hf_hub_download(repo_id, filename, revision=revision))
+    except RepositoryNotFoundError:  # also a gated repo
+        raise WeightsError(f'{HF_HUB_PREFIX}{hub_id}: no model repo {repo_id!r} on the Hub ({constants.ENDPOINT}), or '
+                           f'it is private or gated: check the name, or log in with `hf auth login`') from None
+    except RevisionNotFoundError:
+        raise WeightsError(f'{HF_HUB_PREFIX}{hub_id}: the repo {repo_id!r} has no revision {revision!r} (a branch, '
+                           f'tag or commit)') from None
+    except RemoteEntryNotFoundError:
+        raise WeightsError(f'{HF_HUB_PREFIX}{hub_id}: the repo has no file {filename!r} (an As-ViT repo holds '
+                           f'{CONFIG_FILE} and {WEIGHTS_FILE}, as `asvit export` writes them)') from None
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):
         reason = 'HF_HUB_OFFLINE=1 is set' if constants.HF_HUB_OFFLINE else 'the Hub cannot be reached'
         raise HubUnavailableError(
@@ -147,13 +164,17 @@ def local_dir_weights(folder: PathLike) -> Path:
 def hub_weights(hub_id: str, filename: str = WEIGHTS_FILE) -> Path:
     """A weights file of a Hub repo (see :func:`hub_file`), checked against the sha256 its config.json records."""
     path = hub_file(hub_id, filename)
-    _verify(path, _recorded_sha256(hub_file(hub_id, CONFIG_FILE), filename))
+    repo_id, revision = _split_revision(hub_id)
+    revision = f' --revision {revision}' if revision else ''
+    _verify(path, _recorded_sha256(hub_file(hub_id, CONFIG_FILE), filename),
+            f'the Hugging Face cache keeps a damaged file, so download it anew: `hf download {repo_id} {filename}'
+            f'{revision} --force-download`')
     return path
 
 
-def _verify(path: Path, sha256: Optional[str]) -> None:
+def _verify(path: Path, sha256: Optional[str], fix: str = _REEXPORT) -> None:
     if sha256 is not None:
-        verify_sha256(path, sha256)
+        verify_sha256(path, sha256, fix)
     elif not path.is_file():
         raise WeightsError(f'{path}: weights file not found')
 

@@ -2,6 +2,7 @@
 (registered tag, ``local-dir:``, ``hf-hub:`` from a real offline HF cache), integrity errors, push."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -300,6 +301,28 @@ def test_local_dir_sha256_mismatch(export_dir: Path, tmp_path: Path, damage):
         load_weights(f'local-dir:{folder}')
 
 
+@pytest.mark.parametrize('text,message', [('{"architecture": ', 'damaged, not valid JSON'),
+                                          ('[1, 2]', 'expected a JSON object (a Hub-format config), found list')])
+def test_local_dir_damaged_config_is_named(export_dir: Path, tmp_path: Path, text: str, message: str):
+    folder = _copy(export_dir, tmp_path)
+    (folder / 'config.json').write_text(text)
+    with pytest.raises((ValueError, WeightsError), match=re.escape(f"{folder / 'config.json'}: {message}")):
+        load_weights(f'local-dir:{folder}')
+
+
+def test_damaged_file_in_the_hf_cache_says_how_to_download_it_anew(export_dir: Path, tmp_path: Path, hf_cache,
+                                                                   monkeypatch: pytest.MonkeyPatch):
+    import huggingface_hub.constants
+
+    cache = hf_cache(tmp_path / 'hub', HUB_ID, export_dir)
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+    _truncate(next(cache.rglob('model.safetensors')).resolve())  # the blob the snapshot links to
+    with pytest.raises(WeightsError, match='sha256 mismatch') as info:
+        load_weights(f'hf-hub:{HUB_ID}')
+    assert f'`hf download {HUB_ID} model.safetensors --force-download`' in str(info.value)
+
+
 def test_local_dir_missing_file(export_dir: Path, tmp_path: Path):
     folder = _copy(export_dir, tmp_path)
     (folder / 'model.safetensors').unlink()
@@ -324,6 +347,20 @@ def test_registered_weights_are_checked(run_dir: Path, tmp_path: Path):
         timm.create_model('asvit_hubdamaged.fmnist', pretrained=True)
     with pytest.raises(WeightsError, match=f'{weights}: sha256 mismatch'):  # the mmdet Pretrained path too
         load_weights('asvit_hubdamaged.fmnist')
+
+
+def test_a_trainer_checkpoint_loads_as_a_file(run_dir: Path, tmp_path: Path):
+    """timm's own torch load (weights_only) refuses the numpy RNG states of the trainer's checkpoints."""
+    checkpoint = run_dir / 'last.pth.tar'
+    model = timm.create_model('asvit', genotype=GENOTYPE, **MODEL_KWARGS, pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(checkpoint), input_size=(1, 28, 28)))
+    expected = torch.load(checkpoint, weights_only=False)['model']
+    assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
+    truncated = tmp_path / 'last.pth.tar'
+    truncated.write_bytes(checkpoint.read_bytes()[:5000])
+    with pytest.raises(WeightsError, match=f'{truncated}: not a readable torch checkpoint'):
+        timm.create_model('asvit', genotype=GENOTYPE, **MODEL_KWARGS, pretrained=True,
+                          pretrained_cfg_overlay=dict(file=str(truncated)))
 
 
 def test_unparsable_genotype_metadata_names_the_file(tmp_path: Path):
@@ -408,6 +445,47 @@ def test_push_without_network_says_so(export_dir: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
     with pytest.raises(HubUnavailableError, match='cannot be reached .*offline'):
         push_folder(export_dir, HUB_ID, token='hf_test')
+
+
+@pytest.mark.parametrize('error_code,source,message', [
+    ('RepoNotFound', 'hf-hub:org/missing', "hf-hub:org/missing: no model repo 'org/missing' on the Hub"),
+    ('RevisionNotFound', 'hf-hub:org/repo@v9', "hf-hub:org/repo@v9: the repo 'org/repo' has no revision 'v9'"),
+    ('EntryNotFound', 'hf-hub:org/repo', "hf-hub:org/repo: the repo has no file 'model.safetensors'"),
+])
+def test_hub_answers_that_name_the_repo(error_code: str, source: str, message: str,
+                                        monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """A local server answers as the Hub does for a missing repo, revision or file (404 with X-Error-Code)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import huggingface_hub.constants
+
+    class Hub(BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(404)
+            self.send_header('X-Error-Code', error_code)
+            self.send_header('Content-Length', '0')
+            self.end_headers()
+
+        do_GET = do_HEAD
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(('127.0.0.1', 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f'http://127.0.0.1:{server.server_port}'
+    monkeypatch.setattr(huggingface_hub.constants, 'ENDPOINT', endpoint)
+    monkeypatch.setattr(huggingface_hub.constants, 'HUGGINGFACE_CO_URL_TEMPLATE',
+                        endpoint + '/{repo_id}/resolve/{revision}/{filename}')  # made from ENDPOINT at import
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(tmp_path / 'cache'))
+    try:
+        with pytest.raises(WeightsError, match=re.escape(message)):
+            load_weights(source)
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_exported_bytes_do_not_depend_on_header_order():
