@@ -16,8 +16,10 @@ The stage-1 tokenizer is elastic: ``set_tokenizer(stride, dilation)`` changes th
 touching any weight (progressive re-tokenization).
 """
 
+import dataclasses
 import math
 import re
+import warnings
 from collections import OrderedDict
 from functools import partial
 from pathlib import Path
@@ -37,7 +39,7 @@ from timm.models._manipulate import checkpoint_seq, named_apply
 
 from .genotype import Genotype
 from .hub import describe_mismatch, read_checkpoint, resolve_weights
-from .registry import VariantCard, extra_registries, load_card, load_registry
+from .registry import RegistryError, VariantCard, extra_registries, load_card, load_registry
 from .validation import is_count
 
 __all__ = ['AsViT', 'checkpoint_filter_fn', 'unwrap_state_dict', 'register_cards', 'registered_card']
@@ -658,22 +660,37 @@ def register_cards(cards: Iterable[VariantCard]) -> None:
     The default cfg of an architecture is its card's own (timm's ``*`` mark): weights trained on another dataset
     (``asvit_small.fmnist``: 10 classes, grayscale) do not change what ``create_model('asvit_small')`` builds.
     """
-    cards = list(cards)
+    cards = [_joined(card) for card in cards]
     # The marked default goes last: timm would move a later tag with weights in front of it.
     default_cfgs.update(generate_default_cfgs({
         f'{card.name}.{tag}{"*" if tag == card.tag else ""}': _cfg(**card.pretrained_cfg(tag))
         for card in cards for tag in reversed(card.tags())}))
     for card in cards:
+        with warnings.catch_warnings():  # a known architecture is registered again on purpose, with its new tags
+            warnings.filterwarnings('ignore', message=f'Overwriting {card.name} in registry')
+            register_model(_variant_entrypoint(card))
         _CARDS[card.name] = card
-        register_model(_variant_entrypoint(card))
+
+
+def _joined(card: VariantCard) -> VariantCard:
+    """``card`` with the tags of the registered card of its architecture, if any: another registry may add tags
+    (or replace one) but keeps the registered default and must not change the genotype."""
+    known = _CARDS.get(card.name)
+    if known is None:
+        return card
+    if card.genotype != known.genotype:
+        raise RegistryError(f'{card.path}: {card.name} has genotype {card.genotype}, but the registered {card.name} '
+                            f'({known.path}) has {known.genotype}; another registry may add pretrained tags to a '
+                            f'variant, not change its architecture (give it another name)')
+    return dataclasses.replace(known, tagged={**known.tagged, **card.tagged})
 
 
 def register_folder(folder: Union[str, Path]) -> str:
     """Register the variant of one Hub-format folder (an export, a ``local-dir:`` copy, a Hub snapshot) with timm
-    unless its architecture is known already; returns the architecture's name."""
+    unless its architecture and tag are known already; returns the architecture's name."""
     card = load_card(Path(folder), check_name=False)
-    if card.name not in _CARDS:
-        register_cards([card])
+    if card.name not in _CARDS or card.tag not in _CARDS[card.name].tags():
+        register_cards([dataclasses.replace(card, tagged={card.tag: card} if card.tag else {})])
     return card.name
 
 

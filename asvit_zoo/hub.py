@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
@@ -375,10 +376,12 @@ def _check_state(state: Mapping[str, torch.Tensor], genotype: Genotype,
     return state, in_chans, num_classes
 
 
-def _command(checkpoint: Path, variant: str, tag: str, hf_hub_id: Optional[str], ema: bool) -> str:
-    parts = ['asvit', 'export', str(checkpoint), '--variant', variant, '--tag', tag]
+def _command(checkpoint: Path, variant: str, tag: str, genotype: Genotype, root: Path, hf_hub_id: Optional[str],
+             ema: bool) -> str:
+    parts = ['asvit', 'export', str(checkpoint), '--variant', variant, '--tag', tag, '--genotype', str(genotype)]
+    parts += ['--registry', str(root)] if root != registry_root() else []
     parts += ['--hf-hub-id', hf_hub_id] if hf_hub_id else []
-    return ' '.join(parts + (['--ema'] if ema else []))
+    return shlex.join(parts + (['--ema'] if ema else []))
 
 
 def export_weights(checkpoint: PathLike, variant: str, tag: str, root: Optional[PathLike] = None,
@@ -386,13 +389,15 @@ def export_weights(checkpoint: PathLike, variant: str, tag: str, root: Optional[
                    description: Optional[str] = None) -> VariantCard:
     """Write ``root/<variant>.<tag>/`` (model.safetensors, config.json, README.md) from a checkpoint.
 
-    The genotype is that of the registered ``variant``; a variant not in the registry is defined by the tagged
-    folder, with ``genotype`` or the one of the trainer's config. The folder is written whole or not at all (it
-    replaces an earlier export of the same name only once its card validates). Returns the validated card.
+    The genotype is that of ``variant`` in ``root`` or registered with timm (``genotype``, if given, must be the
+    same); a new variant is defined by the tagged folder, with ``genotype`` or the one of the trainer's config.
+    The folder is written whole or not at all (it replaces an earlier export of the same name only once its card
+    validates). Returns the validated card.
     """
     from safetensors.torch import save
 
     from . import __version__
+    from .asvit import registered_card
 
     if not MODEL_NAME_PATTERN.match(variant):
         raise ValueError(f'variant must be a model name ({MODEL_NAME_RULE}), got {variant!r}')
@@ -405,10 +410,17 @@ def export_weights(checkpoint: PathLike, variant: str, tag: str, root: Optional[
     state, info = read_checkpoint(checkpoint, ema=ema)
     train_cfg = info.get('config') or {}
     known = {card.name: card for card in load_registry(root)} if root.is_dir() else {}
-    text = str(known[variant].genotype) if variant in known else genotype or train_cfg.get('genotype')
+    card = known.get(variant) or registered_card(variant)
+    text = str(card.genotype) if card is not None else genotype or train_cfg.get('genotype')
     if text is None:
-        raise ValueError(f'{variant} is not in {root}: pass the genotype of the new variant')
+        raise ValueError(f'{variant} is neither in {root} nor a registered variant: pass the genotype of the new '
+                         f'variant (--genotype)')
     parsed = Genotype.parse(text)
+    if genotype is not None and Genotype.parse(genotype) != parsed:
+        raise ValueError(f'{variant} has genotype {parsed} ({card.path}); genotype {genotype} differs: export it '
+                         f'under another variant name')
+    if checkpoint.suffix == '.safetensors':
+        check_genotype(checkpoint, parsed)
     if train_cfg.get('genotype') and Genotype.parse(train_cfg['genotype']) != parsed:
         raise ValueError(f"{checkpoint}: trained genotype {train_cfg['genotype']} is not the genotype {parsed} "
                          f'of {variant}')
@@ -429,7 +441,7 @@ def export_weights(checkpoint: PathLike, variant: str, tag: str, root: Optional[
     }
     if train_cfg:
         provenance['recipe'] = dict(train_cfg)
-    provenance['command'] = _command(checkpoint, variant, tag, hf_hub_id, ema)
+    provenance['command'] = _command(checkpoint, variant, tag, parsed, root, hf_hub_id, ema)
     config: Dict[str, Any] = {
         'architecture': variant, 'num_classes': num_classes, 'num_features': parsed.stage_widths()[-1],
         'global_pool': 'avg', 'model_args': {'genotype': str(parsed)}, 'pretrained_cfg': pretrained_cfg,

@@ -254,11 +254,10 @@ def _provenance_lines(provenance: Mapping[str, Any]) -> List[str]:
     return lines + ['']
 
 
-def _is_shipped(architecture: str) -> bool:
-    """Whether the registry shipped with the package has a folder of ``architecture`` (``import asvit_zoo``
-    registers it with timm everywhere)."""
-    root = registry_root()
-    return root.is_dir() and any(p.is_dir() and p.name.split('.')[0] == architecture for p in root.iterdir())
+def _is_shipped(name: str) -> bool:
+    """Whether the registry shipped with the package has the folder ``name`` (``ARCH`` or ``ARCH.TAG``;
+    ``import asvit_zoo`` registers it with timm everywhere)."""
+    return (registry_root() / name).is_dir()
 
 
 def render_model_card(config: Mapping[str, Any], description: str) -> str:
@@ -276,7 +275,7 @@ def render_model_card(config: Mapping[str, Any], description: str) -> str:
     hub_id = config['pretrained_cfg'].get('hf_hub_id')
     if hub_id:
         use.append(f"model = timm.create_model('hf-hub:{hub_id}', pretrained=True)")
-        if not _is_shipped(config['architecture']):  # timm knows it only once the repo's folder is registered
+        if not _is_shipped(name):  # timm knows the tag only once the repo's folder is registered
             use[:0] = ['from huggingface_hub import snapshot_download', '',
                        f"asvit_zoo.register_folder(snapshot_download('{hub_id}'))  # {config['architecture']} "
                        f'is not shipped with asvit-zoo']

@@ -124,6 +124,75 @@ def test_cli_export(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     assert card.name == 'asvit_newarch' and card.tags() == ['fmnist'] and str(card.genotype) == GENOTYPE
 
 
+def test_cli_export_records_a_command_that_regenerates_it(run_dir: Path, tmp_path: Path):
+    import shlex
+
+    assert cli_main(['export', str(run_dir / 'last.pth.tar'), '--variant', 'asvit_regen', '--tag', 'fmnist',
+                     '--registry', str(tmp_path / 'a')]) == 0  # the genotype comes from the trainer's config
+    config = json.loads((tmp_path / 'a' / 'asvit_regen.fmnist' / 'config.json').read_text())
+    command = shlex.split(config['provenance']['command'])
+    assert command[command.index('--genotype') + 1] == GENOTYPE
+    (tmp_path / 'a' / 'asvit_regen.fmnist').rename(tmp_path / 'first')
+    assert cli_main(command[1:]) == 0
+    assert (tmp_path / 'a' / 'asvit_regen.fmnist' / 'model.safetensors').read_bytes() == \
+        (tmp_path / 'first' / 'model.safetensors').read_bytes()
+
+
+def test_export_keeps_the_genotype_of_a_variant(export_dir: Path, registry: Path, tmp_path: Path):
+    weights = export_dir / 'model.safetensors'
+    with pytest.raises(ValueError, match=f'asvit_hubtest has genotype {re.escape(GENOTYPE)} .*; genotype '
+                                         f'{re.escape(OTHER_GENOTYPE)} differs'):
+        export_weights(weights, 'asvit_hubtest', 'other', root=tmp_path, genotype=OTHER_GENOTYPE)
+    with pytest.raises(WeightsError, match=f'weights of another variant: expected genotype {re.escape(OTHER_GENOTYPE)}'
+                                           f', found genotype {re.escape(GENOTYPE)}'):
+        export_weights(weights, 'asvit_renamed', 'other', root=tmp_path, genotype=OTHER_GENOTYPE)
+    assert not any(tmp_path.iterdir())
+
+
+NEW_TAG_SCRIPT = '''
+import json, sys, warnings
+warnings.simplefilter('error')  # registering the new tag of a shipped variant must not warn
+import timm, torch
+from safetensors.torch import load_file
+import asvit_zoo
+
+tiny = timm.create_model('asvit_tiny')
+mine = timm.create_model('asvit_tiny.mine', pretrained=True)
+shipped = timm.create_model('asvit_tiny.fmnist', pretrained=True)
+expected = load_file(sys.argv[1])
+print(json.dumps({'default_classes': tiny.num_classes, 'tags': timm.list_pretrained('asvit_tiny*'),
+                  'mine': all(torch.equal(v, expected[k]) for k, v in mine.state_dict().items()),
+                  'shipped_classes': shipped.num_classes}))
+'''
+
+
+def test_a_new_tag_of_a_shipped_variant_adds_to_its_tags(tmp_path: Path):
+    shipped = load_registry()
+    tiny = next(card for card in shipped if card.name == 'asvit_tiny')
+    weights = tiny.weights_file('fmnist')
+    card = export_weights(weights, 'asvit_tiny', 'mine', root=tmp_path / 'reg', hf_hub_id='me/tiny-mine')
+    assert card.genotype == tiny.genotype  # from the registered card: no --genotype needed
+    readme = (tmp_path / 'reg' / 'asvit_tiny.mine' / 'README.md').read_text()
+    assert "asvit_zoo.register_folder(snapshot_download('me/tiny-mine'))" in readme  # the tag is not shipped
+    env = dict(os.environ, ASVIT_ZOO_REGISTRY=str(tmp_path / 'reg'))
+    result = subprocess.run([sys.executable, '-c', NEW_TAG_SCRIPT, str(weights)], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.splitlines()[-1])
+    assert out['default_classes'] == 1000 and out['shipped_classes'] == 10 and out['mine']
+    assert {'asvit_tiny.fmnist', 'asvit_tiny.mine'} <= set(out['tags'])
+
+
+def test_another_registry_must_not_change_a_variants_genotype(tmp_path: Path):
+    from asvit_zoo.registry import RegistryError
+
+    write_card(tmp_path, 'asvit_tiny', Genotype.parse(GENOTYPE), 'Not the shipped asvit_tiny.')
+    with pytest.raises(RegistryError, match=f'asvit_tiny has genotype {re.escape(GENOTYPE)}, but the registered '
+                                            f'asvit_tiny .* has .*; another registry may add pretrained tags'):
+        register_cards(load_registry(tmp_path))
+    assert str(timm.create_model('asvit_tiny').genotype) != GENOTYPE
+
+
 @pytest.mark.parametrize('kwargs,message', [
     (dict(variant='../evil'), "variant must be a model name .* got '../evil'"),
     (dict(variant='asvit_a.b'), "variant must be a model name .* got 'asvit_a.b'"),
