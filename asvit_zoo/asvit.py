@@ -42,7 +42,8 @@ from .hub import describe_mismatch, read_checkpoint, resolve_weights
 from .registry import RegistryError, VariantCard, extra_registries, load_card, load_registry
 from .validation import is_count
 
-__all__ = ['AsViT', 'checkpoint_filter_fn', 'unwrap_state_dict', 'register_cards', 'registered_card']
+__all__ = ['AsViT', 'checkpoint_filter_fn', 'unwrap_state_dict', 'register_cards', 'registered_card',
+           'registered_cards', 'registered_folder']
 
 STEM_STRIDE = 4
 MERGE_STRIDE = 2
@@ -616,6 +617,23 @@ default_cfgs = generate_default_cfgs({'asvit': _cfg()})
 def registered_card(name: str) -> Optional[VariantCard]:
     """The registry card behind a registered variant name (without tag), None for another name."""
     return _CARDS.get(name)
+
+
+def registered_cards() -> List[VariantCard]:
+    """The cards of every registered variant (the shipped registry, ``ASVIT_ZOO_REGISTRY``, register_cards and
+    register_folder), sorted by name."""
+    return [_CARDS[name] for name in sorted(_CARDS)]
+
+
+def registered_folder(name: str) -> Path:
+    """The registry folder of a registered ``VARIANT`` (its default tag's) or ``VARIANT.TAG``."""
+    architecture, _, tag = name.partition('.')
+    card = registered_card(architecture)
+    if card is None or (tag or card.tag) not in card.tags():
+        names = [f'{c.name}.{t}' if t else c.name for c in registered_cards() for t in c.tags()]
+        raise ValueError(f'unknown variant {name!r}; registered: {", ".join(names)} (another registry: '
+                         f'ASVIT_ZOO_REGISTRY, or --registry where a command has it)')
+    return card.folder(tag or card.tag).path
 
 
 def check_pretrained_tag(name: str) -> None:

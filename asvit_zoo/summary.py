@@ -11,7 +11,8 @@ import torch
 from tqdm import tqdm
 
 from .cost import count_macs, param_count
-from .registry import VariantCard, load_registry
+from .asvit import registered_cards
+from .registry import VariantCard
 from .validation import is_count
 
 __all__ = ['VariantRow', 'list_variants', 'summarize_variants', 'format_table']
@@ -46,7 +47,7 @@ def list_variants(image_size: int = 224) -> List[VariantRow]:
     """Every registered variant with its counts, built on the meta device (no memory, no weights)."""
     _check_image_size(image_size)
     rows = []
-    for card in load_registry():
+    for card in registered_cards():
         with torch.device('meta'):
             model = timm.create_model(card.name)
         rows.append(_row(card, model, image_size))
@@ -58,7 +59,7 @@ def summarize_variants(image_size: int = 224) -> List[VariantRow]:
     """Build each registered variant for real, check one forward pass at ``image_size``, count it."""
     _check_image_size(image_size)
     rows = []
-    for card in tqdm(load_registry(), desc='variants', unit='model'):
+    for card in tqdm(registered_cards(), desc='variants', unit='model'):
         model = timm.create_model(card.name).eval()
         x = torch.randn(1, 3, image_size, image_size)
         start = time.perf_counter()

@@ -35,9 +35,12 @@ def test_show_prints_the_card_and_rejects_unknown_names(capsys):
     assert main(['show', 'asvit_small']) == 0
     out = capsys.readouterr().out
     assert out.startswith('---\nlibrary_name: timm') and '# asvit_small' in out and 'asvit scale --seed' in out
-    assert main(['show', 'asvit_huge']) == 2
-    err = capsys.readouterr().err
-    assert "unknown variant 'asvit_huge'" in err and 'asvit_small' in err
+    assert main(['show', 'asvit_tiny.fmnist']) == 0  # a tagged folder's card
+    assert '# asvit_tiny.fmnist' in capsys.readouterr().out
+    for name in ('asvit_huge', 'asvit_small.nope'):
+        assert main(['show', name]) == 2
+        err = capsys.readouterr().err
+        assert f"unknown variant '{name}'" in err and 'asvit_small' in err and 'asvit_tiny.fmnist' in err
 
 
 @pytest.mark.parametrize('command', ['list', 'summary'])

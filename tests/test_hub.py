@@ -160,9 +160,14 @@ tiny = timm.create_model('asvit_tiny')
 mine = timm.create_model('asvit_tiny.mine', pretrained=True)
 shipped = timm.create_model('asvit_tiny.fmnist', pretrained=True)
 expected = load_file(sys.argv[1])
+from asvit_zoo.asvit import registered_folder
+from asvit_zoo.summary import list_variants
+
+row, = [r for r in list_variants() if r.name == 'asvit_tiny']
 print(json.dumps({'default_classes': tiny.num_classes, 'tags': timm.list_pretrained('asvit_tiny*'),
                   'mine': all(torch.equal(v, expected[k]) for k, v in mine.state_dict().items()),
-                  'shipped_classes': shipped.num_classes}))
+                  'shipped_classes': shipped.num_classes, 'folder': str(registered_folder('asvit_tiny.mine')),
+                  'listed': row.weights}))
 '''
 
 
@@ -181,6 +186,7 @@ def test_a_new_tag_of_a_shipped_variant_adds_to_its_tags(tmp_path: Path):
     out = json.loads(result.stdout.splitlines()[-1])
     assert out['default_classes'] == 1000 and out['shipped_classes'] == 10 and out['mine']
     assert {'asvit_tiny.fmnist', 'asvit_tiny.mine'} <= set(out['tags'])
+    assert out['folder'] == str(tmp_path / 'reg' / 'asvit_tiny.mine') and 'mine' in out['listed']  # list, show, push
 
 
 def test_another_registry_must_not_change_a_variants_genotype(tmp_path: Path):
@@ -486,6 +492,8 @@ def test_push(export_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         'config.json', 'README.md', 'model.safetensors']
     assert cli_main(['push', export_dir.name, '--repo', HUB_ID, '--registry', str(export_dir.parent)]) == 0
     assert _FakeApi.calls[2:] == _FakeApi.calls[:2]
+    assert cli_main(['push', export_dir.name, '--repo', HUB_ID]) == 0  # found among the registered variants
+    assert _FakeApi.calls[4:] == _FakeApi.calls[:2]
     _FakeApi.calls = []
     with pytest.raises(ValueError, match=f"hf_hub_id is '{HUB_ID}', not 'org/other'"):
         push_folder(export_dir, 'org/other')

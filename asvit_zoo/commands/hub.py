@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..hub import export_weights, push_folder
-from ..registry import registry_root
+from ..asvit import registered_folder
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -25,7 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     push.add_argument('name', help='registry folder name, e.g. asvit_small.fmnist')
     push.add_argument('--repo', required=True, help='Hub repo ORG/NAME (created if missing)')
     push.add_argument('--private', action='store_true', help='create the repo private')
-    push.add_argument('--registry', type=Path, help='registry folder (default: the shipped registry)')
+    push.add_argument('--registry', type=Path, help='registry folder (default: the registered variants: the shipped '
+                                                    'registry and ASVIT_ZOO_REGISTRY)')
     push.set_defaults(func=run_push)
 
 
@@ -38,6 +39,6 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_push(args: argparse.Namespace) -> int:
-    folder = (args.registry or registry_root()) / args.name
+    folder = args.registry / args.name if args.registry else registered_folder(args.name)
     print(push_folder(folder, args.repo, private=args.private))
     return 0

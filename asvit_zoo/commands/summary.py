@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..registry import CARD_FILE, load_registry
+from ..asvit import registered_folder
+from ..registry import CARD_FILE
 from ..summary import format_table, list_variants, summarize_variants
 
 
@@ -12,7 +13,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     listing.add_argument('--image-size', type=int, default=224, help='resolution of the GMACs column (default: 224)')
     listing.set_defaults(func=run_list)
     show = subparsers.add_parser('show', help="print a variant's model card")
-    show.add_argument('name', help='registered variant, e.g. asvit_small')
+    show.add_argument('name', help='registered variant, e.g. asvit_small or asvit_tiny.fmnist')
     show.set_defaults(func=run_show)
     summary = subparsers.add_parser(
         'summary', help='build every registered variant, run a forward pass, print the table with timings')
@@ -26,10 +27,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    cards = {card.name: card for card in load_registry()}
-    if args.name not in cards:
-        raise ValueError(f'unknown variant {args.name!r}; registered: {", ".join(sorted(cards))}')
-    print((cards[args.name].path / CARD_FILE).read_text(), end='')
+    print((registered_folder(args.name) / CARD_FILE).read_text(encoding='utf-8'), end='')
     return 0
 
 
