@@ -33,7 +33,7 @@ def _row(card: VariantCard, model: torch.nn.Module, image_size: int, seconds: Op
     tags = [t for t in card.tags() if any(card.pretrained_cfg(t).get(k) for k in ('file', 'hf_hub_id', 'url'))]
     hub_ids = sorted({card.pretrained_cfg(t).get('hf_hub_id') or '' for t in card.tags()} - {''})
     return VariantRow(card.name, str(card.genotype), param_count(model),
-                      count_macs(model, (3, image_size, image_size)) / 1e9,
+                      count_macs(model, (model.in_chans, image_size, image_size)) / 1e9,
                       f"yes ({', '.join(t or 'default' for t in tags)})" if tags else 'no',
                       ', '.join(hub_ids) or '-', seconds)
 
@@ -61,7 +61,7 @@ def summarize_variants(image_size: int = 224) -> List[VariantRow]:
     rows = []
     for card in tqdm(registered_cards(), desc='variants', unit='model'):
         model = timm.create_model(card.name).eval()
-        x = torch.randn(1, 3, image_size, image_size)
+        x = torch.randn(1, model.in_chans, image_size, image_size)  # a variant's default may be grayscale
         start = time.perf_counter()
         logits = model(x)
         seconds = time.perf_counter() - start

@@ -189,6 +189,16 @@ def test_a_new_tag_of_a_shipped_variant_adds_to_its_tags(tmp_path: Path):
     assert out['folder'] == str(tmp_path / 'reg' / 'asvit_tiny.mine') and 'mine' in out['listed']  # list, show, push
 
 
+def test_cli_tables_list_another_registrys_grayscale_variant(run_dir: Path, tmp_path: Path):
+    export_weights(run_dir / 'last.pth.tar', 'asvit_gray', 'fmnist', root=tmp_path)  # 1 channel, 10 classes
+    env = dict(os.environ, ASVIT_ZOO_REGISTRY=str(tmp_path))
+    for command in ('list', 'summary'):
+        result = subprocess.run([sys.executable, '-m', 'asvit_zoo.cli', command, '--image-size', '28'], env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert all(re.search(rf'^\| {name} +\|', result.stdout, re.M) for name in ('asvit_gray', 'asvit_tiny')), command
+
+
 def test_another_registry_must_not_change_a_variants_genotype(tmp_path: Path):
     from asvit_zoo.registry import RegistryError
 
