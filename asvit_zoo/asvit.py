@@ -39,7 +39,7 @@ from timm.models._manipulate import checkpoint_seq, named_apply
 
 from .genotype import Genotype
 from .hub import describe_mismatch, read_checkpoint, resolve_weights
-from .registry import RegistryError, VariantCard, extra_registries, load_card, load_registry
+from .registry import RegistryError, VariantCard, extra_registries, load_card, load_registry, tagged_name
 from .validation import is_count
 
 __all__ = ['AsViT', 'checkpoint_filter_fn', 'unwrap_state_dict', 'register_cards', 'registered_card',
@@ -571,7 +571,7 @@ def _create_asvit(variant: str, pretrained: bool = False, **kwargs: Any) -> AsVi
         if not _has_weights(cfg):
             tag = cfg.get('tag') or ''
             raise RuntimeError(
-                f"{variant}{'.' + tag if tag else ''} has no pretrained weights (no hf_hub_id, url or file in its "
+                f"{tagged_name(variant, tag)} has no pretrained weights (no hf_hub_id, url or file in its "
                 f"pretrained cfg). Variants with weights: {', '.join(list_pretrained_variants()) or 'none'}. "
                 f"To load your own file: pretrained_cfg_overlay=dict(file='path/to/model.safetensors').")
         # Resolve (hf-hub: through the cache, honouring HF_HUB_OFFLINE) and verify the file before building.
@@ -630,7 +630,7 @@ def registered_folder(name: str) -> Path:
     architecture, _, tag = name.partition('.')
     card = registered_card(architecture)
     if card is None or (tag or card.tag) not in card.tags():
-        names = [f'{c.name}.{t}' if t else c.name for c in registered_cards() for t in c.tags()]
+        names = [tagged_name(c.name, t) for c in registered_cards() for t in c.tags()]
         raise ValueError(f'unknown variant {name!r}; registered: {", ".join(names)} (another registry: '
                          f'ASVIT_ZOO_REGISTRY, or --registry where a command has it)')
     return card.folder(tag or card.tag).path
@@ -641,14 +641,14 @@ def check_pretrained_tag(name: str) -> None:
     architecture, _, tag = name.partition('.')
     card = registered_card(architecture)
     if card is not None and tag and tag not in card.tags():
-        tags = [f'{architecture}.{t}' if t else architecture for t in card.tags()]
+        tags = [tagged_name(architecture, t) for t in card.tags()]
         raise ValueError(f'{name}: {architecture} has no pretrained tag {tag!r}; it has {tags}')
 
 
 def list_pretrained_variants() -> List[str]:
     """Names (with tag) of the registered variants that have weights."""
-    return [f'{card.name}.{tag}' if tag else card.name
-            for card in _CARDS.values() for tag in card.tags() if _has_weights(card.pretrained_cfg(tag))]
+    return [tagged_name(card.name, tag) for card in _CARDS.values() for tag in card.tags()
+            if _has_weights(card.pretrained_cfg(tag))]
 
 
 @register_model
@@ -700,7 +700,8 @@ def _joined(card: VariantCard) -> VariantCard:
         raise RegistryError(f'{card.path}: {card.name} has genotype {card.genotype}, but the registered {card.name} '
                             f'({known.path}) has {known.genotype}; another registry may add pretrained tags to a '
                             f'variant, not change its architecture (give it another name)')
-    return dataclasses.replace(known, tagged={**known.tagged, **card.tagged})
+    own = {card.tag: card} if card.tag else {}  # a card loaded alone has its own tag only
+    return dataclasses.replace(known, tagged={**known.tagged, **own, **card.tagged})
 
 
 def register_folder(folder: Union[str, Path]) -> str:
@@ -708,7 +709,7 @@ def register_folder(folder: Union[str, Path]) -> str:
     unless its architecture and tag are known already; returns the architecture's name."""
     card = load_card(Path(folder), check_name=False)
     if card.name not in _CARDS or card.tag not in _CARDS[card.name].tags():
-        register_cards([dataclasses.replace(card, tagged={card.tag: card} if card.tag else {})])
+        register_cards([card])
     return card.name
 
 

@@ -254,6 +254,11 @@ def _provenance_lines(provenance: Mapping[str, Any]) -> List[str]:
     return lines + ['']
 
 
+def tagged_name(architecture: str, tag: str) -> str:
+    """The timm model name of a pretrained tag: ``ARCH.TAG``, or ``ARCH`` for the untagged card."""
+    return f'{architecture}.{tag}' if tag else architecture
+
+
 def _is_shipped(name: str) -> bool:
     """Whether the registry shipped with the package has the folder ``name`` (``ARCH`` or ``ARCH.TAG``;
     ``import asvit_zoo`` registers it with timm everywhere)."""
@@ -263,7 +268,7 @@ def _is_shipped(name: str) -> bool:
 def render_model_card(config: Mapping[str, Any], description: str) -> str:
     """The README.md of a registry folder: Hub YAML metadata, description, genotype, weights, provenance."""
     tag = config['pretrained_cfg'].get('tag', '')
-    name = config['architecture'] + (f'.{tag}' if tag else '')
+    name = tagged_name(config['architecture'], tag)
     genotype = config['model_args']['genotype']
     lines = ['---', 'library_name: timm', f"license: {config['pretrained_cfg'].get('license', 'mit')}", 'tags:',
              '- image-classification', '- timm', '- asvit', '---', f'# {name}', '', description, '',
