@@ -27,7 +27,7 @@ from .datasets import search_batch
 from .fileio import read_json, write_json, write_text
 from .genotype import SEARCH_SPACE, Genotype
 from .measures import measure_genotype
-from .validation import check_seed, offset_seed
+from .validation import COUNT, POSITIVE, SEED_RANGE, Range, check_fields, offset_seed, setting
 
 __all__ = ['CorrelationConfig', 'sample_topologies', 'kendall_table', 'correlate']
 
@@ -48,25 +48,23 @@ SCORES = {
 
 @dataclass(frozen=True)
 class CorrelationConfig:
-    n: int = 24
-    embed_dim: int = 32
-    depths: Tuple[int, ...] = (1, 1, 1, 1)
-    measure_image_size: int = 32
-    repeat: int = 1
-    ntk_batch: int = 8
-    img_size: int = 28
-    epochs: int = 1
-    train_subset: Optional[int] = 15000
-    eval_subset: Optional[int] = 2000
-    batch_size: int = 128
-    lr: float = 2e-3
-    seed: int = 0
+    n: int = setting(24, allowed=Range(3), why='topologies of a rank correlation')
+    embed_dim: int = setting(32, allowed=COUNT)
+    depths: Tuple[int, ...] = setting((1, 1, 1, 1), allowed=COUNT)
+    measure_image_size: int = setting(32, allowed=COUNT)
+    repeat: int = setting(1, allowed=COUNT)
+    ntk_batch: int = setting(8, allowed=Range(2), why='a Gram matrix of one image has condition 1')
+    img_size: int = setting(28, allowed=COUNT)
+    epochs: int = setting(1, allowed=COUNT)
+    train_subset: Optional[int] = setting(15000, allowed=COUNT)
+    eval_subset: Optional[int] = setting(2000, allowed=COUNT)
+    batch_size: int = setting(128, allowed=COUNT)
+    lr: float = setting(2e-3, allowed=POSITIVE)
+    seed: int = setting(0, allowed=SEED_RANGE)
     device: str = 'cpu'
 
     def __post_init__(self) -> None:
-        if self.n < 3:
-            raise ValueError(f'n must be >= 3 topologies for a rank correlation, got {self.n}')
-        check_seed(self.seed)
+        check_fields(self)
 
 
 def sample_topologies(n: int, seed: int) -> List[Genotype]:

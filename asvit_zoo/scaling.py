@@ -47,7 +47,7 @@ from .distributed import DistEnv, barrier, gather_objects, my_share, process_gro
 from .fileio import atomic_write, read_json, write_json
 from .genotype import Genotype
 from .measures import measure_genotype
-from .validation import check_seed, is_count, offset_seed
+from .validation import COUNT, POSITIVE, SEED_RANGE, Range, check_fields, offset_seed, setting
 
 __all__ = ['ScalingConfig', 'Candidate', 'ScalingStep', 'real_size', 'run_scaling', 'select_variants',
            'load_trajectory', 'plot_trajectory']
@@ -63,30 +63,23 @@ TRAJECTORY_FILE = 'trajectory.json'
 @dataclass(frozen=True)
 class ScalingConfig:
     seed_genotype: str
-    budgets: Tuple[float, ...] = (29.0e6, 52.6e6, 88.1e6)
-    upper_limit: float = 110e6
-    lower_bound: Optional[float] = None  # default: the largest budget
-    image_size: int = 224
-    repeat: int = 1
-    batch_size: int = NTK_BATCH
+    budgets: Tuple[float, ...] = setting((29.0e6, 52.6e6, 88.1e6), allowed=POSITIVE)
+    upper_limit: float = setting(110e6, allowed=POSITIVE)
+    lower_bound: Optional[float] = setting(None, allowed=POSITIVE)  # default: the largest budget
+    image_size: int = setting(224, allowed=COUNT)
+    repeat: int = setting(1, allowed=COUNT)
+    batch_size: int = setting(NTK_BATCH, allowed=Range(2), why='the NTK batch: a Gram matrix of one image has '
+                                                              'condition 1')
     data: str = 'fashion-mnist'
-    seed: int = 0
+    seed: int = setting(0, allowed=SEED_RANGE)
     device: str = 'cpu'
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if not Genotype.parse(self.seed_genotype).is_seed:
             raise ValueError(f'seed genotype must be in the seed form K,S,E|...|H, got {self.seed_genotype!r}')
-        if not self.budgets or any(b <= 0 for b in self.budgets):
-            raise ValueError(f'budgets must be positive parameter counts, got {list(self.budgets)}')
         if max(self.budgets) > self.upper_limit:
             raise ValueError(f'the largest budget {max(self.budgets):.4g} exceeds upper_limit {self.upper_limit:.4g}')
-        for name in ('image_size', 'repeat'):
-            if not is_count(getattr(self, name)):
-                raise ValueError(f'{name} must be an integer >= 1, got {getattr(self, name)!r}')
-        if not is_count(self.batch_size) or self.batch_size < 2:
-            raise ValueError(f'batch_size must be an integer >= 2 (the NTK batch: a Gram matrix of one image has '
-                             f'condition 1), got {self.batch_size!r}')
-        check_seed(self.seed)
         resolve_device(self.device)
 
     @property

@@ -68,7 +68,7 @@ from .fileio import read_json_lines, save_torch, write_json
 from .hub import load_torch_checkpoint
 from .genotype import SEARCH_SPACE, Genotype
 from .measures import Measures, measure_genotype
-from .validation import check_seed, is_count
+from .validation import COUNT, POSITIVE, SEED_RANGE, check_fields, setting
 
 __all__ = ['SearchConfig', 'SearchResult', 'Policy', 'MeasureHistory', 'Baseline', 'budget_penalty', 'search']
 
@@ -96,36 +96,28 @@ Scorer = Callable[..., Measures]
 class SearchConfig:
     """Settings of one search run; all but ``steps`` and ``device`` must match when a run is resumed."""
 
-    steps: int = 500
-    repeat: int = 5
-    batch_size: int = 16
-    image_size: int = 224
+    steps: int = setting(500, allowed=COUNT)
+    repeat: int = setting(5, allowed=COUNT)
+    batch_size: int = setting(16, allowed=COUNT)
+    image_size: int = setting(224, allowed=COUNT)
     measures: Tuple[str, ...] = ('ntk', 'exp')
     data: str = 'fashion-mnist'
     device: str = 'cpu'
-    seed: int = 0
-    max_params: Optional[int] = None
-    max_gmacs: Optional[float] = None
+    seed: int = setting(0, allowed=SEED_RANGE)
+    max_params: Optional[float] = setting(None, allowed=POSITIVE)
+    max_gmacs: Optional[float] = setting(None, allowed=POSITIVE)
 
     def __post_init__(self) -> None:
-        for name in ('steps', 'repeat', 'batch_size', 'image_size'):
-            value = getattr(self, name)
-            if not is_count(value):
-                raise ValueError(f'{name} must be an integer >= 1, got {value!r}')
-        check_seed(self.seed)
+        check_fields(self)
         measures = tuple(self.measures)
         unknown = sorted(set(measures) - set(MEASURE_SIGNS))
-        if unknown or not measures or len(set(measures)) != len(measures):
+        if unknown or len(set(measures)) != len(measures):
             raise ValueError(f'measures must be a non-empty list of distinct names from {sorted(MEASURE_SIGNS)}, '
                              f'got {list(measures)}')
         object.__setattr__(self, 'measures', tuple(m for m in MEASURE_SIGNS if m in measures))
         if 'ntk' in self.measures and self.batch_size < 2:
             raise ValueError(f'batch_size must be >= 2 for the ntk measure (a Gram matrix of one image has condition '
                              f'1), got {self.batch_size}')
-        for name in ('max_params', 'max_gmacs'):
-            value = getattr(self, name)
-            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f'{name} must be a positive number, got {value!r}')
         resolve_device(self.device)
 
 

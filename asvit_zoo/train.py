@@ -66,7 +66,7 @@ from .fileio import read_json_lines, save_torch, write_text
 from .hub import load_torch_checkpoint
 from .retokenization import (FULL_TOKENS, SCHEDULES, format_tokenizer, parse_schedule, parse_tokenizer, plot_schedule,
                              schedule_cost)
-from .validation import SEED_RANGE, Range, check_fields, offset_seed
+from .validation import COUNT, NON_NEGATIVE, POSITIVE, SEED_RANGE, Range, check_fields, offset_seed, setting
 
 __all__ = ['TrainConfig', 'TrainResult', 'Trainer', 'load_config', 'train']
 
@@ -83,13 +83,6 @@ PathLike = Union[str, Path]
 GENERIC_MODEL = 'asvit'  # the registered model that takes any genotype
 
 
-def _setting(default: Any, help: str, allowed: Optional[Range] = None) -> Any:
-    """A TrainConfig field whose ``help`` is the text of its ``asvit train`` option and ``allowed`` the range of
-    its numbers (see :func:`~asvit_zoo.validation.check_fields`)."""
-    return field(default=default, metadata={'help': help, 'range': allowed})
-
-
-_COUNT, _NON_NEGATIVE, _POSITIVE = Range(1), Range(0), Range(0, low_open=True)
 _PROBABILITY, _FRACTION = Range(0, 1), Range(0, 1, high_open=True)
 
 
@@ -98,60 +91,60 @@ class TrainConfig:
     """Everything that defines a training run (recipes in ``recipes/*.json`` set these fields)."""
 
     # model
-    model: str = _setting('asvit', "a registered variant name, or 'asvit' with --genotype")
-    genotype: Optional[str] = _setting(None, "scaled genotype 'K,S,E,L|K,S,E,L|K,S,E,L|K,S,E,L|H,C' (model 'asvit')")
-    drop_path: float = _setting(0., 'stochastic depth rate', _FRACTION)
+    model: str = setting('asvit', "a registered variant name, or 'asvit' with --genotype")
+    genotype: Optional[str] = setting(None, "scaled genotype 'K,S,E,L|K,S,E,L|K,S,E,L|K,S,E,L|H,C' (model 'asvit')")
+    drop_path: float = setting(0., 'stochastic depth rate', _FRACTION)
     # data
-    data: str = _setting(FASHION_MNIST, f"'{FASHION_MNIST}', '{SYNTHETIC}', or an ImageFolder root with train/ and "
-                                        'val/ (ImageNet layout)')
-    data_root: Optional[str] = _setting(None, f"Fashion-MNIST folder, unset: Debian's {DEFAULT_ROOT}")
-    img_size: int = _setting(28, 'input height and width', _COUNT)
-    train_subset: Optional[int] = _setting(None, 'train on the first N training images', _COUNT)
-    eval_subset: Optional[int] = _setting(None, 'score the first N evaluation images', _COUNT)
-    synthetic_classes: int = _setting(10, f'{SYNTHETIC} data: number of classes', _COUNT)
-    synthetic_train: int = _setting(512, f'{SYNTHETIC} data: training images', _COUNT)
-    synthetic_eval: int = _setting(128, f'{SYNTHETIC} data: evaluation images', _COUNT)
-    crop_padding: int = _setting(2, 'in-memory data only: random crop of the image zero-padded by this many pixels',
-                                 _NON_NEGATIVE)
-    scale_range: float = _setting(1., 'in-memory data only: zoom each image by a log-uniform factor in [1/R, R] '
-                                      '(1: off)', Range(1))
-    hflip: float = _setting(0.5, 'probability of a horizontal flip', _PROBABILITY)
-    auto_augment: Optional[str] = _setting(None, "ImageFolder only: timm policy, e.g. 'rand-m9-mstd0.5-inc1'")
-    re_prob: float = _setting(0., 'ImageFolder only: random erasing probability', _PROBABILITY)
-    color_jitter: float = _setting(0.4, 'ImageFolder only: colour jitter strength (timm ignores it with '
-                                        'auto_augment)', _NON_NEGATIVE)
-    crop_pct: float = _setting(0.875, 'ImageFolder only: centre-crop fraction for evaluation',
-                               Range(0, 1, low_open=True))
-    interpolation: str = _setting('bicubic', f'ImageFolder only: resize interpolation ({", ".join(_INTERPOLATIONS)})')
-    workers: int = _setting(4, 'ImageFolder only: data loader processes', _NON_NEGATIVE)
+    data: str = setting(FASHION_MNIST, f"'{FASHION_MNIST}', '{SYNTHETIC}', or an ImageFolder root with train/ and "
+                                       'val/ (ImageNet layout)')
+    data_root: Optional[str] = setting(None, f"Fashion-MNIST folder, unset: Debian's {DEFAULT_ROOT}")
+    img_size: int = setting(28, 'input height and width', COUNT)
+    train_subset: Optional[int] = setting(None, 'train on the first N training images', COUNT)
+    eval_subset: Optional[int] = setting(None, 'score the first N evaluation images', COUNT)
+    synthetic_classes: int = setting(10, f'{SYNTHETIC} data: number of classes', COUNT)
+    synthetic_train: int = setting(512, f'{SYNTHETIC} data: training images', COUNT)
+    synthetic_eval: int = setting(128, f'{SYNTHETIC} data: evaluation images', COUNT)
+    crop_padding: int = setting(2, 'in-memory data only: random crop of the image zero-padded by this many pixels',
+                                NON_NEGATIVE)
+    scale_range: float = setting(1., 'in-memory data only: zoom each image by a log-uniform factor in [1/R, R] '
+                                     '(1: off)', Range(1))
+    hflip: float = setting(0.5, 'probability of a horizontal flip', _PROBABILITY)
+    auto_augment: Optional[str] = setting(None, "ImageFolder only: timm policy, e.g. 'rand-m9-mstd0.5-inc1'")
+    re_prob: float = setting(0., 'ImageFolder only: random erasing probability', _PROBABILITY)
+    color_jitter: float = setting(0.4, 'ImageFolder only: colour jitter strength (timm ignores it with '
+                                       'auto_augment)', NON_NEGATIVE)
+    crop_pct: float = setting(0.875, 'ImageFolder only: centre-crop fraction for evaluation',
+                              Range(0, 1, low_open=True))
+    interpolation: str = setting('bicubic', f'ImageFolder only: resize interpolation ({", ".join(_INTERPOLATIONS)})')
+    workers: int = setting(4, 'ImageFolder only: data loader processes', NON_NEGATIVE)
     # optimisation
-    epochs: int = _setting(10, 'training epochs', _COUNT)
-    batch_size: int = _setting(128, 'images per step and process', _COUNT)
-    eval_batch_size: Optional[int] = _setting(None, 'images per evaluation batch and process, unset: 2 x '
-                                                    'batch_size', _COUNT)
-    opt: str = _setting('adamw', "timm optimizer name (create_optimizer_v2), e.g. 'adamw', 'sgd', 'lamb'")
-    lr: float = _setting(1e-3, 'peak learning rate', _NON_NEGATIVE)
-    weight_decay: float = _setting(0.05, 'weight decay', _NON_NEGATIVE)
-    momentum: float = _setting(0.9, 'momentum (SGD-like optimizers)', _PROBABILITY)
-    layer_decay: Optional[float] = _setting(None, 'layer-wise learning-rate decay (timm), unset: off', _POSITIVE)
-    clip_grad: Optional[float] = _setting(None, 'clip the gradient norm to this value, unset: off', _POSITIVE)
-    sched: str = _setting('cosine', "timm scheduler stepped every update, e.g. 'cosine', 'step', 'poly'")
-    warmup_epochs: int = _setting(1, 'linear warm-up epochs', _NON_NEGATIVE)
-    warmup_lr: float = _setting(1e-5, 'learning rate at the start of warm-up', _NON_NEGATIVE)
-    min_lr: float = _setting(1e-5, 'learning rate at the end of the schedule', _NON_NEGATIVE)
-    smoothing: float = _setting(0.1, 'label smoothing', _FRACTION)
-    mixup: float = _setting(0., 'Mixup alpha (0: off)', _NON_NEGATIVE)
-    cutmix: float = _setting(0., 'CutMix alpha (0: off)', _NON_NEGATIVE)
-    mixup_prob: float = _setting(1., 'probability of mixing a batch', _PROBABILITY)
-    mixup_switch_prob: float = _setting(0.5, 'probability of CutMix instead of Mixup when both are on', _PROBABILITY)
-    model_ema: bool = _setting(False, 'keep and score an exponential moving average of the weights')
-    model_ema_decay: float = _setting(0.9998, 'EMA decay per update', _PROBABILITY)
-    amp: str = _setting('none', "'none', 'bf16' or 'fp16' (fp16: CUDA only)")
+    epochs: int = setting(10, 'training epochs', COUNT)
+    batch_size: int = setting(128, 'images per step and process', COUNT)
+    eval_batch_size: Optional[int] = setting(None, 'images per evaluation batch and process, unset: 2 x '
+                                                   'batch_size', COUNT)
+    opt: str = setting('adamw', "timm optimizer name (create_optimizer_v2), e.g. 'adamw', 'sgd', 'lamb'")
+    lr: float = setting(1e-3, 'peak learning rate', NON_NEGATIVE)
+    weight_decay: float = setting(0.05, 'weight decay', NON_NEGATIVE)
+    momentum: float = setting(0.9, 'momentum (SGD-like optimizers)', _PROBABILITY)
+    layer_decay: Optional[float] = setting(None, 'layer-wise learning-rate decay (timm), unset: off', POSITIVE)
+    clip_grad: Optional[float] = setting(None, 'clip the gradient norm to this value, unset: off', POSITIVE)
+    sched: str = setting('cosine', "timm scheduler stepped every update, e.g. 'cosine', 'step', 'poly'")
+    warmup_epochs: int = setting(1, 'linear warm-up epochs', NON_NEGATIVE)
+    warmup_lr: float = setting(1e-5, 'learning rate at the start of warm-up', NON_NEGATIVE)
+    min_lr: float = setting(1e-5, 'learning rate at the end of the schedule', NON_NEGATIVE)
+    smoothing: float = setting(0.1, 'label smoothing', _FRACTION)
+    mixup: float = setting(0., 'Mixup alpha (0: off)', NON_NEGATIVE)
+    cutmix: float = setting(0., 'CutMix alpha (0: off)', NON_NEGATIVE)
+    mixup_prob: float = setting(1., 'probability of mixing a batch', _PROBABILITY)
+    mixup_switch_prob: float = setting(0.5, 'probability of CutMix instead of Mixup when both are on', _PROBABILITY)
+    model_ema: bool = setting(False, 'keep and score an exponential moving average of the weights')
+    model_ema_decay: float = setting(0.9998, 'EMA decay per update', _PROBABILITY)
+    amp: str = setting('none', "'none', 'bf16' or 'fp16' (fp16: CUDA only)")
     # progressive re-tokenization
-    retokenization: str = _setting('full', f"a schedule ({', '.join(SCHEDULES)}) or "
-                                           "'fraction:stride:dilation,...'")
-    seed: int = _setting(0, 'random seed', SEED_RANGE)
-    device: str = _setting('auto', "'auto' (cuda:LOCAL_RANK when CUDA is available, else cpu), 'cpu', 'cuda:N'")
+    retokenization: str = setting('full', f"a schedule ({', '.join(SCHEDULES)}) or "
+                                          "'fraction:stride:dilation,...'")
+    seed: int = setting(0, 'random seed', SEED_RANGE)
+    device: str = setting('auto', "'auto' (cuda:LOCAL_RANK when CUDA is available, else cpu), 'cpu', 'cuda:N'")
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -7,13 +7,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
 
-__all__ = ['SEED_MAX', 'SEED_RANGE', 'Range', 'check_fields', 'check_seed', 'field_type', 'is_count', 'offset_seed']
+__all__ = ['COUNT', 'NON_NEGATIVE', 'POSITIVE', 'SEED_MAX', 'SEED_RANGE', 'Range', 'check_fields', 'check_seed',
+           'field_type', 'is_count', 'offset_seed', 'setting']
 
 SEED_MAX = 2 ** 32 - 1  # the largest seed every generator we seed (torch, numpy) accepts
 _KIND_WORDS = {bool: 'true or false', int: 'an integer', float: 'a finite number', str: 'a string'}
+_KINDS_WORDS = {bool: 'true/false values', int: 'integers', float: 'finite numbers', str: 'strings'}
 
 
 @dataclass(frozen=True)
@@ -41,10 +43,29 @@ def _number(value: float) -> str:
     return str(value) if isinstance(value, int) else f'{value:g}'
 
 
+COUNT, NON_NEGATIVE, POSITIVE = Range(1), Range(0), Range(0, low_open=True)
+SEED_RANGE = Range(0, SEED_MAX)
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = '', allowed: Optional[Range] = None,
+            why: str = '') -> Any:
+    """A dataclass field that :func:`check_fields` checks: ``allowed`` is the range of its numbers (of each item,
+    for a tuple), ``why`` a reason the error adds, ``help`` its text on the command line."""
+    return field(default=default, metadata={'help': help, 'range': allowed, 'why': why})
+
+
 def field_type(hint: Any) -> Tuple[type, bool]:
     """(the type, whether None is allowed) of a field annotation ``X`` or ``Optional[X]``."""
+    if typing.get_origin(hint) is not typing.Union:
+        return hint, False
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return (args[0], True) if args else (hint, False)
+    return args[0], True
+
+
+def _item_type(kind: Any) -> Optional[type]:
+    """``X`` of the annotation ``Tuple[X, ...]``, else None."""
+    args = typing.get_args(kind)
+    return args[0] if typing.get_origin(kind) is tuple and len(args) == 2 and args[1] is Ellipsis else None
 
 
 def _has_kind(value: Any, kind: type) -> bool:
@@ -60,13 +81,29 @@ def is_count(value: Any) -> bool:
     return _has_kind(value, int) and value >= 1
 
 
-SEED_RANGE = Range(0, SEED_MAX)
+def _check(name: str, value: Any, kind: Any, allowed: Optional[Range] = None, optional: bool = False,
+           why: str = '') -> None:
+    """Raise ``ValueError`` unless ``value`` is of ``kind`` (bool, int, float, str or ``Tuple[one of them, ...]``,
+    non-empty) in ``allowed`` (each item, for a tuple), or None when ``optional``."""
+    if value is None and optional:
+        return
+    item = _item_type(kind)
+    if item is None:
+        fits, wanted = _has_kind(value, kind) and (allowed is None or value in allowed), _KIND_WORDS[kind]
+    else:
+        fits = isinstance(value, (tuple, list)) and len(value) > 0 and all(
+            _has_kind(v, item) and (allowed is None or v in allowed) for v in value)
+        wanted = f'a non-empty list of {_KINDS_WORDS[item]}'
+    if not fits:
+        limits = f' {allowed}' if allowed is not None else ''
+        unset = ' or unset' if optional else ''
+        reason = f' ({why})' if why else ''
+        raise ValueError(f'{name} must be {wanted}{limits}{unset}{reason}, got {value!r}')
 
 
 def check_seed(seed: Any) -> None:
     """Raise ``ValueError`` unless ``seed`` is an integer in :data:`SEED_RANGE`."""
-    if not _has_kind(seed, int) or seed not in SEED_RANGE:
-        raise ValueError(f'seed must be an integer {SEED_RANGE}, got {seed!r}')
+    _check('seed', seed, int, SEED_RANGE)
 
 
 def offset_seed(seed: int, offset: int) -> int:
@@ -75,17 +112,9 @@ def offset_seed(seed: int, offset: int) -> int:
 
 
 def check_fields(config: Any) -> None:
-    """Check every field of the dataclass instance ``config`` against its annotation (bool, int, float, str, or
-    Optional of one) and against the :class:`Range` in its metadata under ``'range'``, if any."""
+    """Check every field of the dataclass instance ``config`` against its annotation (bool, int, float, str,
+    ``Tuple[one of them, ...]``, or Optional of one) and its :func:`setting` metadata, in field order."""
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
         kind, optional = field_type(hints[f.name])
-        if value is None and optional:
-            continue
-        unset = ' or unset' if optional else ''
-        if not _has_kind(value, kind):
-            raise ValueError(f'{f.name} must be {_KIND_WORDS[kind]}{unset}, got {value!r}')
-        allowed = f.metadata.get('range')
-        if allowed is not None and value not in allowed:
-            raise ValueError(f'{f.name} must be {allowed}{unset}, got {value!r}')
+        _check(f.name, getattr(config, f.name), kind, f.metadata.get('range'), optional, f.metadata.get('why', ''))

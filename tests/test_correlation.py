@@ -73,6 +73,20 @@ def test_a_seed_out_of_range_is_refused_before_any_work(tmp_path: Path, capsys: 
     assert not (tmp_path / 'study').exists()
 
 
+@pytest.mark.parametrize('values, message', [
+    (dict(n=2), r'n must be an integer >= 3 \(topologies of a rank correlation\), got 2'),
+    (dict(n=3.5), r'n must be an integer >= 3 \(topologies of a rank correlation\), got 3.5'),
+    (dict(depths=(1, 0, 1, 1)), r'depths must be a non-empty list of integers >= 1, got \(1, 0, 1, 1\)'),
+    (dict(ntk_batch=1), r'ntk_batch must be an integer >= 2 \(a Gram matrix of one image has condition 1\), got 1'),
+    (dict(lr=0), 'lr must be a finite number > 0, got 0'),
+    (dict(train_subset=0), 'train_subset must be an integer >= 1 or unset, got 0'),
+    (dict(device=None), 'device must be a string, got None'),
+])
+def test_settings_are_checked(values, message):
+    with pytest.raises(ValueError, match=f'^{message}$'):
+        CorrelationConfig(**values)
+
+
 def test_each_topology_is_measured_with_a_seed_in_range(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     import asvit_zoo.correlation as correlation
 

@@ -93,6 +93,19 @@ def test_recorded_command_regenerates_the_card(tmp_path, monkeypatch, capsys):
     assert 'pass resume=True (--resume)' in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('values, message', [
+    (dict(budgets=()), r'budgets must be a non-empty list of finite numbers > 0, got \(\)'),
+    (dict(budgets=(3e6, -1.0)), r'budgets must be a non-empty list of finite numbers > 0, got \(3000000.0, -1.0\)'),
+    (dict(budgets=(float('nan'),)), r'budgets must be a non-empty list of finite numbers > 0, got \(nan,\)'),
+    (dict(lower_bound=0), 'lower_bound must be a finite number > 0 or unset, got 0'),
+    (dict(image_size=32.0), 'image_size must be an integer >= 1, got 32.0'),
+    (dict(seed_genotype=None), 'seed_genotype must be a string, got None'),
+])
+def test_settings_are_checked(values, message):
+    with pytest.raises(ValueError, match=f'^{message}$'):
+        ScalingConfig(**{'seed_genotype': PAPER_SEED, **values})
+
+
 @pytest.mark.parametrize('argv, message', [
     (['--budgets', '-3M'], '--budgets must be a positive count'),
     (['--budgets', '200M'], 'exceeds upper_limit'),

@@ -233,6 +233,18 @@ def test_budget_parsing() -> None:
     assert parse_positive('5', '--max-gmacs') == 5.0
 
 
+@pytest.mark.parametrize('values, message', [
+    (dict(measures='ntk'), "measures must be a non-empty list of strings, got 'ntk'"),
+    (dict(measures=()), r'measures must be a non-empty list of strings, got \(\)'),
+    (dict(max_params=-2e6), 'max_params must be a finite number > 0 or unset, got -2000000.0'),
+    (dict(max_gmacs=float('inf')), 'max_gmacs must be a finite number > 0 or unset, got inf'),
+    (dict(steps='10'), "steps must be an integer >= 1, got '10'"),
+])
+def test_settings_are_checked(values: Dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=f'^{message}$'):
+        SearchConfig(**values)
+
+
 @pytest.mark.parametrize('args, message', [
     (['--data', '/no/such/folder'], """data source '/no/such/folder' is neither "fashion-mnist", "noise" nor an """
                                     'existing ImageFolder directory'),

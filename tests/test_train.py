@@ -64,13 +64,13 @@ def test_config_errors(tmp_path):
     with pytest.raises(ValueError, match='a recipe is a mapping'):
         load_config(tmp_path / 'list.json')
     (tmp_path / 'typo.json').write_text('{"epochs": "3"}')  # a value of the wrong type in a recipe file
-    with pytest.raises(ValueError, match="epochs must be an integer, got '3'"):
+    with pytest.raises(ValueError, match="epochs must be an integer >= 1, got '3'"):
         load_config(tmp_path / 'typo.json')
 
 
 def test_cli_names_a_setting_out_of_range(tmp_path, capsys):
     assert main(['train', '--output', str(tmp_path / 'run'), *TINY_RUN, '--seed', str(2 ** 32)]) == 2
-    assert r'seed must be in [0, 4294967295], got 4294967296' in capsys.readouterr().err
+    assert r'seed must be an integer in [0, 4294967295], got 4294967296' in capsys.readouterr().err
     assert not (tmp_path / 'run').exists()
 
 
@@ -340,25 +340,25 @@ def test_model_and_genotype(tmp_path):
     (dict(sched='plateau'), "sched 'plateau' is not supported: the trainer steps the schedule on every update"),
     (dict(sched='none'), "sched 'none' is not supported"),
     (dict(mixup=0.5, batch_size=15), 'mixup/cutmix need an even batch_size .* got 15'),
-    (dict(synthetic_eval=0), 'synthetic_eval must be >= 1, got 0'),
-    (dict(synthetic_classes=0), 'synthetic_classes must be >= 1, got 0'),
+    (dict(synthetic_eval=0), 'synthetic_eval must be an integer >= 1, got 0'),
+    (dict(synthetic_classes=0), 'synthetic_classes must be an integer >= 1, got 0'),
     (dict(interpolation='foo'), r"interpolation must be one of timm's modes \[.*'bicubic'.*\], got 'foo'"),
     (dict(auto_augment='foo'), "auto_augment 'foo' is not a timm policy"),
-    (dict(eval_subset=-5), 'eval_subset must be >= 1 or unset, got -5'),
-    (dict(eval_batch_size=0), 'eval_batch_size must be >= 1 or unset, got 0'),
-    (dict(epochs='3'), "epochs must be an integer, got '3'"),
-    (dict(batch_size=2.5), 'batch_size must be an integer, got 2.5'),
-    (dict(lr='fast'), "lr must be a finite number, got 'fast'"),
-    (dict(lr=float('nan')), 'lr must be a finite number, got nan'),
+    (dict(eval_subset=-5), 'eval_subset must be an integer >= 1 or unset, got -5'),
+    (dict(eval_batch_size=0), 'eval_batch_size must be an integer >= 1 or unset, got 0'),
+    (dict(epochs='3'), "epochs must be an integer >= 1, got '3'"),
+    (dict(batch_size=2.5), 'batch_size must be an integer >= 1, got 2.5'),
+    (dict(lr='fast'), "lr must be a finite number >= 0, got 'fast'"),
+    (dict(lr=float('nan')), 'lr must be a finite number >= 0, got nan'),
     (dict(model_ema='yes'), "model_ema must be true or false, got 'yes'"),
     (dict(opt=3), 'opt must be a string, got 3'),
-    (dict(hflip=1.5), r'hflip must be in \[0, 1\], got 1.5'),
-    (dict(smoothing=1.0), r'smoothing must be in \[0, 1\), got 1.0'),
-    (dict(crop_pct=0), r'crop_pct must be in \(0, 1\], got 0'),
-    (dict(layer_decay=0.), 'layer_decay must be > 0 or unset, got 0.0'),
-    (dict(workers=-1), 'workers must be >= 0, got -1'),
-    (dict(scale_range=0.5), 'scale_range must be >= 1, got 0.5'),
-    (dict(seed=2 ** 32), r'seed must be in \[0, 4294967295\], got 4294967296'),
+    (dict(hflip=1.5), r'hflip must be a finite number in \[0, 1\], got 1.5'),
+    (dict(smoothing=1.0), r'smoothing must be a finite number in \[0, 1\), got 1.0'),
+    (dict(crop_pct=0), r'crop_pct must be a finite number in \(0, 1\], got 0'),
+    (dict(layer_decay=0.), 'layer_decay must be a finite number > 0 or unset, got 0.0'),
+    (dict(workers=-1), 'workers must be an integer >= 0, got -1'),
+    (dict(scale_range=0.5), 'scale_range must be a finite number >= 1, got 0.5'),
+    (dict(seed=2 ** 32), r'seed must be an integer in \[0, 4294967295\], got 4294967296'),
 ])
 def test_settings_are_checked(setting, message):
     with pytest.raises(ValueError, match=message):

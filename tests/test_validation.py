@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Tuple
 
 import pytest
 
-from asvit_zoo.validation import SEED_MAX, Range, check_fields, check_seed, field_type, is_count, offset_seed
+from asvit_zoo.validation import (COUNT, POSITIVE, SEED_MAX, Range, check_fields, check_seed, field_type, is_count,
+                                  offset_seed, setting)
 
 
 @pytest.mark.parametrize('allowed,inside,outside,text', [
@@ -39,6 +40,7 @@ def test_offset_seed_stays_in_range():
 
 def test_field_type():
     assert field_type(int) == (int, False) and field_type(Optional[float]) == (float, True)
+    assert field_type(Tuple[int, ...]) == (Tuple[int, ...], False)
 
 
 @dataclass
@@ -48,22 +50,34 @@ class _Settings:
     name: str = 'x'
     flag: bool = False
     limit: Optional[float] = field(default=None, metadata={'range': Range(0, low_open=True)})
+    sizes: Tuple[int, ...] = setting((1, 2), allowed=COUNT)
+    names: Tuple[str, ...] = ('a',)
+    batch: int = setting(2, allowed=Range(2), why='pairs')
+    budget: Optional[float] = setting(None, allowed=POSITIVE)
 
     def __post_init__(self) -> None:
         check_fields(self)
 
 
 @pytest.mark.parametrize('values,message', [
-    (dict(steps=True), 'steps must be an integer, got True'),
-    (dict(steps=2.0), 'steps must be an integer, got 2.0'),
-    (dict(steps=0), 'steps must be >= 1, got 0'),
-    (dict(rate='0.5'), "rate must be a finite number, got '0.5'"),
-    (dict(rate=math.inf), 'rate must be a finite number, got inf'),
-    (dict(rate=2), r'rate must be in \[0, 1\], got 2'),
+    (dict(steps=True), 'steps must be an integer >= 1, got True'),
+    (dict(steps=2.0), 'steps must be an integer >= 1, got 2.0'),
+    (dict(steps=0), 'steps must be an integer >= 1, got 0'),
+    (dict(rate='0.5'), r"rate must be a finite number in \[0, 1\], got '0.5'"),
+    (dict(rate=math.inf), r'rate must be a finite number in \[0, 1\], got inf'),
+    (dict(rate=2), r'rate must be a finite number in \[0, 1\], got 2'),
     (dict(name=None), 'name must be a string, got None'),
     (dict(flag=1), 'flag must be true or false, got 1'),
-    (dict(limit=0), 'limit must be > 0 or unset, got 0'),
-    (dict(limit='1'), "limit must be a finite number or unset, got '1'"),
+    (dict(limit=0), 'limit must be a finite number > 0 or unset, got 0'),
+    (dict(limit='1'), "limit must be a finite number > 0 or unset, got '1'"),
+    (dict(sizes=()), r'sizes must be a non-empty list of integers >= 1, got \(\)'),
+    (dict(sizes=(1, 0)), r'sizes must be a non-empty list of integers >= 1, got \(1, 0\)'),
+    (dict(sizes=(1, 2.0)), r'sizes must be a non-empty list of integers >= 1, got \(1, 2.0\)'),
+    (dict(sizes=3), 'sizes must be a non-empty list of integers >= 1, got 3'),
+    (dict(names='ab'), "names must be a non-empty list of strings, got 'ab'"),
+    (dict(names=['a', 1]), r"names must be a non-empty list of strings, got \['a', 1\]"),
+    (dict(batch=1), r'batch must be an integer >= 2 \(pairs\), got 1'),
+    (dict(budget=-2.5), 'budget must be a finite number > 0 or unset, got -2.5'),
 ])
 def test_check_fields_names_the_field_the_value_and_what_is_allowed(values, message):
     with pytest.raises(ValueError, match=f'^{message}$'):
@@ -71,5 +85,6 @@ def test_check_fields_names_the_field_the_value_and_what_is_allowed(values, mess
 
 
 def test_check_fields_accepts_valid_values():
-    s = _Settings(steps=3, rate=1, name='y', flag=True, limit=2.5)  # an int where a float is asked is a number
-    assert (s.steps, s.rate, s.limit) == (3, 1, 2.5) and _Settings(limit=None).limit is None
+    s = _Settings(steps=3, rate=1, name='y', flag=True, limit=2.5, sizes=[4], names=('p', 'q'), budget=7)
+    assert (s.steps, s.rate, s.limit, s.sizes, s.budget) == (3, 1, 2.5, [4], 7)  # an int is a number too
+    assert _Settings(limit=None).limit is None
