@@ -19,7 +19,10 @@ it, and a stage that was interrupted continues from its own checkpoint (search `
 the results of an uninterrupted one. A stage whose inputs changed is run again from scratch; a later stage
 runs again where its own inputs changed with it: each stage's inputs hold what it uses of the earlier ones (the
 seed genotype, a variant's genotype, the trained checkpoint's outputs, the exported weights' sha256). Variants
-that a changed preset no longer names leave the build: their registry folders, training runs and records.
+that a changed preset no longer names leave the build: their registry folders, training runs and records. A
+scaling stage that runs again writes new cards and removes the earlier exports (a variant may keep its name and
+change its genotype); an export under a new tag replaces the one under the earlier tag. Only what the build
+recorded making is removed: other folders under ``registry/`` and ``train/`` stay.
 """
 from __future__ import annotations
 
@@ -154,9 +157,16 @@ class _Stages:
             return None
         return record['outputs']
 
-    def keep_variants(self, names: Sequence[str]) -> None:
-        """Forget the per-variant stages (``train/NAME`` ...) of variants not in ``names``."""
-        stale = [key for key in self.done if '/' in key and key.split('/', 1)[1] not in names]
+    def variants(self) -> List[str]:
+        """The variants earlier builds in this folder made: named by the scaling stage or a per-variant stage."""
+        scaled = (self.done.get('scale') or {}).get('outputs', {}).get('variants', [])
+        names = {v['name'] for v in scaled} | {key.split('/', 1)[1] for key in self.done if '/' in key}
+        return sorted(names)
+
+    def forget(self, names: Sequence[str], stages: Sequence[str] = ('train', 'export', 'evaluate')) -> None:
+        """Forget the per-variant ``stages`` (``train/NAME`` ...) of the variants ``names``."""
+        stale = [key for key in self.done if '/' in key and tuple(key.split('/', 1)) in
+                 {(stage, name) for stage in stages for name in names}]
         for key in stale:
             del self.done[key]
         if stale and self.writer:
@@ -167,6 +177,21 @@ class _Stages:
         if self.writer:
             write_json(self.path, self.done)
         return outputs
+
+
+def _remove_exports(registry: Path, name: str, keep: Optional[str] = None) -> None:
+    """Remove the exports ``registry/NAME.*`` of a variant, but ``keep`` (a folder name)."""
+    for path in registry.glob(f'{name}.*') if registry.is_dir() else []:
+        if path.is_dir() and path.name != keep:
+            shutil.rmtree(path)
+
+
+def _remove_variant(folder: Path, name: str) -> None:
+    """Remove a variant the build made: its registry card and exports and its training run."""
+    _remove_exports(folder / 'registry', name)
+    for path in (folder / 'registry' / name, folder / 'train' / name):
+        if path.is_dir():
+            shutil.rmtree(path)
 
 
 def _fresh(folder: Path, resumable: bool) -> bool:
@@ -220,8 +245,11 @@ def _train(preset: BuildPreset, folder: Path, variant: Dict[str, Any], resume: b
 
 def _export(preset: BuildPreset, folder: Path, name: str, checkpoint: str) -> Dict[str, Any]:
     from .hub import export_weights
+    from .registry import tagged_name
 
-    card = export_weights(folder / checkpoint, name, preset.tag, root=folder / 'registry')
+    registry = folder / 'registry'
+    _remove_exports(registry, name, keep=tagged_name(name, preset.tag))  # an export under an earlier tag
+    card = export_weights(folder / checkpoint, name, preset.tag, root=registry)
     return {'folder': str(card.path.relative_to(folder)), 'sha256': card.config['weights']['sha256']}
 
 
@@ -357,17 +385,23 @@ def build(preset: BuildPreset, folder: PathLike, until: Optional[str] = None,
 
     search_in = {'search': preset.search}
     outputs['search'] = run('search', search_in, lambda: _search(preset, folder, not stages.invalidated, progress))
+    made = stages.variants()
+
+    def scale() -> Dict[str, Any]:  # new cards: the exports of the earlier ones go (their genotypes may change)
+        stages.forget(made, ('export', 'evaluate'))
+        for name in made:
+            _remove_exports(folder / 'registry', name)
+        return _scale(preset, folder, outputs['search']['seed_genotype'], not stages.invalidated, progress)
+
     if last >= STAGES.index('scale'):
         scale_in = {'scale': preset.scale, 'seed': outputs['search']['seed_genotype']}
-        outputs['scale'] = run('scale', scale_in, lambda: _scale(preset, folder, outputs['search']['seed_genotype'],
-                                                                 not stages.invalidated, progress))
+        outputs['scale'] = run('scale', scale_in, scale)
     if 'scale' in outputs and rank == 0:  # variants of an earlier preset leave the build
         names = [variant['name'] for variant in outputs['scale']['variants']]
-        stages.keep_variants(names)
-        for parent in (folder / 'registry', folder / 'train'):  # NAME, NAME.TAG; runs are named NAME
-            for path in parent.iterdir() if parent.is_dir() else []:
-                if path.is_dir() and path.name.split('.')[0] not in names:
-                    shutil.rmtree(path)
+        gone = [name for name in made if name not in names]
+        stages.forget(gone)
+        for name in gone:
+            _remove_variant(folder, name)
     rows: List[Dict[str, Any]] = []
     for variant in outputs.get('scale', {}).get('variants', []) if last >= STAGES.index('train') else []:
         name = variant['name']

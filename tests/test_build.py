@@ -14,6 +14,7 @@ from typing import Any, Dict, List
 import pytest
 
 from asvit_zoo.build import STAGES_FILE, build, load_preset
+from asvit_zoo.registry import registry_root
 from asvit_zoo.train import METRICS, read_metrics
 
 NAME = 'asvit_tb_a'
@@ -30,6 +31,7 @@ TINY_PRESET: Dict[str, Any] = {
     'evaluate': {'subset': 200, 'batch_size': 200, 'device': 'cpu'},
 }
 TIMED = {'seconds', 'wall_seconds', 'train_time'}
+REGISTRY = registry_root()
 
 
 @pytest.fixture(scope='module')
@@ -101,6 +103,35 @@ def test_a_changed_preset_reruns_only_what_it_changes(uninterrupted: Path, tmp_p
     assert [p.name for p in (folder / 'train').iterdir()] == [renamed]
     assert not any(NAME in stage for stage in json.loads((folder / STAGES_FILE).read_text()))
     assert NAME not in (folder / 'report.md').read_text() and renamed in (folder / 'report.md').read_text()
+
+
+def _cli_build(preset: Path, folder: Path) -> str:
+    """``asvit build`` in a process of its own; its output."""
+    result = subprocess.run([sys.executable, '-m', 'asvit_zoo.cli', 'build', '--preset', str(preset), '--out',
+                             str(folder), '--no-progress'], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_a_rebuild_with_new_variants_replaces_only_what_the_build_made(uninterrupted: Path, tmp_path: Path):
+    folder = Path(shutil.copytree(uninterrupted, tmp_path / 'build_d'))
+    shutil.copytree(REGISTRY / 'asvit_seed', folder / 'registry' / 'asvit_seed')  # the user's own folders
+    (folder / 'train' / 'my_experiment').mkdir()
+    before = _stage_outputs(folder)['scale']['variants'][0]['genotype']
+    changed = tmp_path / 'changed.json'  # another budget (so another genotype under the same name), another tag
+    changed.write_text(json.dumps(dict(TINY_PRESET, scale=dict(TINY_PRESET['scale'], budgets=[3200000]), tag='fm2')))
+    _cli_build(changed, folder)  # in a process of its own: this one registered the variant's earlier genotype
+    genotype = _stage_outputs(folder)['scale']['variants'][0]['genotype']
+    assert genotype != before
+    assert sorted(p.name for p in (folder / 'registry').iterdir()) == ['asvit_seed', NAME, f'{NAME}.fm2']
+    assert sorted(p.name for p in (folder / 'train').iterdir()) == [NAME, 'my_experiment']
+    exported = json.loads((folder / 'registry' / f'{NAME}.fm2' / 'config.json').read_text())
+    assert exported['model_args']['genotype'] == genotype
+
+    changed.write_text(json.dumps(dict(TINY_PRESET, scale=dict(TINY_PRESET['scale'], budgets=[3200000]))))
+    lines = _cli_build(changed, folder).splitlines()  # the tag alone: the same weights, exported again
+    assert [line for line in lines if line.endswith('running')] == [f'[export/{NAME}] running']
+    assert sorted(p.name for p in (folder / 'registry').iterdir()) == ['asvit_seed', NAME, f'{NAME}.fmnist']
 
 
 def test_killed_build_resumes_to_the_same_results(uninterrupted: Path, preset_file: Path, tmp_path: Path):
