@@ -31,6 +31,7 @@ import hashlib
 import inspect
 import json
 import os
+import shlex
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from .cost import count_macs, param_count
-from .fileio import read_json, write_json, write_text
+from .fileio import check_folder, read_json, write_json, write_text
 
 __all__ = ['STAGES', 'PRESETS', 'BuildPreset', 'load_preset', 'build']
 
@@ -47,6 +48,7 @@ PathLike = Union[str, os.PathLike]
 STAGES = ('search', 'scale', 'train', 'export', 'evaluate', 'report')
 PRESETS = ('fmnist-cpu', 'imagenet-paper')
 STAGES_FILE = 'stages.json'
+PRESET_FILE = 'preset.json'  # the preset a build ran, in its folder
 REPORT_FILE = 'report.md'
 ACCURACY_PLOT = 'accuracy.png'
 
@@ -64,7 +66,8 @@ class BuildPreset:
     description: str = ''
 
     def __post_init__(self) -> None:
-        from .evaluation import evaluate_pretrained
+        from .evaluation import check_options, evaluate_pretrained
+        from .registry import check_tag
         from .scaling import ScalingConfig, check_variant_names
         from .search import SearchConfig
         from .train import TrainConfig
@@ -73,33 +76,41 @@ class BuildPreset:
             if not isinstance(getattr(self, section), Mapping):
                 raise ValueError(f'preset {self.name}: {section} must be an object of settings, got '
                                  f'{getattr(self, section)!r}')
-        try:
-            check_variant_names(list(self.scale.get('names') or []), list(self.scale.get('budgets') or []))
-        except ValueError as e:
-            raise ValueError(f'preset {self.name}: scale: {e}') from None
         unknown = sorted(set(self.train) & {'model', 'genotype'})
         if unknown:
             raise ValueError(f'preset {self.name}: train must not set {unknown} (the build trains its own variants)')
-        options = set(inspect.signature(evaluate_pretrained).parameters) - {'model', 'data'}
+        parameters = inspect.signature(evaluate_pretrained).parameters
+        options = set(parameters) - {'model', 'data'}
         unknown = sorted(set(self.evaluate) - options - {'data'})
         if unknown:
             raise ValueError(f'preset {self.name}: unknown evaluate setting(s) {unknown}; known: {sorted(options)}')
-        for section, build in (('search', lambda: SearchConfig(**dict(self.search, device='cpu'))),  # device: at run
+        evaluate = {name: self.evaluate.get(name, parameters[name].default) for name in ('batch_size', 'subset',
+                                                                                          'device')}
+        names, budgets = self.scale.get('names') or [], self.scale.get('budgets', ScalingConfig.budgets)
+        # the devices of search and scaling are checked when they run: a preset may name a GPU this machine lacks
+        for section, check in (('search', lambda: SearchConfig(**dict(self.search, device='cpu'))),
                                ('scale', lambda: ScalingConfig(seed_genotype='4,2,2|2,1,2|2,1,2|2,1,2|16',
                                                                **dict(self._scaling_kwargs(), device='cpu'))),
-                               ('train', lambda: TrainConfig(**self.train))):
+                               ('scale', lambda: check_variant_names(names, list(budgets))),
+                               ('train', lambda: TrainConfig(**self.train)),
+                               ('evaluate', lambda: check_options(**evaluate)),
+                               ('tag', lambda: check_tag(self.tag))):
             try:
-                build()
+                check()
             except (TypeError, ValueError) as e:  # unknown keys are TypeErrors of the dataclass
                 raise ValueError(f'preset {self.name}: {section}: {e}') from None
 
     def _scaling_kwargs(self) -> Dict[str, Any]:
+        """The scale settings as ScalingConfig takes them: counts as floats (JSON writes 2.5e6 as 2500000)."""
+        def number(value: Any) -> Any:
+            return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
         kwargs = {k: v for k, v in self.scale.items() if k != 'names'}
-        for key in ('budgets',):
-            kwargs[key] = tuple(float(b) for b in kwargs[key])
+        if isinstance(kwargs.get('budgets'), list):
+            kwargs['budgets'] = tuple(number(b) for b in kwargs['budgets'])
         for key in ('upper_limit', 'lower_bound'):
-            if kwargs.get(key) is not None:
-                kwargs[key] = float(kwargs[key])
+            if key in kwargs:
+                kwargs[key] = number(kwargs[key])
         return kwargs
 
     def with_data(self, data: str) -> 'BuildPreset':
@@ -126,10 +137,15 @@ def load_preset(name_or_path: PathLike) -> BuildPreset:
     if not isinstance(data, dict):
         raise ValueError(f'{path}: a preset is a JSON object of fields, got {type(data).__name__}')
     data = {k: v for k, v in data.items() if not k.startswith('_')}
-    known = {f.name for f in dataclasses.fields(BuildPreset)}
+    fields = dataclasses.fields(BuildPreset)
+    known = {f.name for f in fields}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f'{path}: unknown preset field(s) {unknown}; allowed: {sorted(known)}')
+    missing = [f.name for f in fields if f.name != 'name' and f.name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ValueError(f'{path}: missing preset field(s) {missing}')
     data.setdefault('name', path.stem)
     return BuildPreset(**data)
 
@@ -211,6 +227,13 @@ def _search(preset: BuildPreset, folder: Path, resume: bool, progress: bool) -> 
             'wall_seconds': result.summary['wall_seconds']}
 
 
+def _command(preset: BuildPreset, folder: Path) -> str:
+    """The command that regenerates a build: a shipped preset by its name, any other by the build's copy."""
+    shipped = preset.name in PRESETS and load_preset(preset.name) == preset
+    source = preset.name if shipped else str(folder / PRESET_FILE)
+    return shlex.join(['asvit', 'build', '--preset', source, '--out', str(folder)])
+
+
 def _scale(preset: BuildPreset, folder: Path, seed: str, resume: bool, progress: bool) -> Dict[str, Any]:
     from .scaling import ScalingConfig, plot_trajectory, run_scaling, select_variants, write_variant_cards
 
@@ -221,7 +244,7 @@ def _scale(preset: BuildPreset, folder: Path, seed: str, resume: bool, progress:
     variants = select_variants(seed, steps, config.budgets)
     write_json(out / 'variants.json', variants)
     registry = folder / 'registry'
-    write_variant_cards(registry, preset.scale['names'], config, steps, f'asvit build --preset {preset.name}')
+    write_variant_cards(registry, preset.scale['names'], config, steps, _command(preset, folder))
     return {'variants': [dict(v, name=name) for name, v in zip(preset.scale['names'], variants)]}
 
 
@@ -256,7 +279,10 @@ def _export(preset: BuildPreset, folder: Path, name: str, checkpoint: str) -> Di
 def _evaluate(preset: BuildPreset, export_folder: str) -> Dict[str, Any]:
     from .evaluation import evaluate_pretrained
 
-    result = evaluate_pretrained(f'local-dir:{export_folder}', **preset.evaluate)
+    options = dict(preset.evaluate)
+    if 'data' not in options:  # the test split of the training data
+        options.update({key: preset.train[key] for key in ('data', 'data_root') if key in preset.train})
+    result = evaluate_pretrained(f'local-dir:{export_folder}', **options)
     return {k: result[k] for k in ('top1', 'top5', 'loss', 'images')}
 
 
@@ -284,11 +310,12 @@ def _plot_accuracy(folder: Path, names: Sequence[str], path: Path) -> None:
 
 def results_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The report's results table (markdown)."""
+    from .registry import code_cell
+
     lines = ['| variant | genotype | params (M) | GMACs | top-1 % | top-5 % | training TMACs | vs full tokens '
              '| train time (s) |', '|---|---|---:|---:|---:|---:|---:|---:|---:|']
     for r in rows:
-        genotype = r['genotype'].replace('|', '\\|')  # a pipe inside a table cell must be escaped
-        lines.append(f"| {r['name']}.{r['tag']} | `{genotype}` | {r['params'] / 1e6:.2f} | "
+        lines.append(f"| {r['name']}.{r['tag']} | {code_cell(r['genotype'])} | {r['params'] / 1e6:.2f} | "
                      f"{r['gmacs']:.4f} | {r['top1']:.2f} | {r['top5']:.2f} | {r['train_macs'] / 1e12:.2f} | "
                      f"{r['train_macs'] / r['train_macs_full']:.1%} | {r['train_time']:.0f} |")
     return '\n'.join(lines)
@@ -359,9 +386,11 @@ def build(preset: BuildPreset, folder: PathLike, until: Optional[str] = None,
     """
     if until is not None and until not in STAGES:
         raise ValueError(f'until must be one of {", ".join(STAGES)}, got {until!r}')
-    folder = Path(folder)
+    if not str(folder):
+        raise ValueError('the build folder must be a path, got an empty string')
+    folder = check_folder(folder, 'build folder')
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / 'preset.json', preset.to_dict())
+    write_json(folder / PRESET_FILE, preset.to_dict())
     rank, world = int(os.environ.get('RANK', '0')), int(os.environ.get('WORLD_SIZE', '1'))
     stages = _Stages(folder, writer=rank == 0)
     last = STAGES.index(until) if until else len(STAGES) - 1

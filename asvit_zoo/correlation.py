@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from .cost import count_macs, param_count
 from .datasets import search_batch
-from .fileio import read_json, write_json, write_text
+from .fileio import check_folder, read_json, write_json, write_text
 from .genotype import SEARCH_SPACE, Genotype
 from .measures import measure_genotype
 from .validation import COUNT, POSITIVE, SEED_RANGE, Range, check_fields, offset_seed, setting
@@ -174,7 +174,7 @@ def correlate(config: CorrelationConfig, out: PathLike, progress: bool = True) -
     """Run (or continue) the study into ``out``; returns the summary written to ``correlation.json``."""
     import json
 
-    out = Path(out)
+    out = check_folder(out, 'study folder')
     out.mkdir(parents=True, exist_ok=True)
     records_path = out / RECORDS_FILE
     saved = read_json(records_path) if records_path.is_file() else {}

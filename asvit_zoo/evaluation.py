@@ -19,14 +19,14 @@ import torch
 from torch import nn
 
 from .asvit import AsViT, check_pretrained_tag, register_folder
-from .devices import resolve_device
+from .devices import parse_device, resolve_device
 from .distributed import DistEnv
 from .hub import CONFIG_FILE, HF_HUB_PREFIX, LOCAL_DIR_PREFIX, WEIGHTS_FILE, checkpoint_model, hub_file
 from .retokenization import FULL_TOKENS, format_tokenizer, parse_tokenizer
 from .train import FASHION_MNIST, TrainConfig, build_data, evaluate
 from .validation import is_count
 
-__all__ = ['load_pretrained', 'evaluate_pretrained']
+__all__ = ['load_pretrained', 'check_options', 'evaluate_pretrained']
 
 PathLike = Union[str, os.PathLike]
 
@@ -78,6 +78,15 @@ def _check_fits(model: nn.Module, name: str, data: str, num_classes: int, mean: 
 
 
 @torch.no_grad()
+def check_options(batch_size: Any, subset: Any, device: Any) -> None:
+    """Raise ``ValueError`` unless these are valid :func:`evaluate_pretrained` options (the device need not be
+    present here)."""
+    for name, value in (('batch_size', batch_size), ('subset', subset)):
+        if value is not None and not is_count(value):
+            raise ValueError(f'{name} must be an integer >= 1, got {value!r}')
+    parse_device(device)
+
+
 def evaluate_pretrained(model: str, data: str = FASHION_MNIST, data_root: Optional[PathLike] = None,
                         batch_size: int = 256, subset: Optional[int] = None, device: str = 'cpu',
                         ema: bool = False, tokenizer: Union[str, Sequence[int]] = FULL_TOKENS) -> Dict[str, Any]:
@@ -89,9 +98,7 @@ def evaluate_pretrained(model: str, data: str = FASHION_MNIST, data_root: Option
     """
     from .train import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 
-    for name, value in (('batch_size', batch_size), ('subset', subset)):
-        if value is not None and not is_count(value):
-            raise ValueError(f'{name} must be an integer >= 1, got {value!r}')
+    check_options(batch_size, subset, device)
     stride, dilation = parse_tokenizer(tokenizer)
     start = time.perf_counter()
     net = load_pretrained(model, ema=ema)

@@ -16,7 +16,8 @@ from typing import Any, Callable, IO, Iterator, List, Tuple, Union
 
 import torch
 
-__all__ = ['atomic_write', 'atomic_folder', 'write_text', 'write_json', 'read_json', 'read_json_lines', 'save_torch']
+__all__ = ['atomic_write', 'atomic_folder', 'check_folder', 'write_text', 'write_json', 'read_json', 'read_json_lines',
+           'save_torch']
 
 PathLike = Union[str, os.PathLike]
 
@@ -46,6 +47,16 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return path
+
+
+def check_folder(path: PathLike, what: str) -> Path:
+    """``path`` as a Path; a ``ValueError`` naming ``what`` where it, or the nearest of its parents that exists,
+    is not a folder (so the folder cannot be made)."""
+    path = Path(path)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ValueError(f'{what} {path}: {existing} exists and is not a folder')
     return path
 
 

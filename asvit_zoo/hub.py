@@ -24,7 +24,7 @@ import torch
 
 from .fileio import atomic_folder, atomic_write, read_json, write_json, write_text
 from .genotype import Genotype
-from .registry import (CONFIG_FILE, DEFAULT_PRETRAINED_CFG, CARD_FILE, HUB_ID_PATTERN, MODEL_NAME_PATTERN,
+from .registry import (CONFIG_FILE, DEFAULT_PRETRAINED_CFG, CARD_FILE, HUB_ID_PATTERN, MODEL_NAME_PATTERN, check_tag,
                        MODEL_NAME_RULE, VariantCard, load_card, load_registry, registry_root, render_model_card)
 
 __all__ = ['WeightsError', 'HubUnavailableError', 'sha256_file', 'verify_sha256', 'read_metadata', 'check_genotype',
@@ -401,8 +401,7 @@ def export_weights(checkpoint: PathLike, variant: str, tag: str, root: Optional[
 
     if not MODEL_NAME_PATTERN.match(variant):
         raise ValueError(f'variant must be a model name ({MODEL_NAME_RULE}), got {variant!r}')
-    if not tag or '.' in tag or '/' in tag:
-        raise ValueError(f'tag must be a non-empty name without "." or "/", got {tag!r}')
+    check_tag(tag)
     if hf_hub_id is not None and not HUB_ID_PATTERN.match(hf_hub_id):
         raise ValueError(f'hf_hub_id must be a Hub repo id ORG/NAME, got {hf_hub_id!r}')
     checkpoint = Path(checkpoint)

@@ -222,13 +222,18 @@ def load_registry(root: Optional[Path] = None) -> List[VariantCard]:
     return [dataclasses.replace(card, tagged=tagged.get(name, {})) for name, card in sorted(architectures.items())]
 
 
+def code_cell(text: str) -> str:
+    """``text`` as inline code in a markdown table cell, its pipes (a genotype's) escaped so the cell stays whole."""
+    return '`' + text.replace('|', '\\|') + '`'
+
+
 def _format_value(value: Any) -> str:
     if isinstance(value, float):
         return f'{value:.6g}'
     if isinstance(value, (list, tuple)):
         return ', '.join(_format_value(v) for v in value)
-    if isinstance(value, str) and '|' in value:  # a genotype: code span, pipes escaped for the table
-        return '`' + value.replace('|', '\\|') + '`'
+    if isinstance(value, str) and '|' in value:  # a genotype
+        return code_cell(value)
     return str(value)
 
 
@@ -252,6 +257,12 @@ def _provenance_lines(provenance: Mapping[str, Any]) -> List[str]:
     if 'command' in provenance:
         lines += ['', 'Regenerate with:', '', '```bash', provenance['command'], '```']
     return lines + ['']
+
+
+def check_tag(tag: Any) -> None:
+    """Raise ``ValueError`` unless ``tag`` can name pretrained weights (``ARCH.TAG``, a registry folder)."""
+    if not isinstance(tag, str) or not tag or '.' in tag or '/' in tag:
+        raise ValueError(f'tag must be a non-empty name without "." or "/", got {tag!r}')
 
 
 def tagged_name(architecture: str, tag: str) -> str:

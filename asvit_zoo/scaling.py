@@ -44,7 +44,7 @@ from .cost import count_macs, param_count
 from .datasets import search_batch
 from .devices import resolve_device
 from .distributed import DistEnv, barrier, gather_objects, my_share, process_group
-from .fileio import atomic_write, read_json, write_json
+from .fileio import atomic_write, check_folder, read_json, write_json
 from .genotype import Genotype
 from .measures import measure_genotype
 from .validation import COUNT, POSITIVE, SEED_RANGE, Range, check_fields, offset_seed, setting
@@ -80,6 +80,9 @@ class ScalingConfig:
             raise ValueError(f'seed genotype must be in the seed form K,S,E|...|H, got {self.seed_genotype!r}')
         if max(self.budgets) > self.upper_limit:
             raise ValueError(f'the largest budget {max(self.budgets):.4g} exceeds upper_limit {self.upper_limit:.4g}')
+        if self.lower_bound is not None and self.lower_bound < max(self.budgets):
+            raise ValueError(f'lower_bound {self.lower_bound:.4g} is below the largest budget {max(self.budgets):.4g}: '
+                             f'scaling would stop before reaching it')
         resolve_device(self.device)
 
     @property
@@ -200,7 +203,7 @@ def run_scaling(config: ScalingConfig, out_dir: Path, resume: bool = False, prog
     ...``); every process returns the trajectory of one process, which process 0 writes.
     """
     with process_group(config.device) as (env, _):
-        return _run_scaling(config, Path(out_dir), env, resume, progress)
+        return _run_scaling(config, check_folder(out_dir, 'scaling folder'), env, resume, progress)
 
 
 def _run_scaling(config: ScalingConfig, out_dir: Path, env: DistEnv, resume: bool,
@@ -277,8 +280,10 @@ def select_variants(seed_genotype: str, steps: Sequence[ScalingStep], budgets: S
     for budget in budgets:
         step = next((s for s in steps if s.params >= budget), None)
         if step is None:
-            raise ValueError(f'no step of the trajectory reaches the budget {budget / 1e6:.1f}M '
-                             f'(largest: {max((s.params for s in steps), default=0) / 1e6:.1f}M)')
+            raise ValueError(f'no step of the trajectory reaches the budget of {budget:,.0f} parameters (its '
+                             f'largest step has {max((s.params for s in steps), default=0):,}): scaling stops where '
+                             f'every next candidate exceeds upper_limit; leave more room between the largest budget '
+                             f'and upper_limit')
         fitted = _fit_width(seed, step.depths, WIDTH_SCALE * step.width, budget)
         genotype = seed.scaled(step.depths, fitted)
         out.append(dict(budget=budget, step=step.step, step_genotype=step.genotype, step_params=step.params,

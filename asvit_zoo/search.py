@@ -64,7 +64,7 @@ from tqdm import tqdm
 from .datasets import search_batch
 from .devices import resolve_device
 from .distributed import DistEnv, barrier, process_group
-from .fileio import read_json_lines, save_torch, write_json
+from .fileio import check_folder, read_json_lines, save_torch, write_json
 from .hub import load_torch_checkpoint
 from .genotype import SEARCH_SPACE, Genotype
 from .measures import Measures, measure_genotype
@@ -347,7 +347,7 @@ def search(config: SearchConfig, out_dir: os.PathLike, *, resume: bool = False, 
     time of ``ceil(repeat / processes)`` copies; process 0 writes the run folder and shows the progress bar.
     """
     with process_group(config.device) as (env, _):
-        return _search(config, Path(out_dir), env, resume, scorer, progress)
+        return _search(config, check_folder(out_dir, 'search folder'), env, resume, scorer, progress)
 
 
 def _search(config: SearchConfig, out: Path, env: DistEnv, resume: bool, scorer: Scorer,

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from .cost import count_macs, param_count
 from .asvit import registered_cards
-from .registry import VariantCard
+from .registry import VariantCard, code_cell
 from .validation import is_count
 
 __all__ = ['VariantRow', 'list_variants', 'summarize_variants', 'format_table']
@@ -76,7 +76,7 @@ def format_table(rows: Sequence[VariantRow], image_size: int = 224) -> str:
     timed = any(r.forward_seconds is not None for r in rows)
     header = ['variant', 'genotype', 'params (M)', f'GMACs @{image_size}', 'weights', 'hub id']
     header += ['forward (s)'] if timed else []
-    body = [[r.name, f'`{r.genotype}`', f'{r.params / 1e6:.2f}', f'{r.gmacs:.2f}', r.weights, r.hub_id]
+    body = [[r.name, code_cell(r.genotype), f'{r.params / 1e6:.2f}', f'{r.gmacs:.2f}', r.weights, r.hub_id]
             + ([f'{r.forward_seconds:.2f}'] if timed else []) for r in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
 

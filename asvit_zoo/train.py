@@ -61,8 +61,9 @@ from timm.utils import ModelEmaV3, NativeScaler, accuracy
 from .asvit import AsViT
 from .cost import param_count
 from .datasets import DEFAULT_ROOT, load_fashion_mnist
+from .devices import parse_device
 from .distributed import DistEnv, init_distributed, process_group
-from .fileio import read_json_lines, save_torch, write_text
+from .fileio import check_folder, read_json_lines, save_torch, write_text
 from .hub import load_torch_checkpoint
 from .retokenization import (FULL_TOKENS, SCHEDULES, format_tokenizer, parse_schedule, parse_tokenizer, plot_schedule,
                              schedule_cost)
@@ -148,6 +149,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.device != 'auto':
+            parse_device(self.device)
         if self.amp not in ('none', *AMP_DTYPES):
             raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
         if self.sched in UNSUPPORTED_SCHEDULERS:
@@ -469,7 +472,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, output: PathLike, progress: bool = True):
         self.cfg = cfg
         self.env, self.device = init_distributed(cfg.device)
-        self.output = Path(output)
+        self.output = check_folder(output, 'training run folder')
         self.progress = progress and self.env.is_main
         _seed_everything(offset_seed(cfg.seed, self.env.rank))
 

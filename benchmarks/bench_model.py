@@ -30,6 +30,7 @@ import torch.nn.functional as F
 import asvit_zoo  # noqa: F401  (registers the As-ViT models with timm)
 from asvit_zoo.asvit import CPU_PLAIN_ATTN_MAX_TOKENS, AsViT
 from asvit_zoo.cost import count_macs, param_count
+from asvit_zoo.registry import code_cell
 
 ASVIT_MODELS = ('asvit_large', 'asvit_large_paper', 'asvit_seed')
 REFERENCE_MODEL = 'swin_tiny_patch4_window7_224'
@@ -127,7 +128,7 @@ def markdown_table(cases: Sequence[Case], batch: int, reference_name: Optional[s
         speed = case.images_per_s(batch)
         vs_reference = f' {speed / reference:.2f}x |' if reference else ''
         vs_plain = f'{speed / plain[case.model_name]:.2f}x' if case.path in (DEFAULT, SDPA) else '-'
-        name = case.model_name.replace('|', '\\|')  # a genotype's bars inside a table cell
+        name = code_cell(case.model_name) if '|' in case.model_name else case.model_name  # a genotype
         rows.append(f'| {name} | {case.attention} | {param_count(case.model) / 1e6:.2f} | {case.macs / 1e9:.3g} | '
                     f'{speed:.2f} | {case.range_images_per_s(batch)} |{vs_reference} {vs_plain} |')
     return '\n'.join(rows)

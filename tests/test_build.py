@@ -1,8 +1,11 @@
 """``asvit build`` end to end on a tiny preset: every stage runs for real (search, scaling, training, export,
 evaluation, report), a build killed mid-training and restarted ends with the results of an uninterrupted one,
 and the variants it produced load with ``timm.create_model`` afterwards."""
+import dataclasses
+import functools
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -13,7 +16,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from asvit_zoo.build import STAGES_FILE, build, load_preset
+from asvit_zoo.build import STAGES_FILE, _evaluate, build, load_preset
 from asvit_zoo.registry import registry_root
 from asvit_zoo.train import METRICS, read_metrics
 
@@ -74,6 +77,32 @@ def test_build_runs_every_stage(uninterrupted: Path):
     for png in ('accuracy.png', 'search/curves.png', 'scale/trajectory.png', f'train/{NAME}/schedule.png'):
         assert (uninterrupted / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n', png
         assert f']({png})' in report
+
+
+def test_cards_record_a_command_that_regenerates_the_build(uninterrupted: Path, preset_file: Path):
+    card = json.loads((uninterrupted / 'registry' / NAME / 'config.json').read_text())
+    command = shlex.split(card['provenance']['command'])
+    preset_copy = uninterrupted / 'preset.json'  # a preset file of the user's may move: the build keeps a copy
+    assert command == ['asvit', 'build', '--preset', str(preset_copy), '--out', str(uninterrupted)]
+    assert load_preset(preset_copy) == load_preset(preset_file)
+
+
+def test_evaluation_defaults_to_the_training_data(monkeypatch: pytest.MonkeyPatch):
+    import asvit_zoo.evaluation as evaluation
+
+    seen = {}
+
+    @functools.wraps(evaluation.evaluate_pretrained)  # its signature: the preset's evaluate settings
+    def record(model: str, **options: Any) -> Dict[str, Any]:
+        seen.update(options)
+        return dict(top1=1., top5=2., loss=3., images=4)
+
+    monkeypatch.setattr(evaluation, 'evaluate_pretrained', record)
+    preset = load_preset('imagenet-paper').with_data('/data/imagenet')
+    _evaluate(dataclasses.replace(preset, evaluate={}), 'x')
+    assert seen['data'] == '/data/imagenet'
+    _evaluate(dataclasses.replace(preset, evaluate={'data': 'fashion-mnist'}), 'x')
+    assert seen['data'] == 'fashion-mnist'
 
 
 def test_a_finished_build_is_skipped(uninterrupted: Path, preset_file: Path):
@@ -193,6 +222,15 @@ def test_preset_errors_name_the_problem(tmp_path: Path):
         (dict(train=dict(TINY_PRESET['train'], epochs='1')), 'train: '),
         (dict(evaluate={'foo': 1}), r"unknown evaluate setting\(s\) \['foo'\]"),
         (dict(search=None), 'search must be an object of settings, got None'),
+        (dict(tag=5), 'tag: tag must be a non-empty name without "." or "/", got 5'),
+        (dict(tag='a/b'), 'tag: tag must be a non-empty name without "." or "/", got \'a/b\''),
+        (dict(evaluate={'batch_size': 0}), 'evaluate: batch_size must be an integer >= 1, got 0'),
+        (dict(evaluate={'device': 'tpu'}), "evaluate: device 'tpu' is not a torch device"),
+        (dict(train=dict(TINY_PRESET['train'], device='tpu')), "train: device 'tpu' is not a torch device"),
+        (dict(scale=dict(TINY_PRESET['scale'], budgets=2500000)),
+         'scale: budgets must be a non-empty list of finite numbers > 0, got 2500000'),
+        (dict(scale=dict(TINY_PRESET['scale'], budgets=['2.5M'])),
+         r"scale: budgets must be a non-empty list of finite numbers > 0, got \('2.5M',\)"),
     ]:
         bad.write_text(json.dumps(dict(TINY_PRESET, **change)))
         with pytest.raises(ValueError, match=message):
@@ -200,5 +238,11 @@ def test_preset_errors_name_the_problem(tmp_path: Path):
     bad.write_text('[1, 2]')
     with pytest.raises(ValueError, match='a preset is a JSON object of fields, got list'):
         load_preset(bad)
+    bad.write_text(json.dumps({k: v for k, v in TINY_PRESET.items() if k != 'scale'}))
+    with pytest.raises(ValueError, match=r"bad.json: missing preset field\(s\) \['scale'\]"):
+        load_preset(bad)
+    (tmp_path / 'file').touch()
+    with pytest.raises(ValueError, match='build folder .*file exists and is not a folder'):
+        build(load_preset('fmnist-cpu'), tmp_path / 'file', log=lambda _: None)
     for name in ('fmnist-cpu', 'imagenet-paper'):
         assert load_preset(name).name == name

@@ -60,6 +60,10 @@ def test_resume_gives_the_same_trajectory(tmp_path):
         run_scaling(ScalingConfig(PAPER_SEED, **{**TINY, 'image_size': 32}), partial, resume=True)
     variant, = select_variants(PAPER_SEED, full, (2.6e6,))
     assert abs(variant['params'] - 2.6e6) / 2.6e6 < 0.03
+    largest = full[-1].params  # a budget just above the trajectory's largest step: the message tells them apart
+    with pytest.raises(ValueError, match=f'budget of {largest + 1:,} parameters .its largest step has {largest:,}.: '
+                                         'scaling stops where every next candidate exceeds upper_limit'):
+        select_variants(PAPER_SEED, full, (largest + 1,))
 
 
 def test_the_largest_seed_runs(tmp_path, monkeypatch):  # each measure's seed is derived from it, in range
@@ -98,6 +102,8 @@ def test_recorded_command_regenerates_the_card(tmp_path, monkeypatch, capsys):
     (dict(budgets=(3e6, -1.0)), r'budgets must be a non-empty list of finite numbers > 0, got \(3000000.0, -1.0\)'),
     (dict(budgets=(float('nan'),)), r'budgets must be a non-empty list of finite numbers > 0, got \(nan,\)'),
     (dict(lower_bound=0), 'lower_bound must be a finite number > 0 or unset, got 0'),
+    (dict(lower_bound=2e6, budgets=(3e6,)),
+     'lower_bound 2e[+]06 is below the largest budget 3e[+]06: scaling would stop before reaching it'),
     (dict(image_size=32.0), 'image_size must be an integer >= 1, got 32.0'),
     (dict(seed_genotype=None), 'seed_genotype must be a string, got None'),
 ])

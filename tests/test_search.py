@@ -249,7 +249,7 @@ def test_settings_are_checked(values: Dict[str, Any], message: str) -> None:
     (['--data', '/no/such/folder'], """data source '/no/such/folder' is neither "fashion-mnist", "noise" nor an """
                                     'existing ImageFolder directory'),
     (['--device', 'tpu'], "device 'tpu' is not a torch device; use cpu, cuda or cuda:N"),
-    (['--device', 'mps'], "device 'mps': measures run on cpu or cuda, not mps"),
+    (['--device', 'mps'], "device 'mps': asvit-zoo runs on cpu or cuda, not mps"),
     (['--max-params=-3M'], "--max-params must be a positive count such as 30M, 1.5G or 250000, got '-3M'"),
     (['--max-params', 'abc'], "--max-params must be a positive count such as 30M, 1.5G or 250000, got 'abc'"),
     (['--max-gmacs', '-1'], "--max-gmacs must be a positive number, got '-1'"),
