@@ -16,7 +16,8 @@ A preset is a JSON file (:data:`PRESETS` ships ``fmnist-cpu`` and ``imagenet-pap
 the fingerprint of its inputs in ``stages.json`` when it completes; a later build with the same inputs skips
 it, and a stage that was interrupted continues from its own checkpoint (search ``state.pt``, scaling
 ``trajectory.json``, trainer ``last.pth.tar``), so a killed build picks up where it stopped and ends with
-the results of an uninterrupted one. A stage whose inputs changed is run again from scratch; a later stage
+the results of an uninterrupted one. A stage also records its inputs when it starts, so work it left under other
+inputs is not continued. A stage whose inputs changed is run again from scratch; a later stage
 runs again where its own inputs changed with it: each stage's inputs hold what it uses of the earlier ones (the
 seed genotype, a variant's genotype, the trained checkpoint's outputs, the exported weights' sha256). Variants
 that a changed preset no longer names leave the build: their registry folders, training runs and records. A
@@ -156,7 +157,8 @@ def _fingerprint(inputs: Any) -> str:
 
 
 class _Stages:
-    """``stages.json``: the inputs fingerprint and outputs of each completed stage."""
+    """``stages.json``: the inputs fingerprint and outputs of each completed stage, and the inputs fingerprint of
+    a stage that started and has not completed (no ``outputs``)."""
 
     def __init__(self, folder: Path, writer: bool = True):
         self.path = folder / STAGES_FILE
@@ -165,13 +167,24 @@ class _Stages:
         self.invalidated = False
 
     def outputs(self, stage: str, inputs: Any) -> Optional[Dict[str, Any]]:
-        """The recorded outputs of ``stage`` if it completed with these inputs. A stage that ran before with
+        """The recorded outputs of ``stage`` if it completed with these inputs. A stage that completed before with
         other inputs marks the build ``invalidated``: the interrupted work of later stages is not continued."""
         record = self.done.get(stage)
-        if record is None or record['fingerprint'] != _fingerprint(inputs):
-            self.invalidated = self.invalidated or record is not None
-            return None
-        return record['outputs']
+        if record is not None and 'outputs' in record and record['fingerprint'] == _fingerprint(inputs):
+            return record['outputs']
+        self.invalidated = self.invalidated or (record is not None and 'outputs' in record)
+        return None
+
+    def start(self, stage: str, inputs: Any) -> bool:
+        """Record that ``stage`` starts with ``inputs``; whether its interrupted work may be continued: the build is
+        not invalidated and the stage, if it started before, started with the same inputs."""
+        record = self.done.get(stage)
+        fingerprint = _fingerprint(inputs)
+        resumable = not self.invalidated and (record is None or record['fingerprint'] == fingerprint)
+        self.done[stage] = {'fingerprint': fingerprint}
+        if self.writer:
+            write_json(self.path, self.done)
+        return resumable
 
     def variants(self) -> List[str]:
         """The variants earlier builds in this folder made: named by the scaling stage or a per-variant stage."""
@@ -396,7 +409,8 @@ def build(preset: BuildPreset, folder: PathLike, until: Optional[str] = None,
     last = STAGES.index(until) if until else len(STAGES) - 1
     outputs: Dict[str, Any] = {}
 
-    def run(stage: str, inputs: Any, fn: Callable[[], Dict[str, Any]], key: Optional[str] = None) -> Dict[str, Any]:
+    def run(stage: str, inputs: Any, fn: Callable[[bool], Dict[str, Any]], key: Optional[str] = None) -> Dict[str, Any]:
+        """Stage ``key`` (default ``stage``): its recorded outputs, or ``fn(resume)``'s, recorded."""
         key = key or stage
         done = stages.outputs(key, inputs)
         if done is not None:
@@ -406,21 +420,22 @@ def build(preset: BuildPreset, folder: PathLike, until: Optional[str] = None,
             raise RuntimeError(f'stage {key} runs on one process: run `asvit build ... --until scale` without '
                                f'torchrun first, then train under torchrun')
         log(f'[{key}] running')
+        resume = stages.start(key, inputs)
         start = time.perf_counter()
-        result = fn()
+        result = fn(resume)
         seconds = time.perf_counter() - start
         log(f'[{key}] finished in {seconds:.0f}s')
         return stages.complete(key, inputs, result, seconds)
 
     search_in = {'search': preset.search}
-    outputs['search'] = run('search', search_in, lambda: _search(preset, folder, not stages.invalidated, progress))
+    outputs['search'] = run('search', search_in, lambda resume: _search(preset, folder, resume, progress))
     made = stages.variants()
 
-    def scale() -> Dict[str, Any]:  # new cards: the exports of the earlier ones go (their genotypes may change)
+    def scale(resume: bool) -> Dict[str, Any]:  # new cards: earlier exports go (their genotypes may change)
         stages.forget(made, ('export', 'evaluate'))
         for name in made:
             _remove_exports(folder / 'registry', name)
-        return _scale(preset, folder, outputs['search']['seed_genotype'], not stages.invalidated, progress)
+        return _scale(preset, folder, outputs['search']['seed_genotype'], resume, progress)
 
     if last >= STAGES.index('scale'):
         scale_in = {'scale': preset.scale, 'seed': outputs['search']['seed_genotype']}
@@ -435,22 +450,22 @@ def build(preset: BuildPreset, folder: PathLike, until: Optional[str] = None,
     for variant in outputs.get('scale', {}).get('variants', []) if last >= STAGES.index('train') else []:
         name = variant['name']
         train_in = {'train': preset.train, 'genotype': variant['genotype']}
-        trained = run('train', train_in, lambda: _train(preset, folder, variant, not stages.invalidated, progress),
+        trained = run('train', train_in, lambda resume: _train(preset, folder, variant, resume, progress),
                       key=f'train/{name}')
         if rank != 0 or last < STAGES.index('export'):
             continue
         export_in = {'tag': preset.tag, 'trained': trained}
-        exported = run('export', export_in, lambda: _export(preset, folder, name, trained['checkpoint']),
+        exported = run('export', export_in, lambda _: _export(preset, folder, name, trained['checkpoint']),
                        key=f'export/{name}')
         row = dict(name=name, tag=preset.tag, genotype=variant['genotype'], **trained)
         if last >= STAGES.index('evaluate'):
             eval_in = {'evaluate': preset.evaluate, 'sha256': exported['sha256']}
-            scored = run('evaluate', eval_in, lambda: _evaluate(preset, str(folder / exported['folder'])),
+            scored = run('evaluate', eval_in, lambda _: _evaluate(preset, str(folder / exported['folder'])),
                          key=f'evaluate/{name}')
             row.update(top1=scored['top1'], top5=scored['top5'], trainer_top1=trained['top1'])
         rows.append(row)
     if rank == 0 and last >= STAGES.index('report'):
-        seconds = {stage: record['seconds'] for stage, record in stages.done.items()}
+        seconds = {stage: record['seconds'] for stage, record in stages.done.items() if 'outputs' in record}
         report = _report(preset, folder, outputs['search'], outputs['scale'], rows, seconds)
         log(f'[report] {report}')
         outputs['report'] = report

@@ -170,14 +170,16 @@ def test_killed_build_resumes_to_the_same_results(uninterrupted: Path, preset_fi
     metrics = folder / 'train' / NAME / METRICS
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 600
-    while not (metrics.is_file() and metrics.read_text().count('\n') >= 1):  # killed during the 2nd epoch
+    checkpoint = metrics.parent / 'last.pth.tar'  # written after the metrics
+    while not (checkpoint.is_file() and metrics.read_text().count('\n') >= 1):  # killed during the 2nd epoch
         assert process.poll() is None, process.stderr.read().decode()[-2000:]
         assert time.monotonic() < deadline
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert metrics.read_text().count('\n') < TINY_PRESET['train']['epochs']
-    assert f'train/{NAME}' not in json.loads((folder / STAGES_FILE).read_text())
+    assert 'outputs' not in json.loads((folder / STAGES_FILE).read_text())[f'train/{NAME}']  # started, not done
+    changed = Path(shutil.copytree(folder, tmp_path / 'build_changed'))
 
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -185,6 +187,13 @@ def test_killed_build_resumes_to_the_same_results(uninterrupted: Path, preset_fi
     assert _stage_outputs(folder) == _stage_outputs(uninterrupted)
     assert [m['train_loss'] for m in read_metrics(metrics)] == \
         [m['train_loss'] for m in read_metrics(uninterrupted / 'train' / NAME / METRICS)]
+
+    # the same interrupted build under a preset with another learning rate: training starts again, from scratch
+    other = tmp_path / 'other.json'
+    other.write_text(json.dumps(dict(TINY_PRESET, train=dict(TINY_PRESET['train'], lr=0.001))))
+    _cli_build(other, changed)
+    losses = [m['train_loss'] for m in read_metrics(changed / 'train' / NAME / METRICS)]
+    assert len(losses) == TINY_PRESET['train']['epochs'] and losses != [m['train_loss'] for m in read_metrics(metrics)]
 
 
 LOAD_SCRIPT = '''
