@@ -88,8 +88,9 @@ def _find_file(root: Path, name: str) -> Path:
             return candidate
     raise FileNotFoundError(
         f'Fashion-MNIST file not found: {root / f"{name}.gz"}; install it with '
-        f'`apt-get install dataset-fashion-mnist` or give the data root (root=, --data-root) as a folder with '
-        f'the four IDX files')
+        f'`apt-get install dataset-fashion-mnist`, or give a folder with the four IDX files as the Fashion-MNIST '
+        f'root (`root=` in Python; `asvit train` and `asvit eval`: --data-root; make_det_data.py: --fmnist-root; '
+        f'search, scale, measure and correlate read only the Debian package)')
 
 
 def load_fashion_mnist(split: str = 'train', root: PathLike = DEFAULT_ROOT) -> Tuple[torch.Tensor, torch.Tensor]:
