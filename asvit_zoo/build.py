@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from .cost import count_macs, param_count
-from .fileio import check_folder, read_json, write_json, write_text
+from .fileio import check_folder, read_json, save_figure, write_json, write_text
 
 __all__ = ['STAGES', 'PRESETS', 'BuildPreset', 'load_preset', 'build']
 
@@ -317,7 +317,7 @@ def _plot_accuracy(folder: Path, names: Sequence[str], path: Path) -> None:
     ax.grid(alpha=.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from .cost import count_macs, param_count
 from .datasets import search_batch
-from .fileio import check_folder, read_json, write_json, write_text
+from .fileio import check_folder, read_json, save_figure, write_json, write_text
 from .genotype import SEARCH_SPACE, Genotype
 from .measures import measure_genotype
 from .validation import COUNT, POSITIVE, SEED_RANGE, Range, check_fields, offset_seed, setting
@@ -164,7 +164,7 @@ def _scatter(records: Sequence[Dict[str, Any]], rows: Sequence[Dict[str, Any]], 
         ax.grid(alpha=.3)
         fig.tight_layout()
         path = out / f'scatter_{key}.png'
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path, dpi=110)
         plt.close(fig)
         paths.append(path)
     return paths

@@ -16,7 +16,7 @@ from typing import Any, Callable, IO, Iterator, List, Tuple, Union
 
 import torch
 
-__all__ = ['atomic_write', 'atomic_folder', 'check_folder', 'write_text', 'write_json', 'read_json', 'read_json_lines',
+__all__ = ['atomic_write', 'atomic_folder', 'check_folder', 'save_figure', 'write_text', 'write_json', 'read_json', 'read_json_lines',
            'save_torch']
 
 PathLike = Union[str, os.PathLike]
@@ -63,6 +63,11 @@ def check_folder(path: PathLike, what: str) -> Path:
 def write_text(path: PathLike, text: str) -> Path:
     """Write ``text`` as UTF-8 (whatever the locale), atomically."""
     return atomic_write(path, lambda f: f.write(text.encode('utf-8')))
+
+
+def save_figure(fig: Any, path: PathLike, dpi: int) -> Path:
+    """Save the matplotlib figure ``fig`` as a PNG, atomically."""
+    return atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=dpi))
 
 
 def write_json(path: PathLike, obj: Any) -> Path:

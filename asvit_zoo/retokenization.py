@@ -22,6 +22,7 @@ from typing import Any, Dict, Sequence, Tuple, Union
 
 from .asvit import STEM_STRIDE, AsViT
 from .cost import count_macs
+from .fileio import save_figure
 from .validation import is_count
 
 __all__ = [
@@ -239,6 +240,6 @@ def plot_schedule(cost: ScheduleCost, path: Union[str, Path], title: str = '') -
     fig.suptitle(title or f'{cost.schedule}: {cost.relative_macs:.1%} of full-token training MACs')
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path

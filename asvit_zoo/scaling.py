@@ -44,7 +44,7 @@ from .cost import count_macs, param_count
 from .datasets import search_batch
 from .devices import resolve_device
 from .distributed import DistEnv, barrier, gather_objects, my_share, process_group
-from .fileio import atomic_write, check_folder, read_json, write_json
+from .fileio import check_folder, read_json, save_figure, write_json
 from .genotype import Genotype
 from .measures import measure_genotype
 from .validation import COUNT, POSITIVE, SEED_RANGE, Range, check_fields, offset_seed, setting
@@ -325,7 +325,7 @@ def plot_trajectory(steps: Sequence[ScalingStep], budgets: Sequence[float], path
     fig.suptitle('As-ViT scaling trajectory')
     fig.tight_layout()
     path = Path(path)
-    atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=120))
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path
 

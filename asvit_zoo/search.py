@@ -64,7 +64,7 @@ from tqdm import tqdm
 from .datasets import search_batch
 from .devices import resolve_device
 from .distributed import DistEnv, barrier, process_group
-from .fileio import check_folder, read_json_lines, save_torch, write_json
+from .fileio import check_folder, read_json_lines, save_figure, save_torch, write_json
 from .hub import load_torch_checkpoint
 from .genotype import SEARCH_SPACE, Genotype
 from .measures import Measures, measure_genotype
@@ -331,7 +331,7 @@ def _save_curves(records: List[Dict[str, Any]], path: Path) -> None:
     ax_reward.set_ylabel('reward')
     ax_reward.set_xlabel('step')
     ax_reward.legend()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
 
 
 def search(config: SearchConfig, out_dir: os.PathLike, *, resume: bool = False, scorer: Scorer = measure_genotype,

@@ -25,6 +25,7 @@ from typing import Any, Dict, List
 import torch
 
 from asvit_zoo.cost import param_count
+from asvit_zoo.fileio import save_figure
 from asvit_zoo.retokenization import SCHEDULES, parse_schedule, plot_schedule, schedule_cost
 from asvit_zoo.train import METRICS, TrainConfig, build_model, load_config, read_metrics, train
 
@@ -115,7 +116,7 @@ def plot_curves(metrics: Dict[str, List[Dict[str, Any]]], path: Path, title: str
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

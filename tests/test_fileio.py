@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from asvit_zoo.fileio import atomic_write, read_json, read_json_lines, write_json, write_text
+from asvit_zoo.fileio import atomic_write, read_json, read_json_lines, save_figure, write_json, write_text
 
 posix_only = pytest.mark.skipif(sys.platform == 'win32', reason='POSIX file modes')
 
@@ -75,3 +75,25 @@ def test_text_is_written_as_utf8_whatever_the_locale(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert path.read_bytes() == text.encode('utf-8')
+
+
+def test_figures_are_saved_whole_or_not_at_all(tmp_path: Path) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    path = save_figure(fig, tmp_path / 'plot.png', dpi=50)
+    first = path.read_bytes()
+    assert first[:8] == b'\x89PNG\r\n\x1a\n'
+
+    def fail(file, **kwargs):  # noqa: ANN001  (a savefig that dies halfway through the file)
+        file.write(first[:100])
+        raise KeyboardInterrupt
+
+    fig.savefig = fail
+    with pytest.raises(KeyboardInterrupt):
+        save_figure(fig, path, dpi=50)
+    plt.close(fig)
+    assert path.read_bytes() == first and [p.name for p in tmp_path.iterdir()] == ['plot.png']
