@@ -361,8 +361,8 @@ def _search(config: SearchConfig, out: Path, env: DistEnv, resume: bool, scorer:
         _check_resumable(saved, config, state_path)
         state.load_state_dict(saved)
     inputs = search_batch(config.data, config.batch_size, config.image_size, seed=config.seed)
-    if state.step and steps_path.stat().st_size < state.log_bytes:
-        raise ValueError(f'{steps_path} is shorter than the {state.step} steps {state_path} records; '
+    if state.step and (not steps_path.is_file() or steps_path.stat().st_size < state.log_bytes):
+        raise ValueError(f'{steps_path} is missing or shorter than the {state.step} steps {state_path} records; '
                          f'it cannot be resumed')
     barrier()  # every process has read the folder before process 0 writes to it
     mark = time.perf_counter()

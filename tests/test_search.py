@@ -286,6 +286,13 @@ def test_cli_refuses_to_overwrite_or_resume_with_other_settings(reference_run: P
     assert f'already done {STEPS} steps, more than steps=2' in capsys.readouterr().err
 
 
+def test_cli_names_a_missing_step_log(reference_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = Path(shutil.copytree(reference_run, tmp_path / 'run'))
+    (run / 'steps.jsonl').unlink()
+    assert cli.main(['search', '--out', str(run), '--steps', str(STEPS), *TINY_ARGS, '--resume']) == 2
+    assert f'{run / "steps.jsonl"} is missing or shorter than the {STEPS} steps' in capsys.readouterr().err
+
+
 @pytest.mark.parametrize('damage', ['garbage', 'truncated'])
 def test_cli_names_a_damaged_state_file(reference_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                         damage: str) -> None:
