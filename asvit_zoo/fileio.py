@@ -16,8 +16,8 @@ from typing import Any, Callable, IO, Iterator, List, Tuple, Union
 
 import torch
 
-__all__ = ['atomic_write', 'atomic_folder', 'check_folder', 'save_figure', 'write_text', 'write_json', 'read_json', 'read_json_lines',
-           'save_torch']
+__all__ = ['atomic_write', 'atomic_folder', 'check_folder', 'save_figure', 'write_text', 'write_json', 'read_json',
+           'read_json_lines', 'save_torch']
 
 PathLike = Union[str, os.PathLike]
 
