@@ -6,6 +6,7 @@ The library model pads internally, so padded, non-square mmdet batches of any si
 """
 from __future__ import annotations
 
+from numbers import Real
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import timm
@@ -19,6 +20,7 @@ from mmdet.registry import MODELS
 
 from asvit_zoo import checkpoint_filter_fn
 from asvit_zoo.asvit import unwrap_state_dict
+from asvit_zoo.genotype import NUM_STAGES
 from asvit_zoo.weights import load_weights
 
 __all__ = ['AsViT', 'create_asvit']
@@ -34,6 +36,34 @@ def create_asvit(arch: str, **kwargs: Any) -> nn.Module:
         raise ValueError(f'AsViT arch must be a registered As-ViT variant ({", ".join(timm.list_models("asvit_*"))}) '
                          f'or a genotype string K,S,E,L|K,S,E,L|K,S,E,L|K,S,E,L|H,C, got {arch!r}')
     return timm.create_model(arch, **kwargs)
+
+
+def _check_arguments(arch: Any, out_indices: Any, frozen_stages: Any, drop_path_rate: Any, with_cp: Any,
+                     norm_eval: Any) -> None:
+    """Types and ranges of the constructor's arguments (whether ``arch`` names a variant: :func:`create_asvit`)."""
+    def is_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if not isinstance(arch, str):
+        raise ValueError(f'AsViT arch must be a string (a registered As-ViT variant or a genotype string), '
+                         f'got {arch!r}')
+    if '|' not in arch and '.' in arch:
+        raise ValueError(f'AsViT arch must name a variant without a pretrained tag, got {arch!r}; the weights come '
+                         f"from init_cfg: arch='{arch.split('.')[0]}', "
+                         f"init_cfg=dict(type='Pretrained', checkpoint='{arch}')")
+    if not isinstance(out_indices, (list, tuple)) or not out_indices or not all(map(is_int, out_indices)):
+        raise ValueError(f'AsViT out_indices must be a non-empty tuple or list of stage indices (ints in '
+                         f'[0, {NUM_STAGES})), got {out_indices!r}')
+    if list(out_indices) != sorted(set(out_indices)) or not all(0 <= i < NUM_STAGES for i in out_indices):
+        raise ValueError(f'AsViT out_indices must be increasing stage indices in [0, {NUM_STAGES}) (the maps come '
+                         f'in stage order), got {out_indices}')
+    if not is_int(frozen_stages) or not -1 <= frozen_stages <= NUM_STAGES:
+        raise ValueError(f'AsViT frozen_stages must be an int in [-1, {NUM_STAGES}], got {frozen_stages!r}')
+    if not isinstance(drop_path_rate, Real) or isinstance(drop_path_rate, bool) or not 0 <= drop_path_rate < 1:
+        raise ValueError(f'AsViT drop_path_rate must be a number in [0, 1), got {drop_path_rate!r}')
+    for name, value in (('with_cp', with_cp), ('norm_eval', norm_eval)):
+        if not isinstance(value, bool):
+            raise ValueError(f'AsViT {name} must be True or False, got {value!r}')
 
 
 def _check_init_cfg(init_cfg: Any) -> None:
@@ -56,7 +86,8 @@ class AsViT(BaseModule):
     """As-ViT backbone.
 
     Args:
-        arch: A registered variant (``asvit_large``) or a scaled genotype string.
+        arch: A registered variant (``asvit_large``, without a tag: weights come from ``init_cfg``) or a scaled
+            genotype string.
         out_indices: Stages whose outputs are returned (0-3: strides 4, 8, 16, 32).
         frozen_stages: -1 freezes nothing, 0 the stage-1 tokenizer, ``i >= 1`` also stages ``0..i-1``.
         drop_path_rate: Stochastic depth rate, linearly increasing over the blocks.
@@ -82,16 +113,11 @@ class AsViT(BaseModule):
                  norm_eval: bool = False,
                  window_img_size: Optional[int] = 224,
                  init_cfg: Optional[Dict[str, Any]] = None) -> None:
+        _check_arguments(arch, out_indices, frozen_stages, drop_path_rate, with_cp, norm_eval)
         _check_init_cfg(init_cfg)
         super().__init__(init_cfg=init_cfg)
-        self.model = create_asvit(arch, num_classes=0, drop_path_rate=drop_path_rate, window_img_size=window_img_size)
-        num_stages = len(self.model.stages)
-        indices = list(out_indices)
-        if not indices or indices != sorted(set(indices)) or not all(0 <= i < num_stages for i in indices):
-            raise ValueError(f'AsViT out_indices must be increasing stage indices in [0, {num_stages}) (the maps come '
-                             f'in stage order), got {out_indices}')
-        if not -1 <= frozen_stages <= num_stages:
-            raise ValueError(f'AsViT frozen_stages must be in [-1, {num_stages}], got {frozen_stages}')
+        self.model = create_asvit(arch, num_classes=0, drop_path_rate=float(drop_path_rate),
+                                  window_img_size=window_img_size)
         self.out_indices = tuple(self.model.prune_intermediate_layers(list(out_indices), prune_norm=True,
                                                                       prune_head=True))
         self.frozen_stages = frozen_stages

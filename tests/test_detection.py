@@ -119,6 +119,20 @@ def test_backbone_frozen_stages_with_cp_and_norm_eval() -> None:
      r"unknown keys \['map_location'\]; allowed: \['type', 'checkpoint', 'prefix'\]"),
     (dict(arch=TINY, frozen_stages=7), 'frozen_stages'),
     (dict(arch=TINY, init_cfg=dict(type='Normal')), 'Pretrained'),
+    (dict(arch=TINY, out_indices=3), r'out_indices must be a non-empty tuple or list of stage indices .* got 3'),
+    (dict(arch=TINY, out_indices=(1.0, 2.0)), r'out_indices must be a non-empty tuple .* got \(1.0, 2.0\)'),
+    (dict(arch=TINY, out_indices='12'), r"out_indices must be a non-empty tuple .* got '12'"),
+    (dict(arch=TINY, frozen_stages=2.5), r'frozen_stages must be an int in \[-1, 4\], got 2.5'),
+    (dict(arch=TINY, frozen_stages='1'), r"frozen_stages must be an int in \[-1, 4\], got '1'"),
+    (dict(arch=TINY, drop_path_rate=1.5), r'drop_path_rate must be a number in \[0, 1\), got 1.5'),
+    (dict(arch=TINY, drop_path_rate=-0.1), r'drop_path_rate must be a number in \[0, 1\), got -0.1'),
+    (dict(arch=TINY, drop_path_rate='0.1'), r"drop_path_rate must be a number in \[0, 1\), got '0.1'"),
+    (dict(arch=TINY, with_cp='yes'), "with_cp must be True or False, got 'yes'"),
+    (dict(arch=TINY, norm_eval='no'), "norm_eval must be True or False, got 'no'"),
+    (dict(arch='asvit_tiny.fmnist'), r"arch must name a variant without a pretrained tag, got 'asvit_tiny.fmnist'; "
+                                     r"the weights come from init_cfg: arch='asvit_tiny', init_cfg=dict\(type="
+                                     r"'Pretrained', checkpoint='asvit_tiny.fmnist'\)"),
+    (dict(arch=None), 'arch must be a string'),
 ])
 def test_backbone_rejects_bad_arguments(kwargs: Dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
