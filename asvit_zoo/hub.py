@@ -15,9 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+import re
 import shlex
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -28,7 +31,7 @@ from .registry import (CONFIG_FILE, DEFAULT_PRETRAINED_CFG, CARD_FILE, HUB_ID_PA
                        MODEL_NAME_RULE, VariantCard, load_card, load_registry, registry_root, render_model_card)
 
 __all__ = ['WeightsError', 'HubUnavailableError', 'sha256_file', 'verify_sha256', 'read_metadata', 'check_genotype',
-           'hub_file', 'local_dir_weights', 'hub_weights', 'resolve_weights', 'describe_mismatch',
+           'hub_file', 'local_dir_weights', 'hub_weights', 'resolve_weights', 'describe_mismatch', 'allowed_globals',
            'load_torch_checkpoint', 'load_safetensors', 'read_checkpoint', 'checkpoint_model', 'export_weights',
            'push_folder']
 
@@ -40,6 +43,7 @@ WEIGHTS_FORMAT = 'pt'  # safetensors' convention for torch tensors
 _CHUNK = 1 << 20
 _ERROR_LINES = 4  # lines of torch's load_state_dict error quoted in a mismatch error
 _NETWORK_ERROR_CLASSES = ('ConnectionError', 'Timeout', 'TransportError')  # requests' and httpx's base classes
+_UNSUPPORTED_GLOBAL = re.compile(r'Unsupported global: GLOBAL (\S+)')  # in torch's weights_only UnpicklingError
 # A trainer checkpoint stores numpy RNG states: these globals (and nothing else) are allowed when unpickling it.
 _NUMPY_RNG_GLOBALS = [np.zeros(1).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
@@ -219,13 +223,32 @@ def describe_mismatch(path: PathLike, variant: str, genotype: Genotype, error: E
 
 
 # --------------------------------------------------------------------------- export
+@contextmanager
+def allowed_globals(safe: Sequence[Any]) -> Iterator[None]:
+    """Let ``torch.load(weights_only=True)`` unpickle ``safe`` within the block; globals allowed before it (by
+    ``torch.serialization.add_safe_globals``) stay allowed after it, which torch's ``safe_globals`` does not keep."""
+    before = set(torch.serialization.get_safe_globals())
+    with torch.serialization.safe_globals([item for item in safe if item not in before]):
+        yield
+
+
 def load_torch_checkpoint(path: PathLike) -> Any:
     """``torch.load`` with ``weights_only=True``, allowing the numpy RNG states of trainer checkpoints; a file
-    torch cannot read (truncated, corrupt, not a checkpoint) is a :class:`WeightsError` that names it."""
+    torch cannot read (truncated, corrupt, not a checkpoint) or that holds objects of other classes is a
+    :class:`WeightsError` that names it."""
     try:
-        with torch.serialization.safe_globals(_NUMPY_RNG_GLOBALS):
+        with allowed_globals(_NUMPY_RNG_GLOBALS):
             return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # torch raises RuntimeError, OSError, EOFError or UnpicklingError for unreadable files
+    except pickle.UnpicklingError as e:
+        unsupported = _UNSUPPORTED_GLOBAL.search(str(e))
+        if unsupported is None:
+            raise WeightsError(f'{path}: not a readable torch checkpoint (expected a file written by torch.save; it '
+                               f'may be truncated or corrupt): {type(e).__name__}: {e}') from None
+        raise WeightsError(f'{path}: a torch checkpoint holding objects of {unsupported.group(1)}, which '
+                           f'weights_only loading does not allow (unpickling them could run code); load it where that '
+                           f'class is allowed (torch.serialization.add_safe_globals), or save a plain state dict'
+                           ) from None
+    except Exception as e:  # torch raises RuntimeError, OSError or EOFError for unreadable files
         raise WeightsError(f'{path}: not a readable torch checkpoint (expected a file written by torch.save; it '
                            f'may be truncated or corrupt): {type(e).__name__}: {e}') from None
 

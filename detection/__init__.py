@@ -8,12 +8,10 @@ The shipped configs are in ``configs/`` (see :func:`config_path`).
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-import numpy as np
 import torch
 from mmengine.config import Config
-from mmengine.logging import HistoryBuffer
 
-from .backbone import AsViT, create_asvit
+from .backbone import AsViT, create_asvit, mmengine_checkpoint_globals
 from .layer_decay import TimmLayerDecayOptimWrapperConstructor
 
 __all__ = ['AsViT', 'TimmLayerDecayOptimWrapperConstructor', 'allow_mmengine_checkpoints', 'config_path',
@@ -53,8 +51,6 @@ def load_config(config: Union[str, Path], work_dir: Optional[Union[str, Path]] =
 def allow_mmengine_checkpoints() -> None:
     """Let ``torch.load`` with ``weights_only=True`` (the default since torch 2.6, which mmengine 0.10's
     ``load_checkpoint`` and resume rely on) read mmengine's training checkpoints: besides tensors, their
-    message hub holds ``HistoryBuffer`` objects of numpy arrays and scalars. The tools call this."""
-    core = np._core if hasattr(np, '_core') else np.core
-    numpy_dtypes = [type(np.dtype(code)) for code in np.typecodes['All'] if code != 'O']
-    torch.serialization.add_safe_globals([HistoryBuffer, np.ndarray, np.dtype, *numpy_dtypes, core.multiarray.scalar,
-                                          core.multiarray._reconstruct, getattr])
+    message hub holds ``HistoryBuffer`` objects of numpy arrays and scalars. The tools call this; the
+    backbone's ``init_cfg`` reads such checkpoints without it."""
+    torch.serialization.add_safe_globals(mmengine_checkpoint_globals())

@@ -7,12 +7,13 @@ The library model pads internally, so padded, non-square mmdet batches of any si
 from __future__ import annotations
 
 from numbers import Real
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import timm
 import torch
 import torch.nn as nn
-from mmengine.logging import print_log
+from mmengine.logging import HistoryBuffer, print_log
 from mmengine.model import BaseModule
 from timm.models import adapt_input_conv
 
@@ -21,11 +22,21 @@ from mmdet.registry import MODELS
 from asvit_zoo import checkpoint_filter_fn
 from asvit_zoo.asvit import unwrap_state_dict
 from asvit_zoo.genotype import NUM_STAGES
+from asvit_zoo.hub import allowed_globals
 from asvit_zoo.weights import load_weights
 
-__all__ = ['AsViT', 'create_asvit']
+__all__ = ['AsViT', 'create_asvit', 'mmengine_checkpoint_globals']
 
 PRETRAINED_KEYS = ('type', 'checkpoint', 'prefix')  # of init_cfg
+
+
+def mmengine_checkpoint_globals() -> List[Any]:
+    """What ``torch.load(weights_only=True)`` must allow to read an mmengine training checkpoint: besides
+    tensors, its message hub holds ``HistoryBuffer`` objects of numpy arrays and scalars."""
+    core = np._core if hasattr(np, '_core') else np.core
+    numpy_dtypes = [type(np.dtype(code)) for code in np.typecodes['All'] if code != 'O']
+    return [HistoryBuffer, np.ndarray, np.dtype, *numpy_dtypes, core.multiarray.scalar, core.multiarray._reconstruct,
+            getattr]
 
 
 def create_asvit(arch: str, **kwargs: Any) -> nn.Module:
@@ -153,7 +164,8 @@ class AsViT(BaseModule):
         if self.init_cfg is None:
             return
         source, prefix = self.init_cfg['checkpoint'], self.init_cfg.get('prefix')
-        state_dict = unwrap_state_dict(load_weights(source))
+        with allowed_globals(mmengine_checkpoint_globals()):  # whole-detector checkpoints
+            state_dict = unwrap_state_dict(load_weights(source))
         if prefix:
             state_dict = _under_prefix(state_dict, prefix)
             if not state_dict:

@@ -10,7 +10,7 @@ import logging
 import runpy
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import numpy as np
 import pytest
@@ -18,6 +18,7 @@ import timm
 import torch
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
+from mmengine.logging import MessageHub
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
@@ -186,6 +187,45 @@ def test_pretrained_prefix_takes_the_backbone_of_a_detector_checkpoint(tmp_path:
                                      init_cfg=dict(type='Pretrained', checkpoint=checkpoint, **init_cfg)))
         with pytest.raises(ValueError, match=message):
             backbone.init_weights()
+
+
+@pytest.fixture
+def no_safe_globals() -> Iterator[None]:
+    """A process in which nothing has called allow_mmengine_checkpoints (or added other safe globals)."""
+    before = torch.serialization.get_safe_globals()
+    torch.serialization.clear_safe_globals()
+    yield
+    torch.serialization.clear_safe_globals()
+    torch.serialization.add_safe_globals(before)
+
+
+def _mmengine_checkpoint(path: Path, backbone: torch.nn.Module) -> str:
+    """A whole-detector checkpoint as mmengine's CheckpointHook writes it: a message hub of HistoryBuffers."""
+    hub = MessageHub('asvit-test')
+    hub.update_scalar('train/loss', np.float64(1.5))
+    torch.save({'meta': {'iter': 2}, 'state_dict': {f'backbone.{k}': v for k, v in backbone.state_dict().items()},
+                'message_hub': hub.state_dict()}, path)
+    return str(path)
+
+
+def test_pretrained_reads_an_mmengine_checkpoint_without_the_tools(tmp_path: Path, no_safe_globals: None) -> None:
+    """init_cfg reads an mmengine checkpoint in a process that only imported the adapter; the globals it allows for
+    that load are gone after it, and those allowed before (allow_mmengine_checkpoints) stay allowed."""
+    trained = MODELS.build(dict(type='AsViT', arch=TINY))
+    checkpoint = _mmengine_checkpoint(tmp_path / 'iter_2.pth', trained)
+    init_cfg = dict(type='Pretrained', checkpoint=checkpoint, prefix='backbone.')
+    with pytest.raises(WeightsError, match=r'iter_2.pth: a torch checkpoint holding objects of '
+                                           r'mmengine.logging.history_buffer.HistoryBuffer, which weights_only '
+                                           r'loading does not allow') as error:
+        load_weights(checkpoint)
+    assert 'corrupt' not in str(error.value)
+    backbone = MODELS.build(dict(type='AsViT', arch=TINY, init_cfg=init_cfg))
+    backbone.init_weights()
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in backbone.state_dict().items())
+    assert torch.serialization.get_safe_globals() == []
+    allow_mmengine_checkpoints()
+    MODELS.build(dict(type='AsViT', arch=TINY, init_cfg=init_cfg)).init_weights()
+    assert torch.load(checkpoint, weights_only=True)['meta']['iter'] == 2
 
 
 def test_pretrained_grayscale_weights_fit_an_rgb_backbone(monkeypatch: pytest.MonkeyPatch) -> None:
