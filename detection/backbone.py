@@ -127,6 +127,7 @@ class AsViT(BaseModule):
         _check_arguments(arch, out_indices, frozen_stages, drop_path_rate, with_cp, norm_eval)
         _check_init_cfg(init_cfg)
         super().__init__(init_cfg=init_cfg)
+        self.arch = arch
         self.model = create_asvit(arch, num_classes=0, drop_path_rate=float(drop_path_rate),
                                   window_img_size=window_img_size)
         self.out_indices = tuple(self.model.prune_intermediate_layers(list(out_indices), prune_norm=True,
@@ -159,8 +160,8 @@ class AsViT(BaseModule):
         return self
 
     def init_weights(self) -> None:
-        """Load the ``Pretrained`` weights (missing and unexpected keys are logged); without init_cfg the
-        model keeps the As-ViT initialisation it was built with."""
+        """Load the ``Pretrained`` weights (missing and unexpected keys are logged; weights of another arch are
+        refused); without init_cfg the model keeps the As-ViT initialisation it was built with."""
         if self.init_cfg is None:
             return
         source, prefix = self.init_cfg['checkpoint'], self.init_cfg.get('prefix')
@@ -174,6 +175,7 @@ class AsViT(BaseModule):
             state_dict = _under_prefix(state_dict, 'model.')
         state_dict = checkpoint_filter_fn(state_dict, self.model)
         adapted = self._adapt_input_conv(state_dict)
+        self._check_shapes(state_dict, source)
         missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
         if len(unexpected) == len(state_dict):
             raise ValueError(f'AsViT init_cfg: no tensor of {source} fits the backbone (its first keys: '
@@ -182,6 +184,16 @@ class AsViT(BaseModule):
         print_log(f'AsViT: loaded {len(state_dict) - len(unexpected)} tensors from {source}{adapted}; '
                   f'missing keys: {missing or "none"}; unexpected keys: {unexpected or "none"}', logger='current')
         self._is_init = True
+
+    def _check_shapes(self, state_dict: Dict[str, torch.Tensor], source: str) -> None:
+        own = self.model.state_dict()
+        mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state_dict.items()
+                      if k in own and v.shape != own[k].shape]
+        if mismatched:
+            key, found, expected = mismatched[0]
+            raise ValueError(f'AsViT init_cfg: the weights of {source} do not fit arch {self.arch!r}: '
+                             f'{len(mismatched)} tensors differ in shape, the first {key} (checkpoint {found}, '
+                             f'backbone {expected}); give the arch the weights were trained with')
 
     def _adapt_input_conv(self, state_dict: Dict[str, torch.Tensor]) -> str:
         """Fit the stage-1 tokenizer of weights trained on other input channels (grayscale Fashion-MNIST weights

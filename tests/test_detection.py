@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import runpy
 from functools import lru_cache
 from pathlib import Path
@@ -226,6 +227,15 @@ def test_pretrained_reads_an_mmengine_checkpoint_without_the_tools(tmp_path: Pat
     allow_mmengine_checkpoints()
     MODELS.build(dict(type='AsViT', arch=TINY, init_cfg=init_cfg)).init_weights()
     assert torch.load(checkpoint, weights_only=True)['meta']['iter'] == 2
+
+
+def test_pretrained_weights_of_another_arch_name_source_arch_and_shapes(tmp_path: Path) -> None:
+    checkpoint = _save(timm.create_model('asvit_seed').state_dict(), tmp_path / 'seed.pth')
+    backbone = MODELS.build(dict(type='AsViT', arch=TINY, init_cfg=dict(type='Pretrained', checkpoint=checkpoint)))
+    with pytest.raises(ValueError, match=rf"the weights of {checkpoint} do not fit arch '{re.escape(TINY)}': "
+                                         r"\d+ tensors differ in shape, the first patch_embed.proj.weight "
+                                         r"\(checkpoint \(32, 3, 8, 8\), backbone \(16, 3, 4, 4\)\)"):
+        backbone.init_weights()
 
 
 def test_pretrained_grayscale_weights_fit_an_rgb_backbone(monkeypatch: pytest.MonkeyPatch) -> None:
