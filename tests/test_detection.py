@@ -19,7 +19,7 @@ import timm
 import torch
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
-from mmengine.logging import MessageHub
+from mmengine.logging import MessageHub, MMLogger
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
@@ -304,6 +304,38 @@ def test_layer_decay_constructor_scales_backbone_lr_by_depth() -> None:
     decay_of = {id(p): group['weight_decay'] for group in wrapper.optimizer.param_groups for p in group['params']}
     assert decay_of[id(last_block)] == cfg.optim_wrapper.optimizer.weight_decay
     assert decay_of[id(backbone.stages[3].blocks[0].norm1.weight)] == 0
+
+
+def test_layer_decay_applies_paramwise_options_on_top_and_logs_what_it_applies(request: pytest.FixtureRequest) -> None:
+    """custom_keys (the longest matching key wins) and bias_lr_mult multiply the layer-decay lr and weight decay of
+    the backbone as they do for the neck; every logged paramwise option is the one the optimizer holds."""
+    logged: List[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())
+    MMLogger.get_current_instance().addHandler(handler)
+    request.addfinalizer(lambda: MMLogger.get_current_instance().removeHandler(handler))
+    cfg = load_config('mask-rcnn_asvit-large_fpn_1x_coco', cfg_options=_tiny_options())
+    model = MODELS.build(cfg.model)
+    paramwise_cfg = dict(layer_decay_rate=0.5, bias_lr_mult=3.0,
+                         custom_keys={'stages.3': dict(lr_mult=2.0, decay_mult=0.5),
+                                      'stages.3.blocks.0.mlp': dict(lr_mult=0.1, decay_mult=0.0)})
+    wrapper = build_optim_wrapper(model, dict(cfg.optim_wrapper, paramwise_cfg=paramwise_cfg))
+    lr, wd = cfg.optim_wrapper.optimizer.lr, cfg.optim_wrapper.optimizer.weight_decay
+    group_of = {id(p): group for group in wrapper.optimizer.param_groups for p in group['params']}
+    assert len(group_of) == len(list(model.parameters()))
+    stages = model.backbone.model.stages
+    expected = [(stages[3].blocks[0].mlp.fc1.weight, lr * .1, 0.),  # the longer of the two matching keys
+                (stages[3].downsample.reduction.weight, lr * 2, wd / 2),
+                (stages[2].blocks[0].mlp.fc1.weight, lr / 2, wd), (stages[2].blocks[0].mlp.fc1.bias, lr / 2 * 3, 0.),
+                (stages[2].blocks[0].norm1.bias, lr / 2, 0.), (model.neck.lateral_convs[0].conv.bias, lr * 3, wd)]
+    for param, param_lr, param_wd in expected:
+        assert (group_of[id(param)]['lr'], group_of[id(param)]['weight_decay']) == pytest.approx((param_lr, param_wd))
+    names = {name: param for name, param in model.named_parameters()}
+    options = [re.fullmatch(r'paramwise_options -- (\S+):(\w+)=(.+)', line) for line in logged]
+    options = [option.groups() for option in options if option]
+    assert any(name.startswith('backbone.model.stages.3') for name, _, _ in options)
+    for name, key, value in options:
+        assert group_of[id(names[name])][key] == pytest.approx(float(value)), (name, key)
 
 
 # --------------------------------------------------------------------------- configs
