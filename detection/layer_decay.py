@@ -16,11 +16,12 @@ mmengine's default constructor.
 """
 from __future__ import annotations
 
+from numbers import Real
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch.nn as nn
 from mmengine.logging import print_log
-from mmengine.optim import DefaultOptimWrapperConstructor
+from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from timm.optim import param_groups_layer_decay
 
 from mmdet.registry import OPTIM_WRAPPER_CONSTRUCTORS
@@ -38,19 +39,27 @@ def _has_group_matcher(module: nn.Module) -> bool:
 class TimmLayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """mmengine's default constructor, plus timm's layer decay for the submodules with a ``group_matcher``.
 
-    ``paramwise_cfg['layer_decay_rate']`` (required, in (0, 1]) is the decay per layer.
+    ``paramwise_cfg['layer_decay_rate']`` (required, in (0, 1]) is the decay per layer; below 1, the model
+    must have a submodule with a ``group_matcher``.
     """
 
     def __init__(self, optim_wrapper_cfg: Dict[str, Any], paramwise_cfg: Optional[Dict[str, Any]] = None) -> None:
         # layer_decay_rate stays in paramwise_cfg: it keeps it non-empty, so the default __call__ runs add_params.
         super().__init__(optim_wrapper_cfg, paramwise_cfg)
         rate = self.paramwise_cfg.get('layer_decay_rate')
-        if rate is None or not 0 < float(rate) <= 1:
-            raise ValueError(f'{type(self).__name__} needs paramwise_cfg=dict(layer_decay_rate=R) with R in (0, 1], '
-                             f'got paramwise_cfg={self.paramwise_cfg}')
+        if isinstance(rate, bool) or not isinstance(rate, Real) or not 0 < rate <= 1:
+            raise ValueError(f'{type(self).__name__}: paramwise_cfg.layer_decay_rate must be a number in (0, 1], '
+                             f'got {rate!r} (paramwise_cfg={self.paramwise_cfg})')
         self.layer_decay_rate = float(rate)
         custom_keys = self.paramwise_cfg.get('custom_keys', {})
         self.custom_keys = {key: custom_keys[key] for key in sorted(sorted(custom_keys), key=len, reverse=True)}
+
+    def __call__(self, model: nn.Module) -> OptimWrapper:
+        if self.layer_decay_rate < 1 and not any(map(_has_group_matcher, model.modules())):
+            raise ValueError(f'{type(self).__name__}: paramwise_cfg.layer_decay_rate={self.layer_decay_rate} needs a '
+                             f'submodule with a group_matcher (a timm model), and {type(model).__name__} has none; '
+                             f'set layer_decay_rate=1.0 or use the default constructor')
+        return super().__call__(model)
 
     def add_params(self, params: List[Dict[str, Any]], module: nn.Module, prefix: str = '', **kwargs: Any) -> None:
         """Timm's layer decay for a module with a ``group_matcher`` (all its parameters); otherwise mmengine's

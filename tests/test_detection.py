@@ -338,6 +338,22 @@ def test_layer_decay_applies_paramwise_options_on_top_and_logs_what_it_applies(r
         assert group_of[id(names[name])][key] == pytest.approx(float(value)), (name, key)
 
 
+def test_layer_decay_rate_must_be_a_number_and_have_a_timm_model() -> None:
+    from asvit_zoo.detection import TimmLayerDecayOptimWrapperConstructor as Constructor
+
+    optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-3))
+    plain = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    for rate in ('abc', True, 0, 1.5, None):
+        with pytest.raises(ValueError, match=rf'paramwise_cfg.layer_decay_rate must be a number in \(0, 1\], '
+                                             rf'got {re.escape(repr(rate))}'):
+            Constructor(optim_wrapper, dict(layer_decay_rate=rate))
+    with pytest.raises(ValueError, match=r'layer_decay_rate=0.5 needs a submodule with a group_matcher \(a timm '
+                                         r'model\), and Sequential has none'):
+        Constructor(optim_wrapper, dict(layer_decay_rate=0.5))(plain)
+    wrapper = Constructor(optim_wrapper, dict(layer_decay_rate=1.0))(plain)
+    assert [group['lr'] for group in wrapper.optimizer.param_groups] == [1e-3] * 4
+
+
 # --------------------------------------------------------------------------- configs
 def _skip_unregistered(arch: str) -> None:
     if '|' not in arch and arch not in REGISTERED:
