@@ -10,12 +10,18 @@ from typing import Any, Dict, List, Optional, Union
 
 import torch
 from mmengine.config import Config
+from mmengine.registry import init_default_scope
+
+from mmdet.registry import MODELS
+
+from asvit_zoo.hub import allowed_globals
+from asvit_zoo.weights import load_weights
 
 from .backbone import AsViT, create_asvit, mmengine_checkpoint_globals
 from .layer_decay import TimmLayerDecayOptimWrapperConstructor
 
-__all__ = ['AsViT', 'TimmLayerDecayOptimWrapperConstructor', 'allow_mmengine_checkpoints', 'config_path',
-           'create_asvit', 'list_configs', 'load_config']
+__all__ = ['AsViT', 'TimmLayerDecayOptimWrapperConstructor', 'allow_mmengine_checkpoints', 'check_checkpoint',
+           'config_path', 'create_asvit', 'list_configs', 'load_config']
 
 CONFIG_DIR = Path(__file__).resolve().parent / 'configs'
 
@@ -54,3 +60,24 @@ def allow_mmengine_checkpoints() -> None:
     message hub holds ``HistoryBuffer`` objects of numpy arrays and scalars. The tools call this; the
     backbone's ``init_cfg`` reads such checkpoints without it."""
     torch.serialization.add_safe_globals(mmengine_checkpoint_globals())
+
+
+def check_checkpoint(cfg: Config, checkpoint: Union[str, Path]) -> None:
+    """Raise ValueError unless ``checkpoint`` holds exactly the tensors of ``cfg.model``, by key and shape
+    (mmengine and mmdet load checkpoints non-strictly, with warnings only). The model is built on the meta
+    device, so the check allocates nothing."""
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    with torch.device('meta'):
+        expected = {k: tuple(v.shape) for k, v in MODELS.build(cfg.model).state_dict().items()}
+    with allowed_globals(mmengine_checkpoint_globals()):
+        found = {k: tuple(v.shape) for k, v in load_weights(checkpoint).items()}
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    mismatched = [f'{k} (checkpoint {found[k]}, config {expected[k]})' for k in sorted(set(found) & set(expected))
+                  if found[k] != expected[k]]
+    problems = [f'{len(keys)} {what} (first: {keys[0]})' for what, keys in (
+        ('tensors of the config missing', missing), ('tensors not in the config', unexpected),
+        ('tensors of another shape', mismatched)) if keys]
+    if problems:
+        raise ValueError(f'checkpoint {checkpoint} does not fit the config {cfg.filename}: {"; ".join(problems)}; '
+                         f'give the config the checkpoint was trained with')

@@ -30,8 +30,8 @@ from safetensors.torch import save_file
 import asvit_zoo.detection.backbone as backbone_module
 from asvit_zoo import load_registry
 from asvit_zoo.datasets import FASHION_MNIST_CLASSES
-from asvit_zoo.detection import (AsViT, allow_mmengine_checkpoints, config_path, create_asvit, list_configs,
-                                 load_config)
+from asvit_zoo.detection import (AsViT, allow_mmengine_checkpoints, check_checkpoint, config_path, create_asvit,
+                                 list_configs, load_config)
 from asvit_zoo.detection.fmnist_coco import SceneConfig, annotation_file, data_root_options, make_dataset, make_split
 from asvit_zoo.hub import WeightsError
 from asvit_zoo.weights import load_weights
@@ -200,12 +200,11 @@ def no_safe_globals() -> Iterator[None]:
     torch.serialization.add_safe_globals(before)
 
 
-def _mmengine_checkpoint(path: Path, backbone: torch.nn.Module) -> str:
-    """A whole-detector checkpoint as mmengine's CheckpointHook writes it: a message hub of HistoryBuffers."""
+def _mmengine_checkpoint_of(path: Path, state_dict: Dict[str, torch.Tensor]) -> str:
+    """A checkpoint as mmengine's CheckpointHook writes it: with a message hub of HistoryBuffers."""
     hub = MessageHub('asvit-test')
     hub.update_scalar('train/loss', np.float64(1.5))
-    torch.save({'meta': {'iter': 2}, 'state_dict': {f'backbone.{k}': v for k, v in backbone.state_dict().items()},
-                'message_hub': hub.state_dict()}, path)
+    torch.save({'meta': {'iter': 2}, 'state_dict': state_dict, 'message_hub': hub.state_dict()}, path)
     return str(path)
 
 
@@ -213,7 +212,8 @@ def test_pretrained_reads_an_mmengine_checkpoint_without_the_tools(tmp_path: Pat
     """init_cfg reads an mmengine checkpoint in a process that only imported the adapter; the globals it allows for
     that load are gone after it, and those allowed before (allow_mmengine_checkpoints) stay allowed."""
     trained = MODELS.build(dict(type='AsViT', arch=TINY))
-    checkpoint = _mmengine_checkpoint(tmp_path / 'iter_2.pth', trained)
+    checkpoint = _mmengine_checkpoint_of(tmp_path / 'iter_2.pth',
+                                         {f'backbone.{k}': v for k, v in trained.state_dict().items()})
     init_cfg = dict(type='Pretrained', checkpoint=checkpoint, prefix='backbone.')
     with pytest.raises(WeightsError, match=r'iter_2.pth: a torch checkpoint holding objects of '
                                            r'mmengine.logging.history_buffer.HistoryBuffer, which weights_only '
@@ -488,6 +488,34 @@ def test_runner_trains_two_iterations_evaluates_and_resumes(fmnist_root: Path, t
         str(config), str(work_dir / 'iter_3.pth'), str(fmnist_root / 'val' / '000001.png'), '--out', str(png),
         '--score-thr', '0.0', '--cfg-options', *cli_options])
     assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_tools_refuse_a_checkpoint_that_does_not_fit_the_config(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                 fmnist_root: Path) -> None:
+    """det_test.py and det_infer.py exit with one message naming the checkpoint, the config and the first
+    mismatch, before building the runner or drawing (mmengine loads the checkpoint non-strictly)."""
+    tiny = MODELS.build(load_config(FMNIST_CONFIG, cfg_options=_tiny_options()).model)
+    checkpoint = tmp_path / 'tiny.pth'
+    _mmengine_checkpoint_of(checkpoint, tiny.state_dict())
+    check_checkpoint(load_config(FMNIST_CONFIG, cfg_options=_tiny_options()), checkpoint)  # it fits its own config
+    tools = REPO_ROOT / 'tools'
+    image = str(fmnist_root / 'val' / '000001.png')
+    data_root = ['--cfg-options', *(f'{key}={value}' for key, value in data_root_options(fmnist_root).items())]
+    for tool, args in (('det_test.py', ['--work-dir', str(tmp_path / 'test'), *data_root]),
+                       ('det_infer.py', [image, '--out', str(tmp_path / 'p.png')])):
+        with pytest.raises(SystemExit) as exit_info:
+            runpy.run_path(str(tools / tool))['main']([FMNIST_CONFIG, str(checkpoint), *args])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert re.search(rf'error: checkpoint {checkpoint} does not fit the config \S*{FMNIST_CONFIG}.py: '
+                         r'\d+ tensors of another shape \(first: backbone.model.patch_embed.norm.bias '
+                         r'\(checkpoint \(16,\), config \(32,\)\)\)', err), err
+        assert not (tmp_path / 'test').exists() and not (tmp_path / 'p.png').exists()
+    partial = {k: v for k, v in tiny.state_dict().items() if not k.startswith('roi_head.mask_head.')}
+    _mmengine_checkpoint_of(checkpoint, {**partial, 'extra.weight': torch.zeros(1)})
+    with pytest.raises(ValueError, match=r'tensors of the config missing \(first: roi_head.mask_head.\S+\); '
+                                         r'1 tensors not in the config \(first: extra.weight\)'):
+        check_checkpoint(load_config(FMNIST_CONFIG, cfg_options=_tiny_options()), checkpoint)
 
 
 def test_backbone_windows_keep_their_224_side():

@@ -1,6 +1,8 @@
 """Draw a detector's predictions on an image (mmdet's DetLocalVisualizer) and save them as a PNG:
 
     python tools/det_infer.py mask-rcnn_asvit-seed_fpn_fmnist work_dirs/seed/iter_3000.pth IMAGE --out pred.png
+
+A checkpoint that does not fit the config (tensor names or shapes) is refused.
 """
 import argparse
 import sys
@@ -12,8 +14,9 @@ from mmengine.config import DictAction
 from mmdet.apis import inference_detector, init_detector
 from mmdet.registry import VISUALIZERS
 
-from asvit_zoo.detection import allow_mmengine_checkpoints, load_config
+from asvit_zoo.detection import allow_mmengine_checkpoints, check_checkpoint, load_config
 from asvit_zoo.fileio import atomic_write
+from asvit_zoo.hub import WeightsError
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -28,6 +31,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     allow_mmengine_checkpoints()
     cfg = load_config(args.config, cfg_options=args.cfg_options)
+    try:
+        check_checkpoint(cfg, args.checkpoint)
+    except (ValueError, FileNotFoundError, WeightsError) as e:
+        parser.error(str(e))
     model = init_detector(cfg, args.checkpoint, device=args.device)
     result = inference_detector(model, args.image)
     visualizer = VISUALIZERS.build(model.cfg.visualizer)

@@ -3,7 +3,7 @@
     python tools/det_test.py mask-rcnn_asvit-seed_fpn_fmnist work_dirs/seed/iter_3000.pth --metrics-out m.json
 
 The metrics (COCO bbox and segm mAP for the shipped configs) are printed and, with --metrics-out, written
-as JSON.
+as JSON. A checkpoint that does not fit the config (tensor names or shapes) is refused.
 """
 import argparse
 import json
@@ -13,8 +13,9 @@ from typing import Optional, Sequence
 from mmengine.config import DictAction
 from mmengine.runner import Runner
 
-from asvit_zoo.detection import allow_mmengine_checkpoints, load_config
+from asvit_zoo.detection import allow_mmengine_checkpoints, check_checkpoint, load_config
 from asvit_zoo.fileio import write_json
+from asvit_zoo.hub import WeightsError
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -27,6 +28,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     allow_mmengine_checkpoints()
     cfg = load_config(args.config, args.work_dir, args.cfg_options)
+    try:
+        check_checkpoint(cfg, args.checkpoint)
+    except (ValueError, FileNotFoundError, WeightsError) as e:
+        parser.error(str(e))
     cfg.load_from = args.checkpoint
     metrics = {key: float(value) if isinstance(value, (int, float)) else value
                for key, value in Runner.from_cfg(cfg).test().items()}
