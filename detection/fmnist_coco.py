@@ -28,7 +28,8 @@ from pycocotools import mask as mask_utils
 from asvit_zoo.datasets import DEFAULT_ROOT, FASHION_MNIST_CLASSES, load_fashion_mnist
 from asvit_zoo.fileio import atomic_write, write_json
 
-__all__ = ['SPLITS', 'SceneConfig', 'annotation_file', 'data_root_options', 'make_split', 'make_dataset', 'main']
+__all__ = ['SPLITS', 'SceneConfig', 'annotation_file', 'check_data_root', 'data_root_options', 'make_split',
+           'make_dataset', 'main']
 
 SPLITS = {'train': 'train', 'val': 'test'}  # dataset split -> Fashion-MNIST split its items come from
 MASK_THRESHOLD = 0.25
@@ -142,6 +143,15 @@ def data_root_options(data_root: Path) -> Dict[str, str]:
     options.update({f'{evaluator}.ann_file': str(annotation_file(Path(root), 'val'))
                     for evaluator in ('val_evaluator', 'test_evaluator')})
     return options
+
+
+def check_data_root(data_root: Path, splits: Sequence[str] = tuple(SPLITS)) -> None:
+    """FileNotFoundError naming the first annotation file of ``splits`` missing under ``data_root``."""
+    for split in splits:
+        path = annotation_file(Path(data_root), split)
+        if not path.is_file():
+            raise FileNotFoundError(f'{path} not found: {data_root} is not a dataset written by '
+                                    f'tools/make_det_data.py --out {data_root}')
 
 
 def make_dataset(out_dir: Path, num_train: int, num_val: int, config: SceneConfig = SceneConfig(),

@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import runpy
+import shlex
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
@@ -470,16 +471,16 @@ def test_runner_trains_two_iterations_evaluates_and_resumes(fmnist_root: Path, t
     logging.getLogger().handlers.clear()
 
     tools = REPO_ROOT / 'tools'
-    cli_options = [f'{key}={value}' for key, value in options.items()]
+    cli_options = [f'{key}={value}' for key, value in options.items() if key not in data_root_options(fmnist_root)]
     runpy.run_path(str(tools / 'det_train.py'))['main']([
-        str(config), '--work-dir', str(work_dir), '--resume', '--cfg-options', *cli_options,
-        'train_cfg.max_iters=3'])
+        str(config), '--work-dir', str(work_dir), '--resume', '--data-root', str(fmnist_root), '--cfg-options',
+        *cli_options, 'train_cfg.max_iters=3'])
     assert torch.load(work_dir / 'iter_3.pth', weights_only=True)['meta']['iter'] == 3
 
     metrics_file = tmp_path / 'metrics.json'
     runpy.run_path(str(tools / 'det_test.py'))['main']([
         str(config), str(work_dir / 'iter_3.pth'), '--work-dir', str(tmp_path / 'test'),
-        '--metrics-out', str(metrics_file), '--cfg-options', *cli_options])
+        '--metrics-out', str(metrics_file), '--data-root', str(fmnist_root), '--cfg-options', *cli_options])
     metrics = json.loads(metrics_file.read_text())
     assert all(0 <= metrics[f'coco/{kind}_mAP'] <= 1 for kind in ('bbox', 'segm'))
 
@@ -500,8 +501,7 @@ def test_tools_refuse_a_checkpoint_that_does_not_fit_the_config(tmp_path: Path, 
     check_checkpoint(load_config(FMNIST_CONFIG, cfg_options=_tiny_options()), checkpoint)  # it fits its own config
     tools = REPO_ROOT / 'tools'
     image = str(fmnist_root / 'val' / '000001.png')
-    data_root = ['--cfg-options', *(f'{key}={value}' for key, value in data_root_options(fmnist_root).items())]
-    for tool, args in (('det_test.py', ['--work-dir', str(tmp_path / 'test'), *data_root]),
+    for tool, args in (('det_test.py', ['--work-dir', str(tmp_path / 'test'), '--data-root', str(fmnist_root)]),
                        ('det_infer.py', [image, '--out', str(tmp_path / 'p.png')])):
         with pytest.raises(SystemExit) as exit_info:
             runpy.run_path(str(tools / tool))['main']([FMNIST_CONFIG, str(checkpoint), *args])
@@ -516,6 +516,39 @@ def test_tools_refuse_a_checkpoint_that_does_not_fit_the_config(tmp_path: Path, 
     with pytest.raises(ValueError, match=r'tensors of the config missing \(first: roi_head.mask_head.\S+\); '
                                          r'1 tensors not in the config \(first: extra.weight\)'):
         check_checkpoint(load_config(FMNIST_CONFIG, cfg_options=_tiny_options()), checkpoint)
+
+
+@pytest.mark.parametrize('tool, split', [('det_train.py', 'train'), ('det_test.py', 'val')])
+def test_tools_name_a_data_root_without_the_dataset(tmp_path: Path, capsys: pytest.CaptureFixture, tool: str,
+                                                    split: str) -> None:
+    args = [FMNIST_CONFIG] + (['checkpoint.pth'] if tool == 'det_test.py' else [])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(REPO_ROOT / 'tools' / tool))['main']([*args, '--data-root', str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert (f'error: --data-root: {annotation_file(tmp_path, split)} not found: {tmp_path} is not a dataset written '
+            f'by tools/make_det_data.py --out {tmp_path}') in capsys.readouterr().err
+
+
+def _short_run_commands(text: str) -> List[List[str]]:
+    """The det_train.py command lines of ``text`` that set train_cfg.max_iters, split as a shell would."""
+    lines = text.replace('\\\n', ' ').splitlines()
+    return [shlex.split(line.strip().strip('`')) for line in lines if 'det_train.py' in line and 'max_iters=' in line]
+
+
+@pytest.mark.parametrize('source', ['tools/det_train.py', 'README.md'])
+def test_documented_short_run_sizes_the_lr_schedule(source: str) -> None:
+    """The documented short run changes the warm-up, the cosine schedule and the validation with max_iters."""
+    text = (REPO_ROOT / source).read_text()
+    commands = _short_run_commands(text)
+    assert commands, f'{source} documents no short det_train.py run'
+    for command in commands:
+        options = dict(option.split('=', 1) for option in command[command.index('--cfg-options') + 1:])
+        cfg = load_config(command[command.index('tools/det_train.py') + 1],
+                          cfg_options={key: int(value) for key, value in options.items()})
+        max_iters = cfg.train_cfg.max_iters
+        warmup, cosine = cfg.param_scheduler
+        assert cfg.train_cfg.val_interval == cosine.end == max_iters, command
+        assert 0 < warmup.end == cosine.begin < max_iters, command
 
 
 def test_backbone_windows_keep_their_224_side():
