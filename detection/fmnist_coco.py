@@ -29,7 +29,7 @@ from asvit_zoo.datasets import DEFAULT_ROOT, FASHION_MNIST_CLASSES, load_fashion
 from asvit_zoo.fileio import atomic_write, write_json
 
 __all__ = ['SPLITS', 'SceneConfig', 'annotation_file', 'check_data_root', 'data_root_options', 'make_split',
-           'make_dataset', 'main']
+           'make_dataset', 'main', 'scene_errors']
 
 SPLITS = {'train': 'train', 'val': 'test'}  # dataset split -> Fashion-MNIST split its items come from
 MASK_THRESHOLD = 0.25
@@ -46,15 +46,23 @@ class SceneConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name, (low, high) in (('canvas', self.canvas), ('item_side', self.item_side)):
-            if not 1 <= low <= high:
-                raise ValueError(f'SceneConfig.{name} must be a range (low, high) with 1 <= low <= high, '
-                                 f'got {(low, high)}')
-        if self.item_side[1] > self.canvas[0]:
-            raise ValueError(f'SceneConfig.item_side {self.item_side} must fit the smallest canvas side '
-                             f'{self.canvas[0]}')
-        if self.max_items < 1:
-            raise ValueError(f'SceneConfig.max_items must be >= 1, got {self.max_items}')
+        errors = scene_errors(**asdict(self))
+        if errors:
+            raise ValueError('SceneConfig.{} {}'.format(*errors[0]))
+
+
+def scene_errors(canvas: Tuple[int, int], item_side: Tuple[int, int], max_items: int,
+                 seed: int) -> List[Tuple[str, str]]:
+    """(field, what is wrong) for each invalid :class:`SceneConfig` field, in field order."""
+    errors = [(name, f'must be a range (low, high) with 1 <= low <= high, got {tuple(value)}')
+              for name, value in (('canvas', canvas), ('item_side', item_side)) if not 1 <= value[0] <= value[1]]
+    if item_side[1] > canvas[0]:
+        errors.append(('item_side', f'must fit the smallest canvas side {canvas[0]}, got {tuple(item_side)}'))
+    if max_items < 1:
+        errors.append(('max_items', f'must be >= 1, got {max_items}'))
+    if seed < 0:
+        errors.append(('seed', f'must be >= 0, got {seed}'))
+    return errors
 
 
 def annotation_file(out_dir: Path, split: str) -> Path:
@@ -107,14 +115,28 @@ def _annotation(ann_id: int, image_id: int, label: int, mask: np.ndarray) -> Dic
                 segmentation=dict(size=[int(s) for s in rle['size']], counts=rle['counts'].decode('ascii')))
 
 
-def make_split(out_dir: Path, split: str, num_images: int, config: SceneConfig = SceneConfig(),
-               fmnist_root: Path = DEFAULT_ROOT) -> Path:
-    """Write ``num_images`` images of ``split`` ('train' or 'val') and their COCO annotation file; return its path."""
+def _check_split(split: str, num_images: int) -> None:
     if split not in SPLITS:
         raise ValueError(f'split must be one of {sorted(SPLITS)}, got {split!r}')
     if num_images < 1:
-        raise ValueError(f'num_images must be >= 1, got {num_images}')
-    items, labels = (t.numpy() for t in load_fashion_mnist(SPLITS[split], fmnist_root))
+        raise ValueError(f'num_images of {split} must be >= 1, got {num_images}')
+
+
+def _items(split: str, fmnist_root: Path) -> Tuple[np.ndarray, np.ndarray]:
+    """The Fashion-MNIST images and labels the items of ``split`` come from."""
+    images, labels = load_fashion_mnist(SPLITS[split], fmnist_root)
+    return images.numpy(), labels.numpy()
+
+
+def make_split(out_dir: Path, split: str, num_images: int, config: SceneConfig = SceneConfig(),
+               fmnist_root: Path = DEFAULT_ROOT) -> Path:
+    """Write ``num_images`` images of ``split`` ('train' or 'val') and their COCO annotation file; return its path."""
+    _check_split(split, num_images)
+    return _write_split(out_dir, split, num_images, config, *_items(split, fmnist_root))
+
+
+def _write_split(out_dir: Path, split: str, num_images: int, config: SceneConfig, items: np.ndarray,
+                 labels: np.ndarray) -> Path:
     rng = np.random.default_rng([config.seed, sorted(SPLITS).index(split)])
     out_dir = Path(out_dir)
     images: List[Dict[str, Any]] = []
@@ -156,9 +178,13 @@ def check_data_root(data_root: Path, splits: Sequence[str] = tuple(SPLITS)) -> N
 
 def make_dataset(out_dir: Path, num_train: int, num_val: int, config: SceneConfig = SceneConfig(),
                  fmnist_root: Path = DEFAULT_ROOT) -> Dict[str, Path]:
-    """Both splits; returns the annotation file of each."""
-    return {split: make_split(out_dir, split, n, config, fmnist_root)
-            for split, n in (('train', num_train), ('val', num_val))}
+    """Both splits, checked and their Fashion-MNIST items read before anything is written; returns the annotation
+    file of each."""
+    counts = {'train': num_train, 'val': num_val}
+    for split, num_images in counts.items():
+        _check_split(split, num_images)
+    sources = {split: _items(split, fmnist_root) for split in counts}
+    return {split: _write_split(out_dir, split, n, config, *sources[split]) for split, n in counts.items()}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -172,8 +198,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--seed', type=int, default=SceneConfig.seed)
     parser.add_argument('--fmnist-root', type=Path, default=DEFAULT_ROOT, help='folder of the Fashion-MNIST IDX files')
     args = parser.parse_args(argv)
-    config = SceneConfig(canvas=tuple(args.canvas), item_side=tuple(args.item_side), max_items=args.max_items,
-                         seed=args.seed)
-    for split, path in make_dataset(args.out, args.train, args.val, config, args.fmnist_root).items():
+    counts = {'train': args.train, 'val': args.val}
+    for split, num_images in counts.items():
+        if num_images < 1:
+            parser.error(f'--{split} must be >= 1 (a number of images), got {num_images}')
+    scene = dict(canvas=tuple(args.canvas), item_side=tuple(args.item_side), max_items=args.max_items, seed=args.seed)
+    errors = scene_errors(**scene)
+    if errors:
+        field, message = errors[0]
+        parser.error(f'--{field.replace("_", "-")} {message}')
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f'--out {args.out} must be a folder, found a file')
+    try:
+        sources = {split: _items(split, args.fmnist_root) for split in counts}
+    except (FileNotFoundError, ValueError) as e:
+        parser.error(f'--fmnist-root {args.fmnist_root}: {e}')
+    for split, num_images in counts.items():
+        path = _write_split(args.out, split, num_images, SceneConfig(**scene), *sources[split])
         print(f'{split}: {path}')
     return 0

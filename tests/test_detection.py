@@ -424,6 +424,45 @@ def test_scene_config_rejects_items_larger_than_the_canvas() -> None:
         SceneConfig(canvas=(64, 96), item_side=(28, 80))
 
 
+@pytest.mark.parametrize('args, message', [
+    (['--train', '3', '--val', '0'], r'--val must be >= 1 \(a number of images\), got 0'),
+    (['--train', '0'], r'--train must be >= 1 \(a number of images\), got 0'),
+    (['--canvas', '0', '90'], r'--canvas must be a range \(low, high\) with 1 <= low <= high, got \(0, 90\)'),
+    (['--item-side', '28', '200'], r'--item-side must fit the smallest canvas side 112, got \(28, 200\)'),
+    (['--max-items', '0'], '--max-items must be >= 1, got 0'),
+    (['--seed', '-1'], '--seed must be >= 0, got -1'),
+    (['--fmnist-root', 'NOPE'], r'--fmnist-root NOPE: Fashion-MNIST file not found: NOPE/train-images'),
+])
+def test_make_det_data_checks_every_option_before_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture, args: List[str],
+                                                         message: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / 'data'
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(REPO_ROOT / 'tools' / 'make_det_data.py'), run_name='not_main')['main'](
+            ['--out', str(out), '--train', '2', '--val', '1', *args])
+    assert exit_info.value.code == 2
+    assert re.search(f'error: {message}', capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_make_det_data_out_must_be_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / 'data'
+    out.write_text('')
+    with pytest.raises(SystemExit):
+        runpy.run_path(str(REPO_ROOT / 'tools' / 'make_det_data.py'), run_name='not_main')['main'](
+            ['--out', str(out), '--train', '1', '--val', '1'])
+    assert f'error: --out {out} must be a folder, found a file' in capsys.readouterr().err
+
+
+def test_make_dataset_checks_both_splits_before_writing(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match='num_images of val must be >= 1, got 0'):
+        make_dataset(tmp_path / 'data', num_train=2, num_val=0)
+    with pytest.raises(FileNotFoundError, match='Fashion-MNIST file not found'):
+        make_dataset(tmp_path / 'data', num_train=2, num_val=1, fmnist_root=tmp_path / 'nope')
+    assert not (tmp_path / 'data').exists()
+
+
 # --------------------------------------------------------------------------- detectors on the generated data
 def _detector_and_batch(name: str, fmnist_root: Path, options: Dict[str, Any]) -> Tuple[torch.nn.Module, dict]:
     data_cfg = load_config(FMNIST_CONFIG, cfg_options=data_root_options(fmnist_root))
