@@ -239,16 +239,13 @@ def load_torch_checkpoint(path: PathLike) -> Any:
     try:
         with allowed_globals(_NUMPY_RNG_GLOBALS):
             return torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as e:
-        unsupported = _UNSUPPORTED_GLOBAL.search(str(e))
-        if unsupported is None:
-            raise WeightsError(f'{path}: not a readable torch checkpoint (expected a file written by torch.save; it '
-                               f'may be truncated or corrupt): {type(e).__name__}: {e}') from None
-        raise WeightsError(f'{path}: a torch checkpoint holding objects of {unsupported.group(1)}, which '
-                           f'weights_only loading does not allow (unpickling them could run code); load it where that '
-                           f'class is allowed (torch.serialization.add_safe_globals), or save a plain state dict'
-                           ) from None
-    except Exception as e:  # torch raises RuntimeError, OSError or EOFError for unreadable files
+    except Exception as e:  # torch raises RuntimeError, OSError, EOFError or UnpicklingError for unreadable files
+        unsupported = _UNSUPPORTED_GLOBAL.search(str(e)) if isinstance(e, pickle.UnpicklingError) else None
+        if unsupported is not None:
+            raise WeightsError(f'{path}: a torch checkpoint holding objects of {unsupported.group(1)}, which '
+                               f'weights_only loading does not allow (unpickling them could run code); load it where '
+                               f'that class is allowed (torch.serialization.add_safe_globals), or save a plain state '
+                               f'dict') from None
         raise WeightsError(f'{path}: not a readable torch checkpoint (expected a file written by torch.save; it '
                            f'may be truncated or corrupt): {type(e).__name__}: {e}') from None
 
