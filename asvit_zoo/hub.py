@@ -31,7 +31,8 @@ from .registry import (CONFIG_FILE, DEFAULT_PRETRAINED_CFG, CARD_FILE, HUB_ID_PA
                        MODEL_NAME_RULE, VariantCard, load_card, load_registry, registry_root, render_model_card)
 
 __all__ = ['WeightsError', 'HubUnavailableError', 'sha256_file', 'verify_sha256', 'read_metadata', 'check_genotype',
-           'hub_file', 'local_dir_weights', 'hub_weights', 'resolve_weights', 'describe_mismatch', 'allowed_globals',
+           'hub_file', 'local_dir_weights', 'hub_weights', 'resolve_weights', 'describe_mismatch',
+           'state_dict_mismatch', 'allowed_globals',
            'load_torch_checkpoint', 'load_safetensors', 'read_checkpoint', 'checkpoint_model', 'export_weights',
            'push_folder']
 
@@ -222,6 +223,28 @@ def describe_mismatch(path: PathLike, variant: str, genotype: Genotype, error: E
     return WeightsError(f'{path}: does not fit {variant}: expected genotype {genotype}{found}. ' + '\n  '.join(shown))
 
 
+def _shape(value: Any) -> Tuple[int, ...]:
+    return tuple(value.shape) if hasattr(value, 'shape') else tuple(value)
+
+
+def state_dict_mismatch(found: Mapping[str, Any], expected: Mapping[str, Any], found_name: str, expected_name: str,
+                        keys: bool = True) -> str:
+    """How the tensors (or shapes) ``found`` differ from ``expected``, by key (unless ``keys`` is false: shapes
+    of the shared keys only) and shape, one clause per kind with its count and first key in the order of its
+    mapping (a model's state dict: forward order); '' when they fit::
+
+        3 tensors of another shape (first: head.fc.weight (checkpoint (10, 32), model (1000, 32)))
+    """
+    found = {k: _shape(v) for k, v in found.items()}
+    expected = {k: _shape(v) for k, v in expected.items()}
+    kinds = [('tensors of another shape', [f'{k} ({found_name} {found[k]}, {expected_name} {shape})'
+                                           for k, shape in expected.items() if k in found and found[k] != shape])]
+    if keys:
+        kinds = [(f'tensors of the {expected_name} missing', [k for k in expected if k not in found]),
+                 (f'tensors not in the {expected_name}', [k for k in found if k not in expected])] + kinds
+    return '; '.join(f'{len(items)} {what} (first: {items[0]})' for what, items in kinds if items)
+
+
 # --------------------------------------------------------------------------- export
 @contextmanager
 def allowed_globals(safe: Sequence[Any]) -> Iterator[None]:
@@ -389,10 +412,9 @@ def _check_state(state: Mapping[str, torch.Tensor], genotype: Genotype,
     in_chans, num_classes = int(shape.shape[1]), int(fc.shape[0]) if fc is not None else 0
     with torch.device('meta'):
         model = AsViT(genotype, num_classes=num_classes, in_chans=in_chans)
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as e:
-        raise ValueError(f'{checkpoint}: weights do not fit genotype {genotype}: {e}') from None
+    problems = state_dict_mismatch(state, model.state_dict(), 'checkpoint', 'model')
+    if problems:
+        raise ValueError(f'{checkpoint}: weights do not fit genotype {genotype}: {problems}')
     return state, in_chans, num_classes
 
 

@@ -92,7 +92,7 @@ from .datasets import noise_batch
 from .devices import resolve_device
 from .distributed import gather_objects, group_size, my_share
 from .genotype import Genotype
-from .hub import load_safetensors, read_metadata
+from .hub import load_safetensors, read_metadata, state_dict_mismatch
 from .validation import check_seed, is_count
 from .weights import load_weights
 
@@ -633,6 +633,15 @@ def _num_classes(state_dict: Dict[str, torch.Tensor], path: Union[str, Path]) ->
                      f'state dict')
 
 
+def _fitting(state_dict: Dict[str, torch.Tensor], model: nn.Module, path: Union[str, Path],
+             genotype: Genotype) -> Dict[str, torch.Tensor]:
+    problems = state_dict_mismatch(state_dict, model.state_dict(), 'weights', 'model')
+    if problems:
+        raise ValueError(f'weights file {path} does not fit genotype {genotype}: {problems}; measure the genotype '
+                         f'the weights were trained with')
+    return state_dict
+
+
 def _check_inputs(inputs: torch.Tensor, image_size: int, in_chans: int = 3) -> None:
     if inputs.dim() != 4 or inputs.shape[0] < 2 or tuple(inputs.shape[1:]) != (in_chans, image_size, image_size):
         raise ValueError(f'inputs (the NTK batch) must have shape (n >= 2, {in_chans}, {image_size}, {image_size}) '
@@ -649,7 +658,18 @@ def load_measure_inputs(path: Union[str, Path]) -> Tuple[Tuple[torch.Tensor, tor
     if missing:
         raise ValueError(f'inputs file {path} lacks {missing}; it must hold {list(INPUT_KEYS)} (as the golden '
                          f'*.io.safetensors files), has {sorted(tensors)}')
-    return (tensors['curve_basis'], tensors['curve_theta']), tensors['ntk_inputs']
+    basis, thetas, batch = (tensors[k] for k in INPUT_KEYS)
+    if batch.dim() != 4 or batch.shape[0] < 2 or batch.shape[2] != batch.shape[3]:
+        raise ValueError(f'inputs file {path}: ntk_inputs must be a batch of n >= 2 square images (n, C, H, H), got '
+                         f'shape {tuple(batch.shape)}')
+    rows = batch[0].numel()
+    if tuple(basis.shape) != (rows, 2):
+        raise ValueError(f'inputs file {path}: curve_basis must have shape (C * H * H, 2) = ({rows}, 2) for the '
+                         f'{tuple(batch.shape[1:])} images of ntk_inputs, got {tuple(basis.shape)}')
+    if thetas.dim() != 1 or len(thetas) < 1:
+        raise ValueError(f'inputs file {path}: curve_theta must be a non-empty 1-d tensor of angles, got shape '
+                         f'{tuple(thetas.shape)}')
+    return (basis, thetas), batch
 
 
 def _timed(seconds: Dict[str, float], name: str, device: torch.device, fn: Callable[[], Any]) -> Any:
@@ -740,7 +760,7 @@ def measure_genotype(
             torch.manual_seed(seed + r)
             model = AsViT(g, num_classes=num_classes, in_chans=in_chans)
         if state_dict is not None:
-            model.load_state_dict(checkpoint_filter_fn(state_dict, model))
+            model.load_state_dict(_fitting(checkpoint_filter_fn(state_dict, model), model, weights, g))
         model = model.to(dev)
         if r == 0:
             result.params = param_count(model)

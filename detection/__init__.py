@@ -14,7 +14,7 @@ from mmengine.registry import init_default_scope
 
 from mmdet.registry import MODELS
 
-from asvit_zoo.hub import allowed_globals
+from asvit_zoo.hub import allowed_globals, state_dict_mismatch
 from asvit_zoo.weights import load_weights
 
 from .backbone import AsViT, create_asvit, mmengine_checkpoint_globals
@@ -68,16 +68,10 @@ def check_checkpoint(cfg: Config, checkpoint: Union[str, Path]) -> None:
     device, so the check allocates nothing."""
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     with torch.device('meta'):
-        expected = {k: tuple(v.shape) for k, v in MODELS.build(cfg.model).state_dict().items()}
+        expected = MODELS.build(cfg.model).state_dict()
     with allowed_globals(mmengine_checkpoint_globals()):
-        found = {k: tuple(v.shape) for k, v in load_weights(checkpoint).items()}
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    mismatched = [f'{k} (checkpoint {found[k]}, config {expected[k]})' for k in sorted(set(found) & set(expected))
-                  if found[k] != expected[k]]
-    problems = [f'{len(keys)} {what} (first: {keys[0]})' for what, keys in (
-        ('tensors of the config missing', missing), ('tensors not in the config', unexpected),
-        ('tensors of another shape', mismatched)) if keys]
+        found = load_weights(checkpoint)
+    problems = state_dict_mismatch(found, expected, 'checkpoint', 'config')
     if problems:
-        raise ValueError(f'checkpoint {checkpoint} does not fit the config {cfg.filename}: {"; ".join(problems)}; '
+        raise ValueError(f'checkpoint {checkpoint} does not fit the config {cfg.filename}: {problems}; '
                          f'give the config the checkpoint was trained with')

@@ -22,7 +22,7 @@ from mmdet.registry import MODELS
 from asvit_zoo import checkpoint_filter_fn
 from asvit_zoo.asvit import unwrap_state_dict
 from asvit_zoo.genotype import NUM_STAGES
-from asvit_zoo.hub import allowed_globals
+from asvit_zoo.hub import allowed_globals, state_dict_mismatch
 from asvit_zoo.weights import load_weights
 
 __all__ = ['AsViT', 'create_asvit', 'mmengine_checkpoint_globals']
@@ -186,14 +186,10 @@ class AsViT(BaseModule):
         self._is_init = True
 
     def _check_shapes(self, state_dict: Dict[str, torch.Tensor], source: str) -> None:
-        own = self.model.state_dict()
-        mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state_dict.items()
-                      if k in own and v.shape != own[k].shape]
-        if mismatched:
-            key, found, expected = mismatched[0]
-            raise ValueError(f'AsViT init_cfg: the weights of {source} do not fit arch {self.arch!r}: '
-                             f'{len(mismatched)} tensors differ in shape, the first {key} (checkpoint {found}, '
-                             f'backbone {expected}); give the arch the weights were trained with')
+        problems = state_dict_mismatch(state_dict, self.model.state_dict(), 'checkpoint', 'backbone', keys=False)
+        if problems:
+            raise ValueError(f'AsViT init_cfg: the weights of {source} do not fit arch {self.arch!r}: {problems}; '
+                             f'give the arch the weights were trained with')
 
     def _adapt_input_conv(self, state_dict: Dict[str, torch.Tensor]) -> str:
         """Fit the stage-1 tokenizer of weights trained on other input channels (grayscale Fashion-MNIST weights

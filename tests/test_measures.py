@@ -3,6 +3,7 @@ finite-difference checks of the forward-mode derivatives, the one-pass NTK again
 passes, determinism, bad networks and the CLI."""
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -366,6 +367,25 @@ def test_cli_inputs_file_needs_its_keys(tmp_path, capsys):
     assert "lacks ['curve_theta', 'ntk_inputs']" in err and str(path) in err
 
 
+@pytest.mark.parametrize('tensors,message', [
+    (dict(ntk_inputs=torch.tensor(1.0)),
+     'ntk_inputs must be a batch of n >= 2 square images (n, C, H, H), got shape ()'),
+    (dict(ntk_inputs=torch.zeros(4, 3, 32, 48)), 'square images (n, C, H, H), got shape (4, 3, 32, 48)'),
+    (dict(ntk_inputs=torch.zeros(1, 3, 32, 32)), 'n >= 2 square images (n, C, H, H), got shape (1, 3, 32, 32)'),
+    (dict(curve_basis=torch.zeros(3 * 16 * 16, 2)), 'curve_basis must have shape (C * H * H, 2) = (3072, 2) for the '
+                                                    '(3, 32, 32) images of ntk_inputs, got (768, 2)'),
+    (dict(curve_theta=torch.zeros(2, 5)), 'curve_theta must be a non-empty 1-d tensor of angles, got shape (2, 5)'),
+])
+def test_cli_inputs_file_shapes_are_named(tensors, message, tmp_path, capsys):
+    path = tmp_path / 'io.safetensors'
+    basis, thetas = M.default_curve(32)
+    save_file({'curve_basis': basis, 'curve_theta': thetas, 'ntk_inputs': torch.zeros(4, 3, 32, 32), **tensors},
+              str(path))
+    assert main(['measure', TINY, '--inputs', str(path), '--which', 'exp,ntk']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f'asvit measure: error: inputs file {path}: ') and err.endswith(f'{message}\n'), err
+
+
 def test_cli_measures_grayscale_weights_and_names_bad_values(tmp_path, capsys):
     shipped = registry_root() / 'asvit_tiny.fmnist' / 'model.safetensors'  # 1 input channel, 10 classes
     genotype = '5,2,4,2|3,1,4,2|3,1,4,1|3,1,2,1|16,32'
@@ -387,6 +407,16 @@ def test_cli_weights_of_another_genotype(tmp_path, capsys):
     assert main(['measure', TINY, '--weights', str(path), '--image-size', '32']) == 2
     err = capsys.readouterr().err
     assert f"was saved for genotype '{MASKED}', not {TINY}" in err
+    for path in (tmp_path / 'plain.safetensors', tmp_path / 'plain.pth'):  # no genotype recorded: shapes tell
+        state = {k: v.contiguous() for k, v in _net(MASKED).state_dict().items()}
+        save_file(state, str(path)) if path.suffix == '.safetensors' else torch.save(state, path)
+        assert main(['measure', TINY, '--weights', str(path), '--image-size', '32']) == 2
+        err = capsys.readouterr().err
+        assert re.fullmatch(rf'asvit measure: error: weights file {re.escape(str(path))} does not fit genotype '
+                            rf'{re.escape(TINY)}: \d+ tensors not in the model \(first: stages.0.blocks.1.\S+\); '
+                            r'\d+ tensors of another shape \(first: patch_embed.proj.weight \(weights '
+                            r'\(8, 3, 5, 5\), model \(8, 3, 4, 4\)\)\); measure the genotype the weights were '
+                            r'trained with\n', err), err
 
 
 # --------------------------------------------------------------------------- torchrun
