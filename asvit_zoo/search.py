@@ -26,7 +26,10 @@ sampled network pays a soft penalty, at every step including the first::
 
     budget_penalty = max(0, params / max_params - 1) + max(0, gmacs / max_gmacs - 1)
 
-so a network 10% over a budget loses 0.1, about a tenth of a full-range change of one measure.
+so a network 10% over a budget loses 0.1, about a tenth of a full-range change of one measure. The budgets
+apply to the network the search measures (width 32, depths [1, 1, 1, 1], 1000 classes), not to a scaled
+model: :func:`search_cost_range` gives its smallest and largest cost (1.2M to 2.4M parameters; about 0.15 to
+0.55 GMACs at 224). A budget at or above the largest would never bind and is refused.
 
 Every random draw (policy init, samples, the per-step measurement seeds) comes from one
 ``torch.Generator`` whose state is checkpointed with the policy, the optimizer, the baseline and
@@ -39,7 +42,8 @@ counts), and a run may be resumed with another number of processes. Process 0 wr
 Run folder: ``steps.jsonl``, one JSON record per step (``step``; the sampled ``genotype``; ``derived``,
 the argmax genotype after the update; ``measures`` as measured, null where not finite, and ``bad``;
 ``values``, the history values the reward used; ``changes``; ``penalty``; ``reward``; ``baseline``;
-``entropy`` of the policy that sampled; ``params``; ``gmacs``; ``seconds`` of the step), ``state.pt``
+``entropy`` of the policy that sampled; ``params``; ``gmacs``; ``measure_seconds``, the wall time of each
+measure; ``seconds`` of the step), ``state.pt``
 (checkpoint, written atomically after every step), and at the end ``summary.json`` (the derived
 genotype, its measures, params, GMACs, wall time of the run over all sessions, the config) and
 ``curves.png`` (policy entropy, reward and baseline per step).
@@ -61,16 +65,19 @@ import torch.nn as nn
 from torch.distributions import Categorical
 from tqdm import tqdm
 
+from .asvit import AsViT
+from .cost import count_macs, param_count
 from .datasets import search_batch
 from .devices import resolve_device
 from .distributed import DistEnv, barrier, process_group
 from .fileio import check_folder, read_json_lines, save_figure, save_torch, write_json
 from .hub import load_torch_checkpoint
 from .genotype import SEARCH_SPACE, Genotype
-from .measures import Measures, measure_genotype
+from .measures import NUM_CLASSES, Measures, measure_genotype
 from .validation import COUNT, POSITIVE, SEED_RANGE, check_fields, setting
 
-__all__ = ['SearchConfig', 'SearchResult', 'Policy', 'MeasureHistory', 'Baseline', 'budget_penalty', 'search']
+__all__ = ['SearchConfig', 'SearchResult', 'Policy', 'MeasureHistory', 'Baseline', 'budget_penalty',
+           'search_cost_range', 'search']
 
 MEASURE_SIGNS = {'ntk': -1.0, 'exp': 1.0}  # reward sign: lower NTK condition is better, longer curves are better
 SEARCH_EMBED_DIM = 32
@@ -119,6 +126,39 @@ class SearchConfig:
             raise ValueError(f'batch_size must be >= 2 for the ntk measure (a Gram matrix of one image has condition '
                              f'1), got {self.batch_size}')
         resolve_device(self.device)
+        if self.max_params is not None or self.max_gmacs is not None:
+            self._check_budgets_bind()
+
+    def _check_budgets_bind(self) -> None:
+        ranges = search_cost_range(self.image_size)
+        for name, key, form in (('max_params', 'params', ',.0f'), ('max_gmacs', 'gmacs', '.4g')):
+            budget, (low, high) = getattr(self, name), ranges[key]
+            if budget is not None and budget >= high:
+                at = f' at image_size {self.image_size}' if key == 'gmacs' else ''
+                raise ValueError(f'{name} must be below {high:{form}}, the {key} of the largest network the search '
+                                 f'measures (width {SEARCH_EMBED_DIM}, depths {list(SEARCH_DEPTHS)}: {low:{form}} to '
+                                 f'{high:{form}}{at}), or unset; got {budget:{form}}, which no network reaches')
+
+
+def _search_space_extreme(largest: bool) -> Genotype:
+    """The seed genotype of the largest (or smallest) network of the search space: the largest kernels and
+    expansions with the smallest splits (global attention costs most), or the reverse; heads change neither."""
+    return Genotype.from_decisions([choices.index((max if largest != name.startswith('split') else min)(choices))
+                                    for name, choices in SEARCH_SPACE.items()])
+
+
+def search_cost_range(image_size: int) -> Dict[str, Tuple[float, float]]:
+    """``{'params': (smallest, largest), 'gmacs': (smallest, largest)}`` of the networks the search measures
+    (width 32, depths [1, 1, 1, 1], 1000 classes), GMACs at ``image_size``: the costs of the two extreme
+    genotypes of :data:`SEARCH_SPACE`, as every cost grows with kernels and expansions and falls with splits."""
+    costs = []
+    for largest in (False, True):
+        with torch.random.fork_rng(devices=[]):
+            genotype = _search_space_extreme(largest).scaled(SEARCH_DEPTHS, SEARCH_EMBED_DIM)
+            model = AsViT(genotype, num_classes=NUM_CLASSES)
+        costs.append((param_count(model), count_macs(model, (3, image_size, image_size)) / 1e9))
+    (params_low, gmacs_low), (params_high, gmacs_high) = costs
+    return {'params': (params_low, params_high), 'gmacs': (gmacs_low, gmacs_high)}
 
 
 @dataclass(frozen=True)

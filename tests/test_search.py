@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import pytest
 import torch
@@ -21,10 +21,13 @@ import torch
 from asvit_zoo import cli
 from asvit_zoo.commands.options import parse_count, parse_positive
 from asvit_zoo.datasets import DEFAULT_ROOT
-from asvit_zoo.genotype import Genotype
+from asvit_zoo.asvit import AsViT
+from asvit_zoo.cost import count_macs, param_count
+from asvit_zoo.genotype import SEARCH_SPACE, Genotype
 from asvit_zoo.measures import Measures, measure_genotype
 from asvit_zoo.devices import resolve_device
-from asvit_zoo.search import Baseline, MeasureHistory, SearchConfig, budget_penalty, search
+from asvit_zoo.search import (Baseline, MeasureHistory, SearchConfig, budget_penalty, search,
+                              search_cost_range)
 from conftest import one_thread, torchrun
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -92,10 +95,37 @@ def test_baseline_is_a_bias_corrected_ema() -> None:
 
 
 def test_budget_penalty_formula() -> None:
-    config = SearchConfig(steps=1, max_params=2_000_000, max_gmacs=0.5, **TINY)
-    assert budget_penalty(config, 1_000_000, 0.25) == 0.0
-    assert budget_penalty(config, 3_000_000, 0.75) == pytest.approx(0.5 + 0.5)
+    config = SearchConfig(steps=1, max_params=2_000_000, max_gmacs=0.005, **TINY)
+    assert budget_penalty(config, 1_000_000, 0.0025) == 0.0
+    assert budget_penalty(config, 3_000_000, 0.0075) == pytest.approx(0.5 + 0.5)
     assert budget_penalty(SearchConfig(steps=1, **TINY), 10 ** 9, 100.0) == 0.0
+
+
+def test_search_cost_range_spans_the_search_space(capsys: pytest.CaptureFixture) -> None:
+    """The range's ends are the costs of the network with the largest kernels and expansions and the smallest
+    splits, and of the reverse; changing any one decision of either to the next choice stays within the range."""
+    ranges = search_cost_range(64)
+
+    def cost(decisions: List[int]) -> Tuple[int, float]:
+        model = AsViT(Genotype.from_decisions(decisions).scaled((1, 1, 1, 1), 32))
+        return param_count(model), count_macs(model, (3, 64, 64)) / 1e9
+
+    for end, largest in ((0, False), (1, True)):
+        extreme = [choices.index((max if largest != name.startswith('split') else min)(choices))
+                   for name, choices in SEARCH_SPACE.items()]
+        assert cost(extreme) == (ranges['params'][end], ranges['gmacs'][end])
+        for i, choices in enumerate(SEARCH_SPACE.values()):
+            index = 1 if extreme[i] == 0 else extreme[i] - 1  # the next choice inwards
+            params, gmacs = cost(extreme[:i] + [index] + extreme[i + 1:])
+            assert ranges['params'][0] <= params <= ranges['params'][1]
+            assert ranges['gmacs'][0] <= gmacs <= ranges['gmacs'][1]
+    assert ranges['gmacs'][1] < search_cost_range(128)['gmacs'][1]
+    with pytest.raises(SystemExit):
+        cli.main(['search', '--help'])
+    help_text = ' '.join(capsys.readouterr().out.split())
+    (params_low, params_high), (gmacs_low, gmacs_high) = search_cost_range(224).values()
+    assert f'{params_low / 1e6:.1f}M to {params_high / 1e6:.1f}M parameters' in help_text
+    assert f'about {gmacs_low:.2f} to {gmacs_high:.2f} at 224' in help_text
 
 
 # --------------------------------------------------------------------------- real runs
@@ -238,6 +268,12 @@ def test_budget_parsing() -> None:
     (dict(measures=()), r'measures must be a non-empty list of strings, got \(\)'),
     (dict(max_params=-2e6), 'max_params must be a finite number > 0 or unset, got -2000000.0'),
     (dict(max_gmacs=float('inf')), 'max_gmacs must be a finite number > 0 or unset, got inf'),
+    (dict(max_params=30e6), r'max_params must be below 2,424,680, the params of the largest network the search '
+                            r'measures \(width 32, depths \[1, 1, 1, 1\]: 1,200,360 to 2,424,680\), or unset; got '
+                            r'30,000,000, which no network reaches'),
+    (dict(max_gmacs=5, image_size=64), r'max_gmacs must be below 0.02661, the gmacs of the largest network the '
+                                       r'search measures \(width 32, depths \[1, 1, 1, 1\]: 0.0108 to 0.02661 at '
+                                       r'image_size 64\), or unset; got 5, which no network reaches'),
     (dict(steps='10'), "steps must be an integer >= 1, got '10'"),
 ])
 def test_settings_are_checked(values: Dict[str, Any], message: str) -> None:
@@ -253,6 +289,9 @@ def test_settings_are_checked(values: Dict[str, Any], message: str) -> None:
     (['--max-params=-3M'], "--max-params must be a positive count such as 30M, 1.5G or 250000, got '-3M'"),
     (['--max-params', 'abc'], "--max-params must be a positive count such as 30M, 1.5G or 250000, got 'abc'"),
     (['--max-gmacs', '-1'], "--max-gmacs must be a positive number, got '-1'"),
+    (['--max-params', '30M'], 'max_params must be below 2,424,680, the params of the largest network the search '
+                              'measures (width 32, depths [1, 1, 1, 1]: 1,200,360 to 2,424,680), or unset; got '
+                              '30,000,000, which no network reaches'),
     (['--max-gmacs', 'abc'], "--max-gmacs must be a positive number, got 'abc'"),
     (['--measures', 'ntk,flops'], "measures must be a non-empty list of distinct names from ['exp', 'ntk'], got "
                                   "['ntk', 'flops']"),

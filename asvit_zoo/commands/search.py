@@ -28,8 +28,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "or the path of an ImageFolder tree (default: fashion-mnist)")
     parser.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N (default: cpu)')
     parser.add_argument('--seed', type=int, default=0, help='seed of every random draw of the run (default: 0)')
-    parser.add_argument('--max-params', help='soft parameter budget of the searched network, e.g. 30M')
-    parser.add_argument('--max-gmacs', help='soft GMACs budget at the search resolution, e.g. 5')
+    parser.add_argument('--max-params',
+                        help='soft parameter budget of the networks the search measures (width 32, depths 1,1,1,1; '
+                             '1.2M to 2.4M parameters, not those of a scaled model), e.g. 1.8M')
+    parser.add_argument('--max-gmacs',
+                        help='soft GMACs budget of the networks the search measures, at --image-size (about 0.15 to '
+                             '0.55 at 224), e.g. 0.3')
     parser.add_argument('--resume', action='store_true', help='continue the run in --out from its state.pt')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     parser.set_defaults(func=run)
