@@ -24,10 +24,11 @@ from tqdm import tqdm
 
 from .cost import count_macs, param_count
 from .datasets import search_batch
+from .devices import resolve_device
 from .fileio import check_folder, read_json, save_figure, write_json, write_text
 from .genotype import SEARCH_SPACE, Genotype
 from .measures import measure_genotype
-from .validation import COUNT, POSITIVE, SEED_RANGE, Range, check_fields, offset_seed, setting
+from .validation import COUNT, POSITIVE, SEED_RANGE, Range, changed_settings, check_fields, offset_seed, setting
 
 __all__ = ['CorrelationConfig', 'sample_topologies', 'kendall_table', 'correlate']
 
@@ -65,6 +66,10 @@ class CorrelationConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.train_subset is not None and self.train_subset < self.batch_size:
+            raise ValueError(f'train_subset must be at least batch_size ({self.batch_size}): a study trains on '
+                             f'whole batches, got {self.train_subset}')
+        resolve_device(self.device)
 
 
 def sample_topologies(n: int, seed: int) -> List[Genotype]:
@@ -172,19 +177,18 @@ def _scatter(records: Sequence[Dict[str, Any]], rows: Sequence[Dict[str, Any]], 
 
 def correlate(config: CorrelationConfig, out: PathLike, progress: bool = True) -> Dict[str, Any]:
     """Run (or continue) the study into ``out``; returns the summary written to ``correlation.json``."""
-    import json
-
     out = check_folder(out, 'study folder')
-    out.mkdir(parents=True, exist_ok=True)
+    topologies = sample_topologies(config.n, config.seed)
     records_path = out / RECORDS_FILE
     saved = read_json(records_path) if records_path.is_file() else {}
-    if saved and saved['config'] != json.loads(json.dumps(dataclasses.asdict(config))):
-        raise ValueError(f'{records_path} was written with another configuration {saved["config"]}; use the same '
+    changed = changed_settings(saved['config'], config) if saved else []
+    if changed:
+        raise ValueError(f'{records_path} was written with other settings ({"; ".join(changed)}); use the same '
                          f'options to continue it, or another output folder')
     records: List[Dict[str, Any]] = saved.get('records', [])
     seconds = saved.get('seconds', 0.)
-    topologies = sample_topologies(config.n, config.seed)
     inputs = search_batch('fashion-mnist', config.ntk_batch, config.measure_image_size, seed=config.seed)
+    out.mkdir(parents=True, exist_ok=True)
     for index in tqdm(range(len(records), config.n), desc='correlate', initial=len(records), total=config.n,
                       disable=not progress):
         start = time.perf_counter()

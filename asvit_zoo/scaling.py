@@ -29,7 +29,6 @@ trajectory as an uninterrupted one.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -47,7 +46,7 @@ from .distributed import DistEnv, barrier, gather_objects, my_share, process_gro
 from .fileio import check_folder, read_json, save_figure, write_json
 from .genotype import Genotype
 from .measures import measure_genotype
-from .validation import COUNT, POSITIVE, SEED_RANGE, Range, check_fields, offset_seed, setting
+from .validation import COUNT, POSITIVE, SEED_RANGE, Range, changed_settings, check_fields, offset_seed, setting
 
 __all__ = ['ScalingConfig', 'Candidate', 'ScalingStep', 'real_size', 'run_scaling', 'select_variants',
            'load_trajectory', 'plot_trajectory']
@@ -214,9 +213,10 @@ def _run_scaling(config: ScalingConfig, out_dir: Path, env: DistEnv, resume: boo
             raise FileExistsError(f'{out_dir / TRAJECTORY_FILE} exists: pass resume=True (--resume) to continue it, '
                                   f'or choose another output folder')
         saved = load_trajectory(out_dir)
-        if saved['config'] != json.loads(json.dumps(asdict(config))):
-            raise ValueError(f'{out_dir / TRAJECTORY_FILE} was written with another configuration '
-                             f'{saved["config"]}; resume it with the same options')
+        changed = changed_settings(saved['config'], config)
+        if changed:
+            raise ValueError(f'{out_dir / TRAJECTORY_FILE} was written with other settings ({"; ".join(changed)}); '
+                             f'resume it with the same options')
         steps = [_step_from_dict(s) for s in saved['steps']]
         if saved['done']:
             return steps

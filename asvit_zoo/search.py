@@ -74,7 +74,7 @@ from .fileio import check_folder, read_json_lines, save_figure, save_torch, writ
 from .hub import load_torch_checkpoint
 from .genotype import SEARCH_SPACE, Genotype
 from .measures import NUM_CLASSES, Measures, measure_genotype
-from .validation import COUNT, POSITIVE, SEED_RANGE, check_fields, setting
+from .validation import COUNT, POSITIVE, SEED_RANGE, changed_settings, check_fields, setting
 
 __all__ = ['SearchConfig', 'SearchResult', 'Policy', 'MeasureHistory', 'Baseline', 'budget_penalty',
            'search_cost_range', 'search']
@@ -306,9 +306,7 @@ class _SearchState:
 def _check_resumable(saved: Dict[str, Any], config: SearchConfig, path: Path) -> None:
     if saved.get('version') != CHECKPOINT_VERSION:
         raise ValueError(f'{path}: checkpoint version {saved.get("version")!r}, this code reads {CHECKPOINT_VERSION}')
-    current = dataclasses.asdict(config)
-    differences = [f'{k}: run has {saved["config"][k]!r}, given {current[k]!r}' for k in current
-                   if k not in RESUMABLE_CHANGES and saved['config'][k] != current[k]]
+    differences = changed_settings(saved['config'], config, keep=RESUMABLE_CHANGES)
     if differences:
         raise ValueError(f'{path}: cannot resume with different settings ({"; ".join(differences)})')
     if config.steps < saved['step']:

@@ -67,7 +67,8 @@ from .fileio import check_folder, read_json_lines, save_torch, write_text
 from .hub import load_torch_checkpoint
 from .retokenization import (FULL_TOKENS, SCHEDULES, format_tokenizer, parse_schedule, parse_tokenizer, plot_schedule,
                              schedule_cost)
-from .validation import COUNT, NON_NEGATIVE, POSITIVE, SEED_RANGE, Range, check_fields, offset_seed, setting
+from .validation import (COUNT, NON_NEGATIVE, POSITIVE, SEED_RANGE, Range, changed_settings, check_fields, offset_seed,
+                         setting)
 
 __all__ = ['TrainConfig', 'TrainResult', 'Trainer', 'load_config', 'train']
 
@@ -530,9 +531,9 @@ class Trainer:
                              f'{list(RESUME_KEYS)}; found {found}); resume needs the run\'s own last.pth.tar')
         # a setting that the checkpoint's version did not have counts as its default
         saved = {**{f.name: f.default for f in dataclasses.fields(TrainConfig)}, **state['config']}
-        changed = sorted(k for k, v in self.cfg.to_dict().items() if saved[k] != v)
+        changed = changed_settings(saved, self.cfg)
         if changed:
-            raise ValueError(f'{self.checkpoint_path} was written with other settings ({", ".join(changed)}); '
+            raise ValueError(f'{self.checkpoint_path} was written with other settings ({"; ".join(changed)}); '
                              f'resume with the same config')
         if len(state['rng']) != self.env.world_size:
             raise ValueError(f'{self.checkpoint_path} was written by {len(state["rng"])} processes; '

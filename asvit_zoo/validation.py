@@ -5,13 +5,14 @@ Each check raises ``ValueError`` with the setting's name, the value and what is 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional, Tuple
+from typing import Any, Iterable, List, Mapping, Optional, Tuple
 
-__all__ = ['COUNT', 'NON_NEGATIVE', 'POSITIVE', 'SEED_MAX', 'SEED_RANGE', 'Range', 'check_fields', 'check_seed',
-           'field_type', 'is_count', 'offset_seed', 'setting']
+__all__ = ['COUNT', 'NON_NEGATIVE', 'POSITIVE', 'SEED_MAX', 'SEED_RANGE', 'Range', 'changed_settings', 'check_fields',
+           'check_seed', 'field_type', 'is_count', 'offset_seed', 'setting']
 
 SEED_MAX = 2 ** 32 - 1  # the largest seed every generator we seed (torch, numpy) accepts
 _KIND_WORDS = {bool: 'true or false', int: 'an integer', float: 'a finite number', str: 'a string'}
@@ -118,3 +119,16 @@ def check_fields(config: Any) -> None:
     for f in dataclasses.fields(config):
         kind, optional = field_type(hints[f.name])
         _check(f.name, getattr(config, f.name), kind, f.metadata.get('range'), optional, f.metadata.get('why', ''))
+
+
+def changed_settings(saved: Mapping[str, Any], given: Any, keep: Iterable[str] = ()) -> List[str]:
+    """``'NAME: saved A, given B'`` for each setting of the dataclass instance ``given`` whose value differs from
+    the one in ``saved`` (a run's recorded config), compared as JSON; settings in ``keep`` may change."""
+    def as_json(value: Any) -> Any:
+        return json.loads(json.dumps(value))
+
+    saved = as_json(dict(saved))
+    current = as_json(dataclasses.asdict(given))
+    return [f'{name}: saved {saved[name]!r}, given {value!r}' if name in saved else
+            f'{name}: not saved, given {value!r}'
+            for name, value in current.items() if name not in keep and saved.get(name, ...) != value]

@@ -62,15 +62,31 @@ def test_a_small_study_runs_and_resumes_exactly(tmp_path: Path):
 
 
 def test_other_options_do_not_continue_a_study(tmp_path: Path, capsys: pytest.CaptureFixture):
-    (tmp_path / RECORDS_FILE).write_text(json.dumps({'config': {'n': 99}, 'records': [], 'seconds': 0}))
-    assert cli_main(['correlate', '--out', str(tmp_path), '-n', '3', '--no-progress']) == 2
-    assert 'was written with another configuration' in capsys.readouterr().err
+    saved = dataclasses.asdict(CorrelationConfig(n=4, batch_size=64))
+    (tmp_path / RECORDS_FILE).write_text(json.dumps({'config': saved, 'records': [], 'seconds': 0}))
+    assert cli_main(['correlate', '--out', str(tmp_path), '-n', '3', '--batch-size', '64', '--no-progress']) == 2
+    assert capsys.readouterr().err == (f'asvit correlate: error: {tmp_path / RECORDS_FILE} was written with other '
+                                       f'settings (n: saved 4, given 3); use the same options to continue it, or '
+                                       f'another output folder\n')
 
 
-def test_a_seed_out_of_range_is_refused_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture):
-    assert cli_main(['correlate', '--out', str(tmp_path / 'study'), '--seed', '-1', '--no-progress']) == 2
-    assert 'seed must be an integer in [0, 4294967295], got -1' in capsys.readouterr().err
+@pytest.mark.parametrize('args, message', [
+    (['--seed', '-1'], 'seed must be an integer in [0, 4294967295], got -1'),
+    (['--device', 'tpu'], "device 'tpu' is not a torch device; use cpu, cuda or cuda:N"),
+    (['-n', '5000000'], 'n=5000000 exceeds the 4556250 topologies of the search space'),
+    (['--train-subset', '64'], 'train_subset must be at least batch_size (128): a study trains on whole batches, '
+                               'got 64'),
+    (['--train-subset', '64', '--batch-size', '0'], 'batch_size must be an integer >= 1, got 0'),
+    (['--lr', '-1'], 'lr must be a finite number > 0, got -1.0'),
+])
+def test_bad_options_are_refused_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture, args, message):
+    assert cli_main(['correlate', '--out', str(tmp_path / 'study'), *args, '--no-progress']) == 2
+    assert capsys.readouterr().err == f'asvit correlate: error: {message}\n'
     assert not (tmp_path / 'study').exists()
+
+
+def test_the_batch_size_is_an_option():
+    assert CorrelationConfig(train_subset=64, batch_size=32).batch_size == 32
 
 
 @pytest.mark.parametrize('values, message', [

@@ -1,5 +1,6 @@
 """Greedy scaling: candidate generation, ranking and tie-break, resume, and card regeneration."""
 import json
+import re
 import shlex
 import shutil
 
@@ -56,7 +57,9 @@ def test_resume_gives_the_same_trajectory(tmp_path):
     resumed = run_scaling(config, partial, resume=True)
     strip = lambda steps: [{**s.__dict__, 'seconds': 0} for s in steps]  # noqa: E731
     assert strip(resumed) == strip(full)
-    with pytest.raises(ValueError, match='another configuration'):
+    with pytest.raises(ValueError, match=rf'^{re.escape(str(partial / TRAJECTORY_FILE))} was written with other '
+                                         rf'settings \(image_size: saved {TINY["image_size"]}, given 32\); resume it '
+                                         r'with the same options$'):
         run_scaling(ScalingConfig(PAPER_SEED, **{**TINY, 'image_size': 32}), partial, resume=True)
     variant, = select_variants(PAPER_SEED, full, (2.6e6,))
     assert abs(variant['params'] - 2.6e6) / 2.6e6 < 0.03

@@ -320,7 +320,7 @@ def test_cli_refuses_to_overwrite_or_resume_with_other_settings(reference_run: P
     assert 'already holds a search run; pass --resume' in capsys.readouterr().err
     assert cli.main(['search', '--out', str(reference_run), '--steps', str(STEPS), *TINY_ARGS, '--seed', '1',
                      '--resume']) == 2
-    assert 'cannot resume with different settings (seed: run has 0, given 1)' in capsys.readouterr().err
+    assert 'cannot resume with different settings (seed: saved 0, given 1)' in capsys.readouterr().err
     assert cli.main(['search', '--out', str(reference_run), '--steps', '2', *TINY_ARGS, '--resume']) == 2
     assert f'already done {STEPS} steps, more than steps=2' in capsys.readouterr().err
 

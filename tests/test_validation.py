@@ -7,8 +7,8 @@ from typing import Optional, Tuple
 
 import pytest
 
-from asvit_zoo.validation import (COUNT, POSITIVE, SEED_MAX, Range, check_fields, check_seed, field_type, is_count,
-                                  offset_seed, setting)
+from asvit_zoo.validation import (COUNT, POSITIVE, SEED_MAX, Range, changed_settings, check_fields, check_seed,
+                                  field_type, is_count, offset_seed, setting)
 
 
 @pytest.mark.parametrize('allowed,inside,outside,text', [
@@ -88,3 +88,19 @@ def test_check_fields_accepts_valid_values():
     s = _Settings(steps=3, rate=1, name='y', flag=True, limit=2.5, sizes=[4], names=('p', 'q'), budget=7)
     assert (s.steps, s.rate, s.limit, s.sizes, s.budget) == (3, 1, 2.5, [4], 7)  # an int is a number too
     assert _Settings(limit=None).limit is None
+
+
+def test_changed_settings_names_each_difference():
+    @dataclass(frozen=True)
+    class Run:
+        steps: int = 10
+        sizes: Tuple[int, ...] = (1, 2)
+        device: str = 'cpu'
+        added: Optional[float] = None
+
+    saved = {'steps': 5, 'sizes': [1, 2], 'device': 'cuda'}  # as a JSON file holds it: a list for the tuple
+    assert changed_settings(saved, Run()) == ["steps: saved 5, given 10", "device: saved 'cuda', given 'cpu'",
+                                              'added: not saved, given None']
+    assert changed_settings(saved, Run(steps=5, device='cuda', sizes=(1, 2)), keep=('added',)) == []
+    assert changed_settings({**saved, 'added': None}, Run(steps=5, sizes=(2, 1), device='cuda')) == [
+        'sizes: saved [1, 2], given [2, 1]']
