@@ -70,7 +70,7 @@ class BuildPreset:
         from .evaluation import check_options, evaluate_pretrained
         from .registry import check_tag
         from .scaling import ScalingConfig, check_variant_names
-        from .search import SearchConfig
+        from .search import SearchConfig, search_space_extreme
         from .train import TrainConfig
 
         for section in ('search', 'scale', 'train', 'evaluate'):
@@ -88,9 +88,11 @@ class BuildPreset:
         evaluate = {name: self.evaluate.get(name, parameters[name].default) for name in ('batch_size', 'subset',
                                                                                           'device')}
         names, budgets = self.scale.get('names') or [], self.scale.get('budgets', ScalingConfig.budgets)
-        # the devices of search and scaling are checked when they run: a preset may name a GPU this machine lacks
+        # the devices of search and scaling are checked when they run: a preset may name a GPU this machine lacks;
+        # the budgets, against the seed whose first scaling network is the largest: they suit any searched seed
+        largest_seed = str(search_space_extreme(largest=True))
         for section, check in (('search', lambda: SearchConfig(**dict(self.search, device='cpu'))),
-                               ('scale', lambda: ScalingConfig(seed_genotype='4,2,2|2,1,2|2,1,2|2,1,2|16',
+                               ('scale', lambda: ScalingConfig(seed_genotype=largest_seed,
                                                                **dict(self._scaling_kwargs(), device='cpu'))),
                                ('scale', lambda: check_variant_names(names, list(budgets))),
                                ('train', lambda: TrainConfig(**self.train)),

@@ -29,6 +29,7 @@ trajectory as an uninterrupted one.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -52,6 +53,7 @@ __all__ = ['ScalingConfig', 'Candidate', 'ScalingStep', 'real_size', 'run_scalin
            'load_trajectory', 'plot_trajectory']
 
 START_WIDTH = 8
+START_DEPTHS = (1, 1, 1, 1)
 WIDTH_SCALE = 4  # the code's SCALE_WIDTH: real-size width = WIDTH_SCALE * narrow width
 WIDTH_RATIOS = (0.05, 0.10, 0.15, 0.20)
 NTK_BATCH = 16
@@ -75,8 +77,14 @@ class ScalingConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        if not Genotype.parse(self.seed_genotype).is_seed:
+        seed = Genotype.parse(self.seed_genotype)
+        if not seed.is_seed:
             raise ValueError(f'seed genotype must be in the seed form K,S,E|...|H, got {self.seed_genotype!r}')
+        start = _params(real_size(seed, START_DEPTHS, START_WIDTH))
+        if min(self.budgets) < start:
+            raise ValueError(f'budgets must be at least {start:,}, the parameters of the first network of the scaling '
+                             f'(seed {seed} at depths {list(START_DEPTHS)} and width {WIDTH_SCALE * START_WIDTH}), got '
+                             f'{min(self.budgets):,.0f}')
         if max(self.budgets) > self.upper_limit:
             raise ValueError(f'the largest budget {max(self.budgets):.4g} exceeds upper_limit {self.upper_limit:.4g}')
         if self.lower_bound is not None and self.lower_bound < max(self.budgets):
@@ -189,9 +197,28 @@ def _save(out_dir: Path, config: ScalingConfig, steps: List[ScalingStep], done: 
         'config': asdict(config), 'done': done, 'steps': [asdict(s) for s in steps]})
 
 
-def _step_from_dict(d: Dict[str, Any]) -> ScalingStep:
-    candidates = [Candidate(**{**c, 'depths': tuple(c['depths'])}) for c in d.pop('candidates')]
-    return ScalingStep(**{**d, 'depths': tuple(d['depths']), 'candidates': candidates})
+def _record_fields(record: Any, cls: type, what: str) -> Dict[str, Any]:
+    """``record``, a saved ``cls`` as a JSON object, with ``depths`` as a tuple; a ValueError that names ``what``
+    unless it has every field ``cls`` needs, no other, and a list of depths."""
+    fields = dataclasses.fields(cls)
+    required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if not isinstance(record, dict):
+        raise ValueError(f'{what} must be an object with the fields {required}, got {type(record).__name__}')
+    problems = [f'{kind} {names}' for kind, names in (
+        ('lacks the fields', [name for name in required if name not in record]),
+        ('has unknown fields', sorted(set(record) - {f.name for f in fields}))) if names]
+    if 'depths' in record and not isinstance(record['depths'], list):
+        problems.append(f'has depths {record["depths"]!r}, not a list')
+    if problems:
+        raise ValueError(f'{what} {" and ".join(problems)}')
+    return {**record, 'depths': tuple(record['depths'])}
+
+
+def _step_from_dict(record: Any, what: str) -> ScalingStep:
+    step = _record_fields(record, ScalingStep, what)
+    candidates = [Candidate(**_record_fields(c, Candidate, f'{what}, candidate {i}'))
+                  for i, c in enumerate(step.get('candidates', []))]
+    return ScalingStep(**{**step, 'candidates': candidates})
 
 
 def run_scaling(config: ScalingConfig, out_dir: Path, resume: bool = False, progress: bool = True) -> List[ScalingStep]:
@@ -217,7 +244,12 @@ def _run_scaling(config: ScalingConfig, out_dir: Path, env: DistEnv, resume: boo
         if changed:
             raise ValueError(f'{out_dir / TRAJECTORY_FILE} was written with other settings ({"; ".join(changed)}); '
                              f'resume it with the same options')
-        steps = [_step_from_dict(s) for s in saved['steps']]
+        try:
+            if not isinstance(saved['steps'], list):
+                raise ValueError(f'"steps" must be a list, got {type(saved["steps"]).__name__}')
+            steps = [_step_from_dict(s, f'step {i}') for i, s in enumerate(saved['steps'])]
+        except ValueError as e:
+            raise ValueError(f'{out_dir / TRAJECTORY_FILE}: {e}; delete it, or start again in a new folder') from None
         if saved['done']:
             return steps
     barrier()  # every process has read the trajectory before process 0 rewrites it
@@ -243,7 +275,7 @@ def _run_scaling(config: ScalingConfig, out_dir: Path, env: DistEnv, resume: boo
         save(done=False)
 
     if not steps:  # step 0: the seed at the start width (the processes share its copies)
-        start, depths = time.perf_counter(), (1, 1, 1, 1)
+        start, depths = time.perf_counter(), START_DEPTHS
         m = measure(depths, START_WIDTH, 0, distributed=True)
         record(0, depths, START_WIDTH, _params(real_size(seed, depths, START_WIDTH)), m.ntk, m.exp, 0, start, [])
     depths, width, params = steps[-1].depths, steps[-1].width, steps[-1].params

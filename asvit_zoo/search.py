@@ -77,7 +77,7 @@ from .measures import NUM_CLASSES, Measures, measure_genotype
 from .validation import COUNT, POSITIVE, SEED_RANGE, changed_settings, check_fields, setting
 
 __all__ = ['SearchConfig', 'SearchResult', 'Policy', 'MeasureHistory', 'Baseline', 'budget_penalty',
-           'search_cost_range', 'search']
+           'search_cost_range', 'search_space_extreme', 'search']
 
 MEASURE_SIGNS = {'ntk': -1.0, 'exp': 1.0}  # reward sign: lower NTK condition is better, longer curves are better
 SEARCH_EMBED_DIM = 32
@@ -140,7 +140,7 @@ class SearchConfig:
                                  f'{high:{form}}{at}), or unset; got {budget:{form}}, which no network reaches')
 
 
-def _search_space_extreme(largest: bool) -> Genotype:
+def search_space_extreme(largest: bool) -> Genotype:
     """The seed genotype of the largest (or smallest) network of the search space: the largest kernels and
     expansions with the smallest splits (global attention costs most), or the reverse; heads change neither."""
     return Genotype.from_decisions([choices.index((max if largest != name.startswith('split') else min)(choices))
@@ -154,7 +154,7 @@ def search_cost_range(image_size: int) -> Dict[str, Tuple[float, float]]:
     costs = []
     for largest in (False, True):
         with torch.random.fork_rng(devices=[]):
-            genotype = _search_space_extreme(largest).scaled(SEARCH_DEPTHS, SEARCH_EMBED_DIM)
+            genotype = search_space_extreme(largest).scaled(SEARCH_DEPTHS, SEARCH_EMBED_DIM)
             model = AsViT(genotype, num_classes=NUM_CLASSES)
         costs.append((param_count(model), count_macs(model, (3, image_size, image_size)) / 1e9))
     (params_low, gmacs_low), (params_high, gmacs_high) = costs

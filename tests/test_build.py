@@ -240,6 +240,9 @@ def test_preset_errors_name_the_problem(tmp_path: Path):
         (dict(train=dict(TINY_PRESET['train'], device='tpu')), "train: device 'tpu' is not a torch device"),
         (dict(scale=dict(TINY_PRESET['scale'], budgets=2500000)),
          'scale: budgets must be a non-empty list of finite numbers > 0, got 2500000'),
+        (dict(scale=dict(TINY_PRESET['scale'], budgets=[2000000])),  # below the seeds that start largest
+         r'scale: budgets must be at least [\d,]+, the parameters of the first network of the scaling \(seed '
+         r'8,2,6\|4,1,6\|4,1,6\|4,1,6\|64 at depths \[1, 1, 1, 1\] and width 32\), got 2,000,000'),
         (dict(scale=dict(TINY_PRESET['scale'], budgets=['2.5M'])),
          r"scale: budgets must be a non-empty list of finite numbers > 0, got \('2.5M',\)"),
     ]:

@@ -61,6 +61,16 @@ def test_resume_gives_the_same_trajectory(tmp_path):
                                          rf'settings \(image_size: saved {TINY["image_size"]}, given 32\); resume it '
                                          r'with the same options$'):
         run_scaling(ScalingConfig(PAPER_SEED, **{**TINY, 'image_size': 32}), partial, resume=True)
+    edited = [dict(saved['steps'][0]), dict(saved['steps'][1])]  # hand-edited: a field lost, a candidate's renamed
+    del edited[0]['ntk']
+    edited[1]['candidates'] = [dict(c, nkt=c['ntk']) for c in edited[1]['candidates']]
+    for steps, problem in ((edited[:1], "step 0 lacks the fields ['ntk']"),
+                           ([saved['steps'][0], edited[1]], "step 1, candidate 0 has unknown fields ['nkt']"),
+                           ({'0': saved['steps'][0]}, '"steps" must be a list, got dict')):
+        (partial / TRAJECTORY_FILE).write_text(json.dumps({**saved, 'done': False, 'steps': steps}))
+        with pytest.raises(ValueError, match=f'^{re.escape(f"{partial / TRAJECTORY_FILE}: {problem}")}; delete it, '
+                                             f'or start again in a new folder$'):
+            run_scaling(config, partial, resume=True)
     variant, = select_variants(PAPER_SEED, full, (2.6e6,))
     assert abs(variant['params'] - 2.6e6) / 2.6e6 < 0.03
     largest = full[-1].params  # a budget just above the trajectory's largest step: the message tells them apart
@@ -108,6 +118,9 @@ def test_recorded_command_regenerates_the_card(tmp_path, monkeypatch, capsys):
     (dict(lower_bound=2e6, budgets=(3e6,)),
      'lower_bound 2e[+]06 is below the largest budget 3e[+]06: scaling would stop before reaching it'),
     (dict(image_size=32.0), 'image_size must be an integer >= 1, got 32.0'),
+    (dict(budgets=(2e6, 3e6)), re.escape(f'budgets must be at least 2,319,624, the parameters of the first network '
+                                         f'of the scaling (seed {PAPER_SEED} at depths [1, 1, 1, 1] and width 32), '
+                                         f'got 2,000,000')),
     (dict(seed_genotype=None), 'seed_genotype must be a string, got None'),
 ])
 def test_settings_are_checked(values, message):
