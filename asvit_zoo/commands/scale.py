@@ -21,7 +21,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     '(torchrun --nproc_per_node N -m asvit_zoo.cli scale ...) the processes share the candidates '
                     'of each step.')
     parser.add_argument('--seed', required=True, help="seed genotype K,S,E|...|H, e.g. '8,2,3|4,1,2|4,1,4|4,1,6|32'")
-    parser.add_argument('--budgets', default='29.0M,52.6M,88.1M', help='comma-separated parameter budgets')
+    parser.add_argument('--budgets', default='29.0M,52.6M,88.1M',
+                        help='comma-separated parameter budgets of the real-size variants, each at least the seed\'s '
+                             'first network (width 32, depths 1,1,1,1; 1.2M to 2.4M parameters) (default: '
+                             '29.0M,52.6M,88.1M)')
     parser.add_argument('--names', default=None, help='comma-separated variant names, one per budget')
     parser.add_argument('--upper-limit', default='110M', help='largest real-size network considered (default: 110M)')
     parser.add_argument('--image-size', type=int, default=224, help='measuring resolution (paper: 224)')
