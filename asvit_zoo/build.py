@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from .cost import count_macs, param_count
-from .fileio import check_folder, read_json, save_figure, write_json, write_text
+from .fileio import check_folder, new_figure, read_json, save_figure, write_json, write_text
 
 __all__ = ['STAGES', 'PRESETS', 'BuildPreset', 'load_preset', 'build']
 
@@ -303,13 +303,10 @@ def _evaluate(preset: BuildPreset, export_folder: str) -> Dict[str, Any]:
 
 # --------------------------------------------------------------------------- report
 def _plot_accuracy(folder: Path, names: Sequence[str], path: Path) -> None:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
     from .train import METRICS, read_metrics
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig = new_figure(figsize=(6.5, 4))
+    ax = fig.subplots()
     for name in names:
         records = read_metrics(folder / 'train' / name / METRICS)
         ax.plot([r['epoch'] + 1 for r in records], [r['eval_top1'] for r in records], marker='o', label=name)
@@ -320,7 +317,6 @@ def _plot_accuracy(folder: Path, names: Sequence[str], path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
-    plt.close(fig)
 
 
 def results_table(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from .cost import count_macs, param_count
 from .datasets import search_batch
 from .devices import resolve_device
-from .fileio import check_folder, read_json, save_figure, write_json, write_text
+from .fileio import check_folder, new_figure, read_json, save_figure, write_json, write_text
 from .genotype import SEARCH_SPACE, Genotype
 from .measures import measure_genotype
 from .validation import COUNT, POSITIVE, SEED_RANGE, Range, changed_settings, check_fields, offset_seed, setting
@@ -150,15 +150,12 @@ def _markdown(rows: Sequence[Dict[str, Any]], config: CorrelationConfig, seconds
 
 
 def _scatter(records: Sequence[Dict[str, Any]], rows: Sequence[Dict[str, Any]], out: Path) -> List[Path]:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
     paths = []
     for row in rows:
         key = row['score']
         points = [(r[key], r['top1']) for r in records if r.get(key) is not None]
-        fig, ax = plt.subplots(figsize=(5, 4))
+        fig = new_figure(figsize=(5, 4))
+        ax = fig.subplots()
         ax.scatter([p[0] for p in points], [p[1] for p in points], s=18)
         if key in ('ntk', 'params', 'gmacs', 'combined') and points and min(p[0] for p in points) > 0:
             ax.set_xscale('log')
@@ -170,7 +167,6 @@ def _scatter(records: Sequence[Dict[str, Any]], rows: Sequence[Dict[str, Any]], 
         fig.tight_layout()
         path = out / f'scatter_{key}.png'
         save_figure(fig, path, dpi=110)
-        plt.close(fig)
         paths.append(path)
     return paths
 

@@ -16,8 +16,8 @@ from typing import Any, Callable, IO, Iterator, List, Tuple, Union
 
 import torch
 
-__all__ = ['atomic_write', 'atomic_folder', 'check_folder', 'save_figure', 'write_text', 'write_json', 'read_json',
-           'read_json_lines', 'save_torch']
+__all__ = ['atomic_write', 'atomic_folder', 'check_folder', 'new_figure', 'save_figure', 'write_text', 'write_json',
+           'read_json', 'read_json_lines', 'save_torch']
 
 PathLike = Union[str, os.PathLike]
 
@@ -63,6 +63,17 @@ def check_folder(path: PathLike, what: str) -> Path:
 def write_text(path: PathLike, text: str) -> Path:
     """Write ``text`` as UTF-8 (whatever the locale), atomically."""
     return atomic_write(path, lambda f: f.write(text.encode('utf-8')))
+
+
+def new_figure(**kwargs: Any) -> Any:
+    """A matplotlib ``Figure(**kwargs)`` on a canvas of its own (Agg): no pyplot, so the user's backend (a
+    notebook's, say) and pyplot's open figures stay as they are."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def save_figure(fig: Any, path: PathLike, dpi: int) -> Path:

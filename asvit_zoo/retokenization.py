@@ -22,7 +22,7 @@ from typing import Any, Dict, Sequence, Tuple, Union
 
 from .asvit import STEM_STRIDE, AsViT
 from .cost import count_macs
-from .fileio import save_figure
+from .fileio import new_figure, save_figure
 from .validation import is_count
 
 __all__ = [
@@ -218,13 +218,10 @@ def schedule_cost(model: AsViT, schedule: ScheduleSpec, input_size: Sequence[int
 
 def plot_schedule(cost: ScheduleCost, path: Union[str, Path], title: str = '') -> Path:
     """Save a PNG of the schedule: stage-1 tokens and MACs per image against training progress."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
     starts = (0., *cost.schedule.boundaries()[:-1])
     xs = [x for s, e in zip(starts, cost.schedule.boundaries()) for x in (s, e)]
-    fig, (ax_tokens, ax_macs) = plt.subplots(2, 1, sharex=True, figsize=(6.4, 5.2))
+    fig = new_figure(figsize=(6.4, 5.2))
+    ax_tokens, ax_macs = fig.subplots(2, 1, sharex=True)
     for ax, values, full, label in ((ax_tokens, cost.tokens, cost.full_tokens, 'stage-1 tokens'),
                                     (ax_macs, [m / 1e6 for m in cost.macs], cost.full_macs / 1e6, 'MMACs / image')):
         ax.plot(xs, [v for v in values for _ in (0, 1)], color='tab:blue', label='schedule')
@@ -241,5 +238,4 @@ def plot_schedule(cost: ScheduleCost, path: Union[str, Path], title: str = '') -
     fig.tight_layout()
     path = Path(path)
     save_figure(fig, path, dpi=120)
-    plt.close(fig)
     return path

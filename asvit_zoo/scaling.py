@@ -44,7 +44,7 @@ from .cost import count_macs, param_count
 from .datasets import search_batch
 from .devices import resolve_device
 from .distributed import DistEnv, barrier, gather_objects, my_share, process_group
-from .fileio import check_folder, read_json, save_figure, write_json
+from .fileio import check_folder, new_figure, read_json, save_figure, write_json
 from .genotype import Genotype
 from .measures import measure_genotype
 from .validation import COUNT, POSITIVE, SEED_RANGE, Range, changed_settings, check_fields, offset_seed, setting
@@ -335,12 +335,9 @@ def _fit_width(seed: Genotype, depths: Tuple[int, ...], width: int, budget: floa
 
 def plot_trajectory(steps: Sequence[ScalingStep], budgets: Sequence[float], path: Path) -> Path:
     """Per-stage depth and the stage-1 width against real-size parameters, budgets marked."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
     params = [s.params / 1e6 for s in steps]
-    fig, (ax_depth, ax_width) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = new_figure(figsize=(11, 4))
+    ax_depth, ax_width = fig.subplots(1, 2)
     for i in range(4):
         ax_depth.plot(params, [s.depths[i] + 0.04 * (i - 1.5) for s in steps], marker='o', ms=3, drawstyle='steps-post',
                       label=f'stage {i + 1}')  # offsets keep overlapping stages visible
@@ -358,7 +355,6 @@ def plot_trajectory(steps: Sequence[ScalingStep], budgets: Sequence[float], path
     fig.tight_layout()
     path = Path(path)
     save_figure(fig, path, dpi=120)
-    plt.close(fig)
     return path
 
 

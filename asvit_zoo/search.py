@@ -70,7 +70,7 @@ from .cost import count_macs, param_count
 from .datasets import search_batch
 from .devices import resolve_device
 from .distributed import DistEnv, barrier, process_group
-from .fileio import check_folder, read_json_lines, save_figure, save_torch, write_json
+from .fileio import check_folder, new_figure, read_json_lines, save_figure, save_torch, write_json
 from .hub import load_torch_checkpoint
 from .genotype import SEARCH_SPACE, Genotype
 from .measures import NUM_CLASSES, Measures, measure_genotype
@@ -354,13 +354,9 @@ def _run_step(state: _SearchState, scorer: Scorer, inputs: torch.Tensor) -> Dict
 
 
 def _save_curves(records: List[Dict[str, Any]], path: Path) -> None:
-    """Policy entropy and reward per step, as a PNG (matplotlib's Agg canvas, no global backend change)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+    """Policy entropy and reward per step, as a PNG."""
     steps = [r['step'] for r in records]
-    fig = Figure(figsize=(8, 5), tight_layout=True)
-    FigureCanvasAgg(fig)
+    fig = new_figure(figsize=(8, 5), tight_layout=True)
     ax_entropy, ax_reward = fig.subplots(2, 1, sharex=True)
     ax_entropy.plot(steps, [r['entropy'] for r in records])
     ax_entropy.set_ylabel('policy entropy (nats)')

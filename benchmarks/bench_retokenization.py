@@ -25,7 +25,7 @@ from typing import Any, Dict, List
 import torch
 
 from asvit_zoo.cost import param_count
-from asvit_zoo.fileio import save_figure
+from asvit_zoo.fileio import new_figure, save_figure
 from asvit_zoo.retokenization import SCHEDULES, parse_schedule, plot_schedule, schedule_cost
 from asvit_zoo.train import METRICS, TrainConfig, build_model, load_config, read_metrics, train
 
@@ -93,11 +93,8 @@ def check_targets(summary: Dict[str, Any]) -> List[str]:
 
 
 def plot_curves(metrics: Dict[str, List[Dict[str, Any]]], path: Path, title: str) -> None:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    fig, (ax_epoch, ax_macs) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig = new_figure(figsize=(11, 4.2))
+    ax_epoch, ax_macs = fig.subplots(1, 2, sharey=True)
     for name, records in metrics.items():
         top1 = [m['eval_top1'] for m in records]
         line, = ax_epoch.plot([m['epoch'] + 1 for m in records], top1, marker='o', label=name)
@@ -117,7 +114,6 @@ def plot_curves(metrics: Dict[str, List[Dict[str, Any]]], path: Path, title: str
     fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv: List[str] = None) -> int:

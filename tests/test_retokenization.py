@@ -180,7 +180,16 @@ def test_short_schedule_saves_40_percent_on_the_fashion_mnist_recipe_model():
     assert cost.relative_macs <= 0.6
 
 
-def test_plot_schedule_writes_a_png(tmp_path):
+def test_plot_schedule_writes_a_png_and_leaves_the_matplotlib_backend_alone(tmp_path):
+    import matplotlib
+    import matplotlib.pyplot as plt
+
     cost = schedule_cost(_tiny(), 'paper', (3, 64, 64))
-    path = plot_schedule(cost, tmp_path / 'schedule.png')
+    before = matplotlib.get_backend()
+    matplotlib.use('svg')  # a user's backend (a notebook's, say): a plot of ours must not switch it to Agg
+    try:
+        path = plot_schedule(cost, tmp_path / 'schedule.png')
+        assert matplotlib.get_backend() == 'svg' and plt.get_fignums() == []
+    finally:
+        matplotlib.use(before)
     assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
