@@ -28,6 +28,8 @@ from .validation import is_count
 
 __all__ = ['load_pretrained', 'check_options', 'evaluate_pretrained']
 
+WEIGHTS_SUFFIXES = ('.safetensors', '.pth', '.pt', '.bin', '.tar')  # a name ending so, not a variant's, is a file
+
 PathLike = Union[str, os.PathLike]
 
 
@@ -51,6 +53,9 @@ def load_pretrained(model: str, ema: bool = False) -> AsViT:
             model = LOCAL_DIR_PREFIX + str(path.parent)
         else:
             return checkpoint_model(path, ema=ema).eval()
+    elif path.suffix in WEIGHTS_SUFFIXES and not timm.is_model(model.partition('.')[0]) and \
+            not model.startswith((HF_HUB_PREFIX, LOCAL_DIR_PREFIX)):
+        raise FileNotFoundError(f'weights file not found: {model}')
     elif ema:
         raise ValueError(f'--ema needs a trainer checkpoint file, got {model!r}')
     if model.startswith(HF_HUB_PREFIX):

@@ -182,12 +182,20 @@ def load_config(path: Optional[PathLike] = None, **overrides: Any) -> TrainConfi
     values: Dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f'recipe file not found: {path}')
         text = path.read_text(encoding='utf-8')
         if path.suffix in ('.yaml', '.yml'):
             import yaml
-            values = yaml.safe_load(text) or {}
+            try:
+                values = yaml.safe_load(text) or {}
+            except yaml.YAMLError as e:
+                raise ValueError(f'{path}: not a valid YAML recipe ({" ".join(str(e).split())})') from None
         else:
-            values = json.loads(text)
+            try:
+                values = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ValueError(f'{path}: not a valid JSON recipe ({e})') from None
         if not isinstance(values, dict):
             raise ValueError(f'{path}: a recipe is a mapping of TrainConfig fields, got {type(values).__name__}')
         values = {k: v for k, v in values.items() if not k.startswith('_')}  # '_comment' etc.

@@ -102,6 +102,9 @@ def test_errors_name_the_problem(run: Path, tmp_path: Path, capsys: pytest.Captu
     with pytest.raises(ValueError, match=r"asvit_tiny.nope: asvit_tiny has no pretrained tag 'nope'; it has "
                                          r"\['asvit_tiny', 'asvit_tiny.fmnist'\]"):
         load_pretrained('asvit_tiny.nope')
+    for missing in (tmp_path / 'no' / 'last.pth.tar', tmp_path / 'model.safetensors', tmp_path / 'weights.pth'):
+        assert cli_main(['eval', str(missing)]) == 2
+        assert capsys.readouterr().err == f'asvit eval: error: weights file not found: {missing}\n'
     for option in ('--subset', '--batch-size'):
         assert cli_main(['eval', 'asvit_tiny.fmnist', option, '0']) == 2
         assert f"{option[2:].replace('-', '_')} must be an integer >= 1, got 0" in capsys.readouterr().err

@@ -68,6 +68,22 @@ def test_config_errors(tmp_path):
         load_config(tmp_path / 'typo.json')
 
 
+@pytest.mark.parametrize('name, text, message', [
+    ('missing.json', None, 'recipe file not found: {path}'),
+    ('cut.json', '{"epochs": 1,', '{path}: not a valid JSON recipe (Expecting property name enclosed in double quotes: '
+                                  'line 1 column 14 (char 13))'),
+    ('cut.yaml', 'epochs: [1', "{path}: not a valid YAML recipe (while parsing a flow sequence"),
+])
+def test_cli_names_an_unreadable_recipe(tmp_path, capsys, name, text, message):
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
+    assert main(['train', '--config', str(path), '--output', str(tmp_path / 'run')]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f'asvit train: error: {message.format(path=path)}') and err.count('\n') == 1, err
+    assert not (tmp_path / 'run').exists()
+
+
 def test_cli_names_a_setting_out_of_range(tmp_path, capsys):
     assert main(['train', '--output', str(tmp_path / 'run'), *TINY_RUN, '--seed', str(2 ** 32)]) == 2
     assert r'seed must be an integer in [0, 4294967295], got 4294967296' in capsys.readouterr().err
