@@ -7,6 +7,9 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+from .asvit import AsViT
+from .genotype import Genotype
+
 
 # torch's FlopCounterMode knows the CUDA attention kernels but not the CPU flash kernel that
 # scaled_dot_product_attention uses on CPU; count it with torch's own attention formulas.
@@ -24,7 +27,9 @@ CPU_ATTENTION_FLOPS = {
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flops,
 }
 
-__all__ = ['CPU_ATTENTION_FLOPS', 'param_count', 'count_macs']
+__all__ = ['CPU_ATTENTION_FLOPS', 'param_count', 'count_macs', 'genotype_params', 'genotype_gmacs']
+
+PAPER_CLASSES = 1000  # the head the paper's parameter and MAC counts include
 
 
 def param_count(model: nn.Module) -> int:
@@ -48,3 +53,16 @@ def count_macs(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> i
     finally:
         model.train(was_training)
     return counter.get_total_flops() // 2
+
+
+def genotype_params(genotype: Genotype, num_classes: int = PAPER_CLASSES) -> int:
+    """Parameters of the As-ViT of ``genotype``, counted on the meta device (nothing is allocated)."""
+    with torch.device('meta'):
+        return param_count(AsViT(genotype, num_classes=num_classes))
+
+
+def genotype_gmacs(genotype: Genotype, image_size: int = 224, num_classes: int = PAPER_CLASSES) -> float:
+    """GMACs of the As-ViT of ``genotype`` on one RGB image of ``image_size``; building it leaves the global
+    random state as it was."""
+    with torch.random.fork_rng(devices=[]):
+        return count_macs(AsViT(genotype, num_classes=num_classes), (3, image_size, image_size)) / 1e9

@@ -87,7 +87,7 @@ from torch.func import jvp
 from torch.overrides import TorchFunctionMode
 
 from .asvit import AsViT, checkpoint_filter_fn, resolve_genotype
-from .cost import count_macs, param_count
+from .cost import PAPER_CLASSES, count_macs, param_count
 from .datasets import noise_batch
 from .devices import resolve_device
 from .distributed import gather_objects, group_size, my_share
@@ -115,7 +115,7 @@ GRAM_CHUNK = 8192  # columns summed in float32 before the float64 accumulation o
 # multiply-adds per second of the Gram-from-rows route (large matrix products) over the per-sample gradient
 # route (one small product per sample, then the Gram): measured 3-4x on the 2-core CPU
 ROWS_GRAM_SPEED = 3
-NUM_CLASSES = 1000  # head of freshly initialised networks: params and GMACs as the paper counts them
+NUM_CLASSES = PAPER_CLASSES  # head of freshly initialised networks: params and GMACs as the paper counts them
 INPUT_KEYS = ('curve_basis', 'curve_theta', 'ntk_inputs')  # keys of an --inputs file (the golden io files)
 
 _sdpa = F.scaled_dot_product_attention

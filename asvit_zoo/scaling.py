@@ -39,8 +39,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from tqdm import tqdm
 
-from .asvit import AsViT
-from .cost import count_macs, param_count
+from .cost import genotype_gmacs, genotype_params
 from .datasets import search_batch
 from .devices import resolve_device
 from .distributed import DistEnv, barrier, gather_objects, my_share, process_group
@@ -80,7 +79,7 @@ class ScalingConfig:
         seed = Genotype.parse(self.seed_genotype)
         if not seed.is_seed:
             raise ValueError(f'seed genotype must be in the seed form K,S,E|...|H, got {self.seed_genotype!r}')
-        start = _params(real_size(seed, START_DEPTHS, START_WIDTH))
+        start = genotype_params(real_size(seed, START_DEPTHS, START_WIDTH))
         if min(self.budgets) < start:
             raise ValueError(f'budgets must be at least {start:,}, the parameters of the first network of the scaling '
                              f'(seed {seed} at depths {list(START_DEPTHS)} and width {WIDTH_SCALE * START_WIDTH}), got '
@@ -130,16 +129,6 @@ def real_size(seed: Genotype, depths: Sequence[int], width: int) -> Genotype:
     return seed.scaled(tuple(depths), WIDTH_SCALE * width)
 
 
-def _params(genotype: Genotype) -> int:
-    with torch.device('meta'):
-        return param_count(AsViT(genotype, num_classes=1000))
-
-
-def _gmacs(genotype: Genotype) -> float:
-    with torch.random.fork_rng(devices=[]):
-        return count_macs(AsViT(genotype, num_classes=1000), (3, 224, 224)) / 1e9
-
-
 def _candidates(seed: Genotype, depths: Tuple[int, ...], width: int, upper_limit: float) -> List[Candidate]:
     widths: List[int] = []
     for r in WIDTH_RATIOS:
@@ -150,7 +139,7 @@ def _candidates(seed: Genotype, depths: Tuple[int, ...], width: int, upper_limit
     for stage in range(len(depths)):
         grown = tuple(d + (i == stage) for i, d in enumerate(depths))
         for w in widths:
-            params = _params(real_size(seed, grown, w))
+            params = genotype_params(real_size(seed, grown, w))
             if params <= upper_limit:
                 out.append(Candidate(grown, w, params))
     return out
@@ -270,14 +259,15 @@ def _run_scaling(config: ScalingConfig, out_dir: Path, env: DistEnv, resume: boo
     def record(step_index: int, depths: Tuple[int, ...], width: int, params: int, ntk: float, exp: float,
                rank_sum: int, start: float, candidates: List[Candidate]) -> None:
         genotype = real_size(seed, depths, width)
-        steps.append(ScalingStep(step_index, depths, width, str(genotype), params, _gmacs(genotype), ntk, exp,
+        steps.append(ScalingStep(step_index, depths, width, str(genotype), params, genotype_gmacs(genotype), ntk, exp,
                                  rank_sum, time.perf_counter() - start, candidates))
         save(done=False)
 
     if not steps:  # step 0: the seed at the start width (the processes share its copies)
         start, depths = time.perf_counter(), START_DEPTHS
         m = measure(depths, START_WIDTH, 0, distributed=True)
-        record(0, depths, START_WIDTH, _params(real_size(seed, depths, START_WIDTH)), m.ntk, m.exp, 0, start, [])
+        params = genotype_params(real_size(seed, depths, START_WIDTH))
+        record(0, depths, START_WIDTH, params, m.ntk, m.exp, 0, start, [])
     depths, width, params = steps[-1].depths, steps[-1].width, steps[-1].params
     bar = tqdm(desc='scaling', unit='step', initial=len(steps), disable=not progress)
     while params < config.stop_at:
@@ -320,7 +310,7 @@ def select_variants(seed_genotype: str, steps: Sequence[ScalingStep], budgets: S
         genotype = seed.scaled(step.depths, fitted)
         out.append(dict(budget=budget, step=step.step, step_genotype=step.genotype, step_params=step.params,
                         width_fit=fitted != WIDTH_SCALE * step.width, genotype=str(genotype),
-                        params=_params(genotype)))
+                        params=genotype_params(genotype)))
     return out
 
 
@@ -329,8 +319,8 @@ def _fit_width(seed: Genotype, depths: Tuple[int, ...], width: int, budget: floa
     lo, hi = seed.heads // 8, width  # params(lo) < budget <= params(hi), or lo == hi
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if _params(seed.scaled(depths, mid)) < budget else (lo, mid)
-    return min((lo, hi), key=lambda c: abs(_params(seed.scaled(depths, c)) - budget))
+        lo, hi = (mid, hi) if genotype_params(seed.scaled(depths, mid)) < budget else (lo, mid)
+    return min((lo, hi), key=lambda c: abs(genotype_params(seed.scaled(depths, c)) - budget))
 
 
 def plot_trajectory(steps: Sequence[ScalingStep], budgets: Sequence[float], path: Path) -> Path:
@@ -379,7 +369,7 @@ def write_variant_cards(registry: Path, names: Sequence[str], config: ScalingCon
 
     check_variant_names(names, config.budgets)
     paper_large = Genotype.parse(PAPER_LARGE)
-    paper_params = _params(paper_large)  # compared with in the card of the largest budget
+    paper_params = genotype_params(paper_large)  # compared with in the card of the largest budget
     by_step = {s.step: s for s in steps}
     written = []
     for name, variant in zip(names, select_variants(config.seed_genotype, steps, config.budgets)):
@@ -392,11 +382,11 @@ def write_variant_cards(registry: Path, names: Sequence[str], config: ScalingCon
             f"scaling ranked by the NTK condition number and the length distortion, measured at "
             f"{config.image_size}x{config.image_size}. This is step {step.step} of the trajectory, the first whose "
             f"real-size network reaches {variant['budget'] / 1e6:.1f}M parameters.{fit} It has "
-            f"{variant['params'] / 1e6:.2f}M parameters and {_gmacs(genotype):.2f} GMACs at 224x224.")
+            f"{variant['params'] / 1e6:.2f}M parameters and {genotype_gmacs(genotype):.2f} GMACs at 224x224.")
         if variant['budget'] == max(config.budgets):
             description += (
                 f" The paper's As-ViT Large (`{PAPER_LARGE}`, registered as `asvit_large_paper`) has "
-                f"{paper_params / 1e6:.2f}M parameters and {_gmacs(paper_large):.2f} GMACs: this variant has "
+                f"{paper_params / 1e6:.2f}M parameters and {genotype_gmacs(paper_large):.2f} GMACs: this variant has "
                 f"{100 * (variant['params'] - paper_params) / paper_params:+.1f}% parameters, depths "
                 f"{','.join(map(str, genotype.depths))} against {','.join(map(str, paper_large.depths))} and "
                 f"width {genotype.embed_dim} against {paper_large.embed_dim}.")

@@ -65,8 +65,7 @@ import torch.nn as nn
 from torch.distributions import Categorical
 from tqdm import tqdm
 
-from .asvit import AsViT
-from .cost import count_macs, param_count
+from .cost import genotype_gmacs, genotype_params
 from .datasets import search_batch
 from .devices import resolve_device
 from .distributed import DistEnv, barrier, process_group
@@ -151,14 +150,9 @@ def search_cost_range(image_size: int) -> Dict[str, Tuple[float, float]]:
     """``{'params': (smallest, largest), 'gmacs': (smallest, largest)}`` of the networks the search measures
     (width 32, depths [1, 1, 1, 1], 1000 classes), GMACs at ``image_size``: the costs of the two extreme
     genotypes of :data:`SEARCH_SPACE`, as every cost grows with kernels and expansions and falls with splits."""
-    costs = []
-    for largest in (False, True):
-        with torch.random.fork_rng(devices=[]):
-            genotype = search_space_extreme(largest).scaled(SEARCH_DEPTHS, SEARCH_EMBED_DIM)
-            model = AsViT(genotype, num_classes=NUM_CLASSES)
-        costs.append((param_count(model), count_macs(model, (3, image_size, image_size)) / 1e9))
-    (params_low, gmacs_low), (params_high, gmacs_high) = costs
-    return {'params': (params_low, params_high), 'gmacs': (gmacs_low, gmacs_high)}
+    low, high = (search_space_extreme(largest).scaled(SEARCH_DEPTHS, SEARCH_EMBED_DIM) for largest in (False, True))
+    return {'params': (genotype_params(low, NUM_CLASSES), genotype_params(high, NUM_CLASSES)),
+            'gmacs': (genotype_gmacs(low, image_size, NUM_CLASSES), genotype_gmacs(high, image_size, NUM_CLASSES))}
 
 
 @dataclass(frozen=True)
