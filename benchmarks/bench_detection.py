@@ -129,18 +129,23 @@ def bench_speed(archs: Sequence[str], image_size: Sequence[int], rounds: int) ->
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('part', choices=('train', 'speed'))
-    parser.add_argument('--work-dir', type=Path, default=Path('runs/bench_detection'))
-    parser.add_argument('--train-images', type=int, default=4000)
-    parser.add_argument('--val-images', type=int, default=200)
+    parser.add_argument('part', choices=('train', 'speed'), help='train: train, test and draw a detector; speed: '
+                        'backbone forward times against Swin-T')
+    parser.add_argument('--work-dir', type=Path, default=Path('runs/bench_detection'),
+                        help='folder of PART.json (train: also the scenes and the run; default: runs/bench_detection)')
+    parser.add_argument('--train-images', type=int, default=4000,
+                        help='train: generated training scenes (default: 4000)')
+    parser.add_argument('--val-images', type=int, default=200, help='train: generated val scenes (default: 200)')
     parser.add_argument('--max-iters', type=int, help='override the config\'s iterations (short trials)')
     parser.add_argument('--config', default=TRAIN_CONFIG,
                         help=f'detection config to train (default: {TRAIN_CONFIG}; from scratch: '
                              f'mask-rcnn_asvit-seed_fpn_fmnist)')
     parser.add_argument('--threads', type=int, default=1, help='torch threads of the train/test/infer tools')
-    parser.add_argument('--archs', nargs='+', default=['asvit_small', 'asvit_base', 'asvit_large'])
-    parser.add_argument('--image-size', type=int, nargs=2, default=(800, 1333), metavar=('H', 'W'))
-    parser.add_argument('--rounds', type=int, default=5)
+    parser.add_argument('--archs', nargs='+', default=['asvit_small', 'asvit_base', 'asvit_large'],
+                        help='speed: As-ViT variants timed (default: asvit_small asvit_base asvit_large)')
+    parser.add_argument('--image-size', type=int, nargs=2, default=(800, 1333), metavar=('H', 'W'),
+                        help='speed: input height and width (default: 800 1333)')
+    parser.add_argument('--rounds', type=int, default=5, help='speed: timed rounds after a warm-up round (default: 5)')
     args = parser.parse_args(argv)
     work_dir = args.work_dir.resolve()
     if args.part == 'train':

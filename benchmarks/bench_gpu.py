@@ -16,7 +16,6 @@ the peak GPU memory allocated during it.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
@@ -27,8 +26,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from asvit_zoo.devices import resolve_device
+from asvit_zoo.fileio import read_json_lines, write_json
 from asvit_zoo.retokenization import FULL_TOKENS, SCHEDULES, format_tokenizer, parse_schedule
-from asvit_zoo.search import SearchConfig, search
+from asvit_zoo.search import STEPS_FILE, SearchConfig, search
 from asvit_zoo.train import TrainConfig, Trainer
 
 PAPER_SEARCH_STEPS = 500
@@ -55,8 +55,8 @@ def search_slice(args: argparse.Namespace, output: Path) -> Dict[str, Any]:
     run = output / 'search'
     shutil.rmtree(run, ignore_errors=True)  # this script's own run folder: a rerun starts a fresh search
     result = search(config, run, progress=args.progress)
-    records = [json.loads(line) for line in (run / 'steps.jsonl').read_text().splitlines()]
-    steady = records[1:] or records  # step 1 carries CUDA's warm-up
+    records = read_json_lines(run / STEPS_FILE)
+    steady = records[1:]  # step 1 carries CUDA's warm-up
     seconds = [r['seconds'] for r in steady]
     per_measure = {name: statistics.median(r['measure_seconds'][name] for r in steady) for name in config.measures}
     median = statistics.median(seconds)
@@ -129,18 +129,21 @@ def format_train(rows: List[Dict[str, Any]], args: argparse.Namespace) -> str:
 
 def main(argv: List[str] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--output', default='runs/bench_gpu')
+    parser.add_argument('--output', default='runs/bench_gpu', help='folder of the runs and results.json '
+                        '(default: runs/bench_gpu)')
     parser.add_argument('--device', default='cuda', help='cuda, cuda:N or cpu (cpu: a quick trial of the script)')
     parser.add_argument('--parts', default='search,train', help='comma-separated: search, train')
-    parser.add_argument('--search-steps', type=int, default=12, help='search steps to run (default: 12)')
-    parser.add_argument('--search-size', type=int, default=224)
-    parser.add_argument('--repeat', type=int, default=5)
-    parser.add_argument('--ntk-batch', type=int, default=16)
-    parser.add_argument('--model', default='asvit_small')
-    parser.add_argument('--train-size', type=int, default=224)
+    parser.add_argument('--search-steps', type=int, default=12,
+                        help='search steps to run, at least 2: step 1 is reported apart (default: 12)')
+    parser.add_argument('--search-size', type=int, default=224, help='search image size (default: 224)')
+    parser.add_argument('--repeat', type=int, default=5, help='copies measured per network (default: 5)')
+    parser.add_argument('--ntk-batch', type=int, default=16, help='NTK batch size of the search (default: 16)')
+    parser.add_argument('--model', default='asvit_small', help='variant or genotype trained (default: asvit_small)')
+    parser.add_argument('--train-size', type=int, default=224, help='training image size (default: 224)')
     parser.add_argument('--train-steps', type=int, default=30, help='timed steps per setting (default: 30)')
-    parser.add_argument('--batch-size', type=int, default=128)
-    parser.add_argument('--amp', default='bf16', choices=('bf16', 'fp16', 'none'))
+    parser.add_argument('--batch-size', type=int, default=128, help='training batch size (default: 128)')
+    parser.add_argument('--amp', default='bf16', choices=('bf16', 'fp16', 'none'),
+                        help='autocast dtype of training (default: bf16)')
     parser.add_argument('--progress', action='store_true', help='progress bars')
     args = parser.parse_args(argv)
     runners: Dict[str, Tuple[Callable[[argparse.Namespace, Path], Any], Callable[[Any], str]]] = {
@@ -151,6 +154,9 @@ def main(argv: List[str] = None) -> int:
     unknown = [p for p in parts if p not in runners]
     if unknown:
         parser.error(f'--parts: unknown part(s) {", ".join(unknown)}; choose from {", ".join(runners)}')
+    if 'search' in parts and args.search_steps < 2:
+        parser.error(f'--search-steps must be at least 2 (step 1 carries the warm-up and is reported apart from '
+                     f'the median of steps 2-N), got {args.search_steps}')
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
@@ -161,7 +167,7 @@ def main(argv: List[str] = None) -> int:
         run, render = runners[part]
         results[part] = run(args, output)
         print(render(results[part]), flush=True)
-    (output / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
+    write_json(output / 'results.json', results)
     print(f'-> {output}/results.json')
     return 0
 

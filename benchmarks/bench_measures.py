@@ -27,7 +27,7 @@ import argparse
 import os
 import statistics
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -192,7 +192,7 @@ def bench_size(size: int, repeats: int, coords: Optional[int], ntk_batch: int,
     return rows
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--sizes', default='224,64', help='comma-separated image sizes (default: 224,64)')
     parser.add_argument('--repeats', type=int, default=3, help='timed rounds after a warm-up round (default: 3)')
@@ -201,7 +201,7 @@ def main() -> None:
                              f'{SUBSET_AT_224} at 224 px and above)')
     parser.add_argument('--ntk-batch', type=int, default=M.NTK_BATCH, help='NTK batch size (default: 16)')
     parser.add_argument('--threads', type=int, default=None, help="torch threads (default: torch's default)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f'# {GENOTYPE}, C={EMBED_DIM}, depths 1,1,1,1; torch {torch.__version__}, {torch.get_num_threads()} threads, '

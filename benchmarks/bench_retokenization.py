@@ -16,7 +16,6 @@ training MACs, >= 25% less wall time, and top-1 within 0.7 points of full tokens
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any, Dict, List
 import torch
 
 from asvit_zoo.cost import param_count
-from asvit_zoo.fileio import new_figure, save_figure
+from asvit_zoo.fileio import new_figure, save_figure, write_json
 from asvit_zoo.retokenization import SCHEDULES, parse_schedule, plot_schedule, schedule_cost
 from asvit_zoo.train import METRICS, TrainConfig, build_model, load_config, read_metrics, train
 
@@ -118,10 +117,12 @@ def plot_curves(metrics: Dict[str, List[Dict[str, Any]]], path: Path, title: str
 
 def main(argv: List[str] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--recipe', default=str(REPO_ROOT / 'recipes' / 'fmnist_tiny.json'))
+    parser.add_argument('--recipe', default=str(REPO_ROOT / 'recipes' / 'fmnist_tiny.json'),
+                        help='training recipe both runs follow (default: recipes/fmnist_tiny.json)')
     parser.add_argument('--schedule', default='short',
                         help=f'progressive schedule: a name ({", ".join(SCHEDULES)}) or "fraction:stride:dilation,..."')
-    parser.add_argument('--output', default='runs/bench_retokenization')
+    parser.add_argument('--output', default='runs/bench_retokenization',
+                        help='folder of the two runs, the plots and summary.json (default: runs/bench_retokenization)')
     parser.add_argument('--epochs', type=int, help='override the recipe (trial runs)')
     parser.add_argument('--train-subset', type=int, help='first N training images (trial runs)')
     parser.add_argument('--eval-subset', type=int, help='first N test images (trial runs)')
@@ -154,10 +155,10 @@ def main(argv: List[str] = None) -> int:
     checks = check_targets(summary)
     plot_curves(metrics, output / 'curves.png',
                 f'Fashion-MNIST, {param_count(model) / 1e6:.2f}M-param As-ViT: full tokens vs {schedule}')
-    (output / 'summary.json').write_text(json.dumps({
+    write_json(output / 'summary.json', {
         'recipe': args.recipe, 'config': base.to_dict(), 'schedule': schedule,
         'relative_macs_nominal': cost.relative_macs, 'summary': summary, 'checks': checks,
-        'threads': args.threads}, indent=2) + '\n')
+        'threads': args.threads})
     print(table)
     print('\n'.join(checks))
     print(f'-> {output}/curves.png, schedule.png, summary.json')
