@@ -192,10 +192,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--out', type=Path, default=Path('data/fmnist_coco'), help='output folder')
     parser.add_argument('--train', type=int, default=4000, help='number of train images')
     parser.add_argument('--val', type=int, default=200, help='number of val images')
-    parser.add_argument('--canvas', type=int, nargs=2, default=SceneConfig.canvas, metavar=('MIN', 'MAX'))
-    parser.add_argument('--item-side', type=int, nargs=2, default=SceneConfig.item_side, metavar=('MIN', 'MAX'))
-    parser.add_argument('--max-items', type=int, default=SceneConfig.max_items)
-    parser.add_argument('--seed', type=int, default=SceneConfig.seed)
+    parser.add_argument('--canvas', type=int, nargs=2, default=SceneConfig.canvas, metavar=('MIN', 'MAX'),
+                        help='range of the canvas sides, inclusive (default: %(default)s)')
+    parser.add_argument('--item-side', type=int, nargs=2, default=SceneConfig.item_side, metavar=('MIN', 'MAX'),
+                        help='range of the item sides (scaled Fashion-MNIST images), inclusive, at most the '
+                             'smallest canvas side (default: %(default)s)')
+    parser.add_argument('--max-items', type=int, default=SceneConfig.max_items,
+                        help='at most this many items per image, at least 1 (default: %(default)s)')
+    parser.add_argument('--seed', type=int, default=SceneConfig.seed, help='seed of the scenes (default: %(default)s)')
     parser.add_argument('--fmnist-root', type=Path, default=DEFAULT_ROOT, help='folder of the Fashion-MNIST IDX files')
     args = parser.parse_args(argv)
     counts = {'train': args.train, 'val': args.val}

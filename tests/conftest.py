@@ -2,6 +2,7 @@
 need them skip with a clear reason where they are absent, as in a user's clone."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -28,6 +29,28 @@ def torchrun(args: List[str], timeout: float = 240) -> subprocess.CompletedProce
     """``torchrun --standalone --nproc_per_node 2 ARGS`` (a script or ``-m module`` and its arguments) from the
     repository root, one thread per process."""
     return one_thread(['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', *args], timeout)
+
+
+def parser_of(main: Callable[[List[str]], Any], monkeypatch: pytest.MonkeyPatch) -> argparse.ArgumentParser:
+    """The argument parser that a command-line ``main(argv)`` builds, caught where it parses (``main`` stops
+    there)."""
+    caught: List[argparse.ArgumentParser] = []
+
+    def stop(parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        caught.append(parser)
+        raise SystemExit(0)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(argparse.ArgumentParser, 'parse_args', stop)
+        with pytest.raises(SystemExit):
+            main([])
+    (parser,) = caught
+    return parser
+
+
+def options_without_help(parser: argparse.ArgumentParser) -> List[str]:
+    """The options and arguments of ``parser`` that have no help text."""
+    return [a.dest for a in parser._actions if not isinstance(a, argparse._HelpAction) and not a.help]
 
 
 @pytest.fixture(scope='session')

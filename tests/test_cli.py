@@ -1,11 +1,13 @@
-"""The ``asvit`` command line: the variant tables and model cards."""
+"""The ``asvit`` command line: the variant tables and model cards, and every option's help."""
+import argparse
 import re
 
 import pytest
 
 from asvit_zoo.asvit import registered_card, registered_cards
-from asvit_zoo.cli import main
+from asvit_zoo.cli import build_parser, main
 from asvit_zoo.registry import load_registry
+from conftest import options_without_help
 
 
 def _table(text: str) -> dict:
@@ -53,3 +55,10 @@ def test_show_prints_the_card_and_rejects_unknown_names(capsys):
 def test_tables_reject_an_image_size_below_one(capsys, command, size):
     assert main([command, '--image-size', size]) == 2
     assert f'image_size must be a positive integer (pixels), got {size}' in capsys.readouterr().err
+
+
+def test_every_option_of_every_command_has_a_help_text():
+    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert len(commands.choices) >= 10
+    assert {name: options_without_help(parser) for name, parser in commands.choices.items()
+            if options_without_help(parser)} == {}

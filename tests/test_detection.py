@@ -38,7 +38,7 @@ from asvit_zoo.hub import WeightsError
 from asvit_zoo.weights import load_weights
 from mmdet.registry import DATASETS, MODELS
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, options_without_help, parser_of
 
 TINY = '4,2,2,1|2,1,2,1|2,1,2,1|2,1,2,1|16,16'
 FMNIST_CONFIG = 'mask-rcnn_asvit-seed_fpn_fmnist'
@@ -597,3 +597,9 @@ def test_backbone_windows_keep_their_224_side():
     assert [stage.blocks[0].window_side for stage in fixed.model.stages] == [28, 28, 14, 7]
     per_split = AsViTBackbone(arch='asvit_seed', window_img_size=None)
     assert all(stage.blocks[0].window_side is None for stage in per_split.model.stages)
+
+
+@pytest.mark.parametrize('tool', ['det_train.py', 'det_test.py', 'det_infer.py', 'make_det_data.py'])
+def test_every_tool_option_has_a_help_text(tool: str, monkeypatch: pytest.MonkeyPatch):
+    parser = parser_of(runpy.run_path(str(REPO_ROOT / 'tools' / tool), run_name='not_main')['main'], monkeypatch)
+    assert parser._actions[1:] and options_without_help(parser) == []

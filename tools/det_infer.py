@@ -26,7 +26,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('image', help='input image')
     parser.add_argument('--out', required=True, help='output PNG')
     parser.add_argument('--score-thr', type=float, default=0.3, help='draw predictions scoring at least this')
-    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--device', default='cpu', help='cpu (default), cuda or cuda:N')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys, key=value')
     args = parser.parse_args(argv)
     allow_mmengine_checkpoints()

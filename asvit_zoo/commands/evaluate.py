@@ -19,7 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument('--data', default=FASHION_MNIST,
                         help='fashion-mnist (default; the test split) or an ImageFolder root with train/ and val/')
     parser.add_argument('--data-root', help='Fashion-MNIST folder (default: the Debian package\'s)')
-    parser.add_argument('--batch-size', type=int, default=256)
+    parser.add_argument('--batch-size', type=int, default=256, help='images per forward pass (default: 256)')
     parser.add_argument('--subset', type=int, help='the first N test images only')
     parser.add_argument('--device', default='cpu', help='cpu (default), cuda or cuda:N')
     parser.add_argument('--ema', action='store_true', help="a trainer checkpoint's EMA weights")

@@ -32,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument('--batch-size', type=int, default=16, help='NTK batch size')
     parser.add_argument('--data', default='fashion-mnist', help="NTK batch: 'fashion-mnist', 'noise' or an ImageFolder")
     parser.add_argument('--random-seed', type=int, default=0, help='seed of initialisations and data')
-    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N (default: cpu)')
     parser.add_argument('--out', required=True, help='run folder')
     parser.add_argument('--registry', default=None, help='registry folder to write the variant cards into')
     parser.add_argument('--resume', action='store_true', help='continue the trajectory in --out')
