@@ -22,6 +22,7 @@ import re
 import warnings
 from collections import OrderedDict
 from functools import partial
+from numbers import Real
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
@@ -329,6 +330,8 @@ class AsViT(nn.Module):
         super().__init__()
         if window_img_size is not None and not is_count(window_img_size):
             raise ValueError(f'window_img_size must be None or an image size >= 1, got {window_img_size!r}')
+        if not isinstance(drop_path_rate, Real) or isinstance(drop_path_rate, bool) or not 0 <= drop_path_rate < 1:
+            raise ValueError(f'drop_path_rate must be a number in [0, 1), got {drop_path_rate!r}')
         self.genotype = resolve_genotype(genotype, embed_dim, depths)
         self.window_img_size = window_img_size
         self.num_classes = num_classes

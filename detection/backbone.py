@@ -6,7 +6,6 @@ The library model pads internally, so padded, non-square mmdet batches of any si
 """
 from __future__ import annotations
 
-from numbers import Real
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -49,9 +48,9 @@ def create_asvit(arch: str, **kwargs: Any) -> nn.Module:
     return timm.create_model(arch, **kwargs)
 
 
-def _check_arguments(arch: Any, out_indices: Any, frozen_stages: Any, drop_path_rate: Any, with_cp: Any,
-                     norm_eval: Any) -> None:
-    """Types and ranges of the constructor's arguments (whether ``arch`` names a variant: :func:`create_asvit`)."""
+def _check_arguments(arch: Any, out_indices: Any, frozen_stages: Any, with_cp: Any, norm_eval: Any) -> None:
+    """Types and ranges of the constructor's arguments (whether ``arch`` names a variant: :func:`create_asvit`;
+    ``drop_path_rate`` and ``window_img_size``: the model)."""
     def is_int(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
 
@@ -70,8 +69,6 @@ def _check_arguments(arch: Any, out_indices: Any, frozen_stages: Any, drop_path_
                          f'in stage order), got {out_indices}')
     if not is_int(frozen_stages) or not -1 <= frozen_stages <= NUM_STAGES:
         raise ValueError(f'AsViT frozen_stages must be an int in [-1, {NUM_STAGES}], got {frozen_stages!r}')
-    if not isinstance(drop_path_rate, Real) or isinstance(drop_path_rate, bool) or not 0 <= drop_path_rate < 1:
-        raise ValueError(f'AsViT drop_path_rate must be a number in [0, 1), got {drop_path_rate!r}')
     for name, value in (('with_cp', with_cp), ('norm_eval', norm_eval)):
         if not isinstance(value, bool):
             raise ValueError(f'AsViT {name} must be True or False, got {value!r}')
@@ -124,11 +121,11 @@ class AsViT(BaseModule):
                  norm_eval: bool = False,
                  window_img_size: Optional[int] = 224,
                  init_cfg: Optional[Dict[str, Any]] = None) -> None:
-        _check_arguments(arch, out_indices, frozen_stages, drop_path_rate, with_cp, norm_eval)
+        _check_arguments(arch, out_indices, frozen_stages, with_cp, norm_eval)
         _check_init_cfg(init_cfg)
         super().__init__(init_cfg=init_cfg)
         self.arch = arch
-        self.model = create_asvit(arch, num_classes=0, drop_path_rate=float(drop_path_rate),
+        self.model = create_asvit(arch, num_classes=0, drop_path_rate=drop_path_rate,
                                   window_img_size=window_img_size)
         self.out_indices = tuple(self.model.prune_intermediate_layers(list(out_indices), prune_norm=True,
                                                                       prune_head=True))

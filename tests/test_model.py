@@ -1,6 +1,8 @@
 """The As-ViT model: equality with the authors' code, size parity, any input size, timm citizenship."""
 import math
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import timm
@@ -250,6 +252,13 @@ def test_drop_path_schedule():
     rates = [block.drop_path1.drop_prob if hasattr(block.drop_path1, 'drop_prob') else 0.
              for stage in model.stages for block in stage.blocks]
     assert rates == pytest.approx(torch.linspace(0, 0.3, 14).tolist())
+
+
+@pytest.mark.parametrize('rate', [1.0, 2.0, -0.1, '0.1', True])
+def test_drop_path_rate_outside_zero_one_is_refused(rate: Any):
+    # a rate of 1 or more failed only in a training forward, in torch's bernoulli_ ("p=-0.333333")
+    with pytest.raises(ValueError, match=rf'drop_path_rate must be a number in \[0, 1\), got {re.escape(repr(rate))}'):
+        timm.create_model('asvit_seed', drop_path_rate=rate)
 
 
 def test_list_models_and_pretrained_without_weights():
