@@ -46,7 +46,7 @@ def test_choose_by_rank_sum_and_tie_break_takes_the_better_value():
 
 def test_resume_gives_the_same_trajectory(tmp_path):
     config = ScalingConfig(PAPER_SEED, **TINY)
-    full = run_scaling(config, tmp_path / 'full')
+    full = run_scaling(config, tmp_path / 'full', resume=True)  # nothing to resume: the run starts
     assert len(full) >= 2 and full[-1].params >= 2.6e6 and full[0].step == 0
     saved = load_trajectory(tmp_path / 'full')
     partial = tmp_path / 'partial'

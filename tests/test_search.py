@@ -227,7 +227,7 @@ def test_exp_only_with_a_params_budget(exp_budget_run: Path) -> None:
 
 
 def test_resume_extends_a_finished_run(exp_budget_run: Path, tmp_path: Path) -> None:
-    search(SearchConfig(steps=2, **EXP_BUDGET), tmp_path, progress=False)
+    search(SearchConfig(steps=2, **EXP_BUDGET), tmp_path, resume=True, progress=False)  # nothing to resume: starts
     result = search(SearchConfig(steps=4, **EXP_BUDGET), tmp_path, resume=True, progress=False)
     assert without_seconds(read_records(tmp_path)) == without_seconds(read_records(exp_budget_run))
     assert str(result.genotype) == json.loads((exp_budget_run / 'summary.json').read_text())['genotype']

@@ -35,7 +35,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N (default: cpu)')
     parser.add_argument('--out', required=True, help='run folder')
     parser.add_argument('--registry', default=None, help='registry folder to write the variant cards into')
-    parser.add_argument('--resume', action='store_true', help='continue the trajectory in --out')
+    parser.add_argument('--resume', action='store_true',
+                        help='continue the trajectory in --out (a folder without one starts it: a job script can '
+                             'always pass --resume)')
     parser.set_defaults(func=run)
 
 

@@ -34,7 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument('--max-gmacs',
                         help='soft GMACs budget of the networks the search measures, at --image-size (about 0.15 to '
                              '0.55 at 224), e.g. 0.3')
-    parser.add_argument('--resume', action='store_true', help='continue the run in --out from its state.pt')
+    parser.add_argument('--resume', action='store_true',
+                        help='continue the run in --out from its state.pt (a folder without one starts the run: a '
+                             'job script can always pass --resume)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     parser.set_defaults(func=run)
 
