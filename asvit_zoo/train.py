@@ -93,8 +93,11 @@ class TrainConfig:
     """Everything that defines a training run (recipes in ``recipes/*.json`` set these fields)."""
 
     # model
-    model: str = setting('asvit', "a registered variant name, or 'asvit' with --genotype")
+    model: str = setting('asvit', "a registered variant name (with a tag for its weights, e.g. 'asvit_tiny.fmnist'), "
+                                  "'hf-hub:ORG/NAME', 'local-dir:PATH', or 'asvit' with --genotype")
     genotype: Optional[str] = setting(None, "scaled genotype 'K,S,E,L|K,S,E,L|K,S,E,L|K,S,E,L|H,C' (model 'asvit')")
+    pretrained: bool = setting(False, "start from the model's pretrained weights (fine-tuning); a new classifier "
+                                      'where the class count differs')
     drop_path: float = setting(0., 'stochastic depth rate', _FRACTION)
     # data
     data: str = setting(FASHION_MNIST, f"'{FASHION_MNIST}', '{SYNTHETIC}', or an ImageFolder root with train/ and "
@@ -372,7 +375,7 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> AsViT:
     kwargs: Dict[str, Any] = dict(num_classes=num_classes, in_chans=in_chans, drop_path_rate=cfg.drop_path)
     if cfg.genotype is not None:
         kwargs['genotype'] = cfg.genotype
-    model = timm.create_model(cfg.model, **kwargs)
+    model = timm.create_model(cfg.model, pretrained=cfg.pretrained, **kwargs)
     if not isinstance(model, AsViT):
         raise ValueError(f'{cfg.model!r} is not an As-ViT model; progressive re-tokenization needs one')
     return model

@@ -123,12 +123,18 @@ def check_fields(config: Any) -> None:
 
 def changed_settings(saved: Mapping[str, Any], given: Any, keep: Iterable[str] = ()) -> List[str]:
     """``'NAME: saved A, given B'`` for each setting of the dataclass instance ``given`` whose value differs from
-    the one in ``saved`` (a run's recorded config), compared as JSON; settings in ``keep`` may change."""
+    the one in ``saved`` (a run's recorded config), compared as JSON; settings in ``keep`` may change. A setting
+    that ``saved`` lacks (one added since the run was written) counts as its default: the behaviour it had."""
     def as_json(value: Any) -> Any:
         return json.loads(json.dumps(value))
 
+    def recorded(name: str) -> str:
+        if name in saved:
+            return f'saved {saved[name]!r}'
+        return 'not saved' if defaults.get(name, ...) is ... else f'not saved (default {defaults[name]!r})'
+
     saved = as_json(dict(saved))
+    defaults = as_json({f.name: f.default for f in dataclasses.fields(given) if f.default is not dataclasses.MISSING})
     current = as_json(dataclasses.asdict(given))
-    return [f'{name}: saved {saved[name]!r}, given {value!r}' if name in saved else
-            f'{name}: not saved, given {value!r}'
-            for name, value in current.items() if name not in keep and saved.get(name, ...) != value]
+    return [f'{name}: {recorded(name)}, given {value!r}' for name, value in current.items()
+            if name not in keep and saved.get(name, defaults.get(name, ...)) != value]

@@ -9,6 +9,7 @@ from typing import Optional
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from asvit_zoo.cli import build_parser, main
 from asvit_zoo.distributed import init_distributed
@@ -130,6 +131,18 @@ def test_augment_batch_zooms_about_the_centre():
     assert area.min() >= 64 / 4 * 0.9 and area.max() <= 64 * 4 * 1.1  # zoom factor in [1/2, 2]
     assert area.std() > 1  # a factor per image
     assert torch.allclose(out, out.flip(-1), atol=1e-5) and torch.allclose(out, out.flip(-2), atol=1e-5)
+
+
+def test_fine_tuning_starts_from_the_shipped_weights_with_a_new_classifier(tmp_path):
+    shipped = load_file(REPO_ROOT / 'registry' / 'asvit_tiny.fmnist' / 'model.safetensors')
+    _train('--model', 'asvit_tiny.fmnist', '--pretrained', '--data', 'synthetic', '--synthetic-classes', '5',
+           '--img-size', '28', '--synthetic-train', '64', '--synthetic-eval', '32', '--batch-size', '32',
+           '--epochs', '1', '--warmup-epochs', '0', '--lr', '0', '--min-lr', '0', '--device', 'cpu', '--no-progress',
+           '--output', str(tmp_path))
+    trained = _weights(tmp_path)['model']  # learning rate 0: the weights it started from
+    assert trained['head.fc.weight'].shape == (5, shipped['head.fc.weight'].shape[1])  # 10 classes shipped
+    body = [k for k in shipped if not k.startswith('head.fc.')]
+    assert len(body) == len(shipped) - 2 and all(torch.equal(trained[k], shipped[k]) for k in body)
 
 
 def test_synthetic_images_are_deterministic():

@@ -99,8 +99,10 @@ def test_changed_settings_names_each_difference():
         added: Optional[float] = None
 
     saved = {'steps': 5, 'sizes': [1, 2], 'device': 'cuda'}  # as a JSON file holds it: a list for the tuple
-    assert changed_settings(saved, Run()) == ["steps: saved 5, given 10", "device: saved 'cuda', given 'cpu'",
-                                              'added: not saved, given None']
-    assert changed_settings(saved, Run(steps=5, device='cuda', sizes=(1, 2)), keep=('added',)) == []
+    assert changed_settings(saved, Run()) == ["steps: saved 5, given 10", "device: saved 'cuda', given 'cpu'"]
+    # a setting added since the run was saved is its default there: a change only at another value
+    assert changed_settings(saved, Run(steps=5, device='cuda', added=0.5)) == [
+        'added: not saved (default None), given 0.5']
+    assert changed_settings(saved, Run(steps=5, device='cuda', sizes=(1, 2), added=0.5), keep=('added',)) == []
     assert changed_settings({**saved, 'added': None}, Run(steps=5, sizes=(2, 1), device='cuda')) == [
         'sizes: saved [1, 2], given [2, 1]']
