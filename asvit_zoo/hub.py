@@ -286,7 +286,8 @@ def load_safetensors(path: PathLike) -> Dict[str, torch.Tensor]:
 
 def read_checkpoint(path: PathLike, ema: bool = False) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """(model state dict, trainer info) of a checkpoint: a trainer ``last.pth.tar`` (state under ``model``, or
-    ``ema`` with ``ema=True``; info: its config, epoch, schedule), a plain state dict, or a safetensors file."""
+    ``ema`` with ``ema=True``; info: its config, epoch, schedule and the genotype it trained), a plain state dict,
+    or a safetensors file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'{path}: checkpoint not found')
@@ -297,7 +298,7 @@ def read_checkpoint(path: PathLike, ema: bool = False) -> Tuple[Dict[str, torch.
         raise ValueError(f'{path}: expected a trainer checkpoint or a state dict, found {type(checkpoint).__name__}')
     key = 'ema' if ema else 'model'
     if isinstance(checkpoint.get(key), dict):
-        info = {k: checkpoint[k] for k in ('config', 'epoch', 'schedule') if k in checkpoint}
+        info = {k: checkpoint[k] for k in ('config', 'epoch', 'schedule', 'genotype') if k in checkpoint}
         return checkpoint[key], info
     if ema:
         raise ValueError(f'{path}: no EMA weights (the run was trained without --model-ema)')
@@ -357,16 +358,24 @@ def _pretrained_cfg(train_cfg: Mapping[str, Any], in_chans: int, tag: str = '') 
             'mean': dataset['mean'], 'std': dataset['std']}
 
 
-def _checkpoint_genotype(checkpoint: Path, train_cfg: Mapping[str, Any]) -> Genotype:
-    """The genotype a trainer checkpoint was trained with: its config's genotype, else that of its registered
-    model name (the trainer builds ``create_model(model, genotype=...)``, so the genotype wins)."""
+def _trained_genotype(info: Mapping[str, Any]) -> Optional[str]:
+    """The genotype a trainer checkpoint (its :func:`read_checkpoint` info) was trained with: the one it records,
+    else (checkpoints written before it did) its config's genotype or that of its registered model name, tag
+    dropped (the trainer builds ``create_model(model, genotype=...)``, so the genotype wins); None if unknown."""
+    from timm.models import split_model_name_tag
+
     from .asvit import registered_card
 
-    card = registered_card(train_cfg.get('model') or '')
-    text = train_cfg.get('genotype') or (str(card.genotype) if card is not None else None)
+    train_cfg = info.get('config') or {}
+    card = registered_card(split_model_name_tag(train_cfg.get('model') or '')[0])
+    return info.get('genotype') or train_cfg.get('genotype') or (str(card.genotype) if card is not None else None)
+
+
+def _checkpoint_genotype(checkpoint: Path, info: Mapping[str, Any]) -> Genotype:
+    text = _trained_genotype(info)
     if text is None:
-        raise ValueError(f'{checkpoint}: no genotype (none in its trainer config, and its model '
-                         f'{train_cfg.get("model")!r} is not a registered variant)')
+        raise ValueError(f'{checkpoint}: no genotype (the checkpoint records none, none in its trainer config, and '
+                         f'its model {(info.get("config") or {}).get("model")!r} is not a registered variant)')
     return Genotype.parse(text)
 
 
@@ -378,7 +387,7 @@ def checkpoint_model(checkpoint: PathLike, ema: bool = False) -> 'torch.nn.Modul
     checkpoint = Path(checkpoint)
     state, info = read_checkpoint(checkpoint, ema=ema)
     train_cfg = info.get('config') or {}
-    genotype = _checkpoint_genotype(checkpoint, train_cfg)
+    genotype = _checkpoint_genotype(checkpoint, info)
     state, in_chans, num_classes = _check_state(state, genotype, checkpoint)
     model = AsViT(genotype, num_classes=num_classes, in_chans=in_chans)
     model.load_state_dict(state, strict=True)
@@ -452,7 +461,8 @@ def export_weights(checkpoint: PathLike, variant: str, tag: str, root: Optional[
     train_cfg = info.get('config') or {}
     known = {card.name: card for card in load_registry(root)} if root.is_dir() else {}
     card = known.get(variant) or registered_card(variant)
-    text = str(card.genotype) if card is not None else genotype or train_cfg.get('genotype')
+    trained = _trained_genotype(info)
+    text = str(card.genotype) if card is not None else genotype or trained
     if text is None:
         raise ValueError(f'{variant} is neither in {root} nor a registered variant: pass the genotype of the new '
                          f'variant (--genotype)')
@@ -462,9 +472,8 @@ def export_weights(checkpoint: PathLike, variant: str, tag: str, root: Optional[
                          f'under another variant name')
     if checkpoint.suffix == '.safetensors':
         check_genotype(checkpoint, parsed)
-    if train_cfg.get('genotype') and Genotype.parse(train_cfg['genotype']) != parsed:
-        raise ValueError(f"{checkpoint}: trained genotype {train_cfg['genotype']} is not the genotype {parsed} "
-                         f'of {variant}')
+    if trained is not None and Genotype.parse(trained) != parsed:
+        raise ValueError(f'{checkpoint}: trained genotype {trained} is not the genotype {parsed} of {variant}')
     state, in_chans, num_classes = _check_state(state, parsed, checkpoint)
     tensors = {k: v.detach().contiguous() for k, v in state.items()}
     metadata = {'format': WEIGHTS_FORMAT, 'genotype': str(parsed), 'architecture': variant,

@@ -569,7 +569,8 @@ class Trainer:
         if not self.env.is_main:
             return
         checkpoint = {
-            'epoch': epoch, 'config': self.cfg.to_dict(), 'model': self.model.state_dict(),
+            'epoch': epoch, 'config': self.cfg.to_dict(), 'genotype': str(self.model.genotype),
+            'model': self.model.state_dict(),
             'optimizer': self.optimizer.state_dict(), 'scheduler': self.scheduler.state_dict(),
             'ema': self.ema.module.state_dict() if self.ema is not None else None,
             'scaler': self.scaler.state_dict() if self.scaler is not None else None,

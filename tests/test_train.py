@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
+import timm
 import torch
 from safetensors.torch import load_file
 
 from asvit_zoo.cli import build_parser, main
 from asvit_zoo.distributed import init_distributed
 from asvit_zoo.evaluation import evaluate_pretrained
+from asvit_zoo.hub import checkpoint_model
 from asvit_zoo.train import (
     CHECKPOINT, METRICS, Trainer, TrainConfig, augment_batch, load_config, read_metrics, synthetic_images)
 from conftest import torchrun
@@ -143,6 +145,17 @@ def test_fine_tuning_starts_from_the_shipped_weights_with_a_new_classifier(tmp_p
     assert trained['head.fc.weight'].shape == (5, shipped['head.fc.weight'].shape[1])  # 10 classes shipped
     body = [k for k in shipped if not k.startswith('head.fc.')]
     assert len(body) == len(shipped) - 2 and all(torch.equal(trained[k], shipped[k]) for k in body)
+
+    # the checkpoint records the genotype it trained, which its model name ('asvit_tiny.fmnist') gives only
+    # without the tag: `asvit eval` and `asvit export` rebuild the model from it
+    checkpoint = _weights(tmp_path)
+    assert checkpoint['genotype'] == str(timm.create_model('asvit_tiny').genotype)
+    older = tmp_path / 'older.pth.tar'  # as written before checkpoints recorded it: found through the name
+    torch.save({k: v for k, v in checkpoint.items() if k != 'genotype'}, older)
+    for path in (tmp_path / CHECKPOINT, older):
+        model = checkpoint_model(path)
+        assert str(model.genotype) == checkpoint['genotype'] and torch.equal(model.head.fc.weight,
+                                                                             trained['head.fc.weight'])
 
 
 def test_synthetic_images_are_deterministic():
