@@ -77,9 +77,10 @@ class BuildPreset:
             if not isinstance(getattr(self, section), Mapping):
                 raise ValueError(f'preset {self.name}: {section} must be an object of settings, got '
                                  f'{getattr(self, section)!r}')
-        unknown = sorted(set(self.train) & {'model', 'genotype'})
+        unknown = sorted(set(self.train) & {'model', 'genotype', 'pretrained'})
         if unknown:
-            raise ValueError(f'preset {self.name}: train must not set {unknown} (the build trains its own variants)')
+            raise ValueError(f'preset {self.name}: train must not set {unknown} (the build trains its own variants, '
+                             f'from scratch)')
         parameters = inspect.signature(evaluate_pretrained).parameters
         options = set(parameters) - {'model', 'data'}
         unknown = sorted(set(self.evaluate) - options - {'data'})

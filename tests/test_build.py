@@ -231,6 +231,8 @@ def test_preset_errors_name_the_problem(tmp_path: Path):
          r"scale: variant names must be model names .*\['bad name!'\]"),
         (dict(search=dict(TINY_PRESET['search'], stepz=3)), "search: .*unexpected keyword argument 'stepz'"),
         (dict(train=dict(TINY_PRESET['train'], epochs='1')), 'train: '),
+        (dict(train=dict(TINY_PRESET['train'], pretrained=True)),
+         r"train must not set \['pretrained'\] \(the build trains its own variants, from scratch\)"),
         (dict(evaluate={'foo': 1}), r"unknown evaluate setting\(s\) \['foo'\]"),
         (dict(search=None), 'search must be an object of settings, got None'),
         (dict(tag=5), 'tag: tag must be a non-empty name without "." or "/", got 5'),
