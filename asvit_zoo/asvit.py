@@ -39,8 +39,9 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq, named_apply
 
 from .genotype import Genotype
-from .hub import describe_mismatch, read_checkpoint, resolve_weights
-from .registry import RegistryError, VariantCard, extra_registries, load_card, load_registry, tagged_name
+from .hub import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, describe_mismatch, hub_file, read_checkpoint, resolve_weights
+from .registry import (CONFIG_FILE, RegistryError, VariantCard, extra_registries, load_card, load_registry,
+                       tagged_name)
 from .validation import is_count
 
 __all__ = ['AsViT', 'checkpoint_filter_fn', 'unwrap_state_dict', 'register_cards', 'registered_card',
@@ -714,6 +715,19 @@ def register_folder(folder: Union[str, Path]) -> str:
     if card.name not in _CARDS or card.tag not in _CARDS[card.name].tags():
         register_cards([card])
     return card.name
+
+
+def register_model_source(name: str) -> None:
+    """Make a model name of ``timm.create_model`` known before it is created: the variant of an ``hf-hub:``
+    repo (its config.json from the cache or the Hub; :class:`~asvit_zoo.hub.HubUnavailableError`, saying how to
+    fix it, when neither has it) or of a ``local-dir:`` folder is registered, as a variant outside the registry
+    must be; a registered variant's tag is checked (:func:`check_pretrained_tag`)."""
+    if name.startswith(HF_HUB_PREFIX):
+        register_folder(hub_file(name[len(HF_HUB_PREFIX):], CONFIG_FILE).parent)
+    elif name.startswith(LOCAL_DIR_PREFIX):
+        register_folder(name[len(LOCAL_DIR_PREFIX):])
+    else:
+        check_pretrained_tag(name)
 
 
 register_cards(load_registry())

@@ -18,10 +18,10 @@ import timm
 import torch
 from torch import nn
 
-from .asvit import AsViT, check_pretrained_tag, register_folder
+from .asvit import AsViT, register_model_source
 from .devices import parse_device, resolve_device
 from .distributed import DistEnv
-from .hub import CONFIG_FILE, HF_HUB_PREFIX, LOCAL_DIR_PREFIX, WEIGHTS_FILE, checkpoint_model, hub_file
+from .hub import CONFIG_FILE, HF_HUB_PREFIX, LOCAL_DIR_PREFIX, WEIGHTS_FILE, checkpoint_model
 from .retokenization import FULL_TOKENS, format_tokenizer, parse_tokenizer
 from .train import FASHION_MNIST, TrainConfig, build_data, evaluate
 from .validation import is_count
@@ -58,13 +58,7 @@ def load_pretrained(model: str, ema: bool = False) -> AsViT:
         raise FileNotFoundError(f'weights file not found: {model}')
     elif ema:
         raise ValueError(f'--ema needs a trainer checkpoint file, got {model!r}')
-    if model.startswith(HF_HUB_PREFIX):
-        # A clear offline/no-cache error before timm's own fetch; a variant outside the registry gets registered.
-        register_folder(hub_file(model[len(HF_HUB_PREFIX):], CONFIG_FILE).parent)
-    elif model.startswith(LOCAL_DIR_PREFIX):
-        register_folder(model[len(LOCAL_DIR_PREFIX):])
-    else:
-        check_pretrained_tag(model)
+    register_model_source(model)  # a clear offline/no-cache error before timm's own fetch
     created = timm.create_model(model, pretrained=True)
     if not isinstance(created, AsViT):
         raise ValueError(f'{model!r} is a {type(created).__name__}, not an As-ViT model')

@@ -58,7 +58,7 @@ from timm.optim import create_optimizer_v2, get_optimizer_class
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, NativeScaler, accuracy
 
-from .asvit import AsViT
+from .asvit import AsViT, register_model_source
 from .cost import param_count
 from .datasets import DEFAULT_ROOT, load_fashion_mnist
 from .devices import parse_device
@@ -375,6 +375,7 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> AsViT:
     kwargs: Dict[str, Any] = dict(num_classes=num_classes, in_chans=in_chans, drop_path_rate=cfg.drop_path)
     if cfg.genotype is not None:
         kwargs['genotype'] = cfg.genotype
+    register_model_source(cfg.model)
     model = timm.create_model(cfg.model, pretrained=cfg.pretrained, **kwargs)
     if not isinstance(model, AsViT):
         raise ValueError(f'{cfg.model!r} is not an As-ViT model; progressive re-tokenization needs one')

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from asvit_zoo.cli import build_parser, main
 from asvit_zoo.distributed import init_distributed
 from asvit_zoo.evaluation import evaluate_pretrained
-from asvit_zoo.hub import checkpoint_model
+from asvit_zoo.hub import checkpoint_model, export_weights
 from asvit_zoo.train import (
     CHECKPOINT, METRICS, Trainer, TrainConfig, augment_batch, load_config, read_metrics, synthetic_images)
 from conftest import torchrun
@@ -156,6 +156,18 @@ def test_fine_tuning_starts_from_the_shipped_weights_with_a_new_classifier(tmp_p
         model = checkpoint_model(path)
         assert str(model.genotype) == checkpoint['genotype'] and torch.equal(model.head.fc.weight,
                                                                              trained['head.fc.weight'])
+
+    # exported as a variant outside the registry, it is fine-tuned from its folder (local-dir:): the trainer
+    # registers the folder's variant before timm creates it
+    folder = export_weights(tmp_path / CHECKPOINT, 'asvit_finetuned', 'synth5', root=tmp_path / 'registry').path
+    again = tmp_path / 'again'
+    _train('--model', f'local-dir:{folder}', '--pretrained', '--data', 'synthetic', '--synthetic-classes', '5',
+           '--img-size', '28', '--synthetic-train', '32', '--synthetic-eval', '32', '--batch-size', '32',
+           '--epochs', '1', '--warmup-epochs', '0', '--lr', '0', '--min-lr', '0', '--device', 'cpu', '--no-progress',
+           '--output', str(again))
+    weights = _weights(again)
+    assert weights['genotype'] == checkpoint['genotype']
+    assert all(torch.equal(weights['model'][k], v) for k, v in trained.items())
 
 
 def test_synthetic_images_are_deterministic():
