@@ -128,13 +128,14 @@ def changed_settings(saved: Mapping[str, Any], given: Any, keep: Iterable[str] =
     def as_json(value: Any) -> Any:
         return json.loads(json.dumps(value))
 
+    saved = as_json(dict(saved))
+    defaults = as_json({f.name: f.default for f in dataclasses.fields(given) if f.default is not dataclasses.MISSING})
+    expected = {**defaults, **saved}
+
     def recorded(name: str) -> str:
         if name in saved:
             return f'saved {saved[name]!r}'
-        return 'not saved' if defaults.get(name, ...) is ... else f'not saved (default {defaults[name]!r})'
+        return f'not saved (default {defaults[name]!r})' if name in defaults else 'not saved'
 
-    saved = as_json(dict(saved))
-    defaults = as_json({f.name: f.default for f in dataclasses.fields(given) if f.default is not dataclasses.MISSING})
-    current = as_json(dataclasses.asdict(given))
-    return [f'{name}: {recorded(name)}, given {value!r}' for name, value in current.items()
-            if name not in keep and saved.get(name, defaults.get(name, ...)) != value]
+    return [f'{name}: {recorded(name)}, given {value!r}' for name, value in as_json(dataclasses.asdict(given)).items()
+            if name not in keep and expected.get(name, ...) != value]
