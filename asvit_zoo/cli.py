@@ -5,6 +5,10 @@ import argparse
 import sys
 from typing import Callable, List, Optional
 
+import timm
+import torch
+
+from . import __version__
 from .commands import build, correlate, evaluate, hub, measure, scale, search, summary, train
 
 __all__ = ['main', 'build_parser']
@@ -25,6 +29,8 @@ SUBCOMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='asvit', description='As-ViT model zoo: models, measures, pipeline.')
+    parser.add_argument('--version', action='version', help='print the versions of asvit-zoo, timm and torch',
+                        version=f'asvit-zoo {__version__} (timm {timm.__version__}, torch {torch.__version__})')
     subparsers = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
     for add in SUBCOMMANDS:
         add(subparsers)

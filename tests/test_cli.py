@@ -1,8 +1,12 @@
 """The ``asvit`` command line: the variant tables and model cards, and every option's help."""
 import argparse
 import re
+import tomllib
+from pathlib import Path
 
 import pytest
+import timm
+import torch
 
 from asvit_zoo.asvit import registered_card, registered_cards
 from asvit_zoo.cli import build_parser, main
@@ -62,3 +66,12 @@ def test_every_option_of_every_command_has_a_help_text():
     assert len(commands.choices) >= 10
     assert {name: options_without_help(parser) for name, parser in commands.choices.items()
             if options_without_help(parser)} == {}
+
+
+def test_version_is_the_projects_with_timms_and_torchs(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(['--version'])
+    assert exit_info.value.code == 0
+    project = tomllib.loads((Path(__file__).parents[1] / 'pyproject.toml').read_text())['project']
+    assert capsys.readouterr().out.strip() == (f"asvit-zoo {project['version']} (timm {timm.__version__}, "
+                                               f"torch {torch.__version__})")
