@@ -69,6 +69,16 @@ def _same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> Tup
     return before, after
 
 
+def _static_size(size: int) -> int:
+    """An image side as a constant for torch.compile. Traced as a symbolic size (Dynamo's default once an input
+    size changes), the padded token grids stage after stage gave shape formulas that took the compiler more than
+    ten minutes; ``range`` needs a concrete int, so Dynamo fixes the side instead, and a new image size compiles
+    again (as fast as the first); the batch size is left to Dynamo. Outside compilation: ``size`` itself."""
+    if torch.jit.is_scripting():
+        return size
+    return len(range(size))
+
+
 def window_grid(size: int, split: int) -> Tuple[int, int]:
     """(window side, number of windows) of one axis of ``size`` tokens cut into ``split`` parts.
 
@@ -139,8 +149,8 @@ class ElasticPatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stride, dilation = self.proj.stride[0], self.proj.dilation[0]
-        top, bottom = _same_padding(x.shape[-2], self.kernel_size, stride, dilation)
-        left, right = _same_padding(x.shape[-1], self.kernel_size, stride, dilation)
+        top, bottom = _same_padding(_static_size(x.shape[-2]), self.kernel_size, stride, dilation)
+        left, right = _same_padding(_static_size(x.shape[-1]), self.kernel_size, stride, dilation)
         x = self.proj(F.pad(x, (left, right, top, bottom)))
         # contiguous here: LayerNorm would copy the permuted view in its forward and again in its backward
         return self.norm(x.permute(0, 2, 3, 1).contiguous())

@@ -407,3 +407,25 @@ def test_torchscript(variant):
         x = torch.randn(1, 3, *size)
         with torch.no_grad():
             assert torch.allclose(scripted(x), model(x), atol=1e-6)
+
+
+@pytest.mark.timeout(300)
+def test_torch_compile_fixes_each_new_image_size():
+    """A changed input size makes Dynamo trace sizes as symbols; the image side must come out as a constant
+    (before: the padded token grids' shape formulas took the compiler more than ten minutes)."""
+    graph_inputs = []
+
+    def recording_backend(graph: torch.fx.GraphModule, example_inputs: list) -> Any:
+        graph_inputs.append(example_inputs)
+        return graph.forward
+
+    model = timm.create_model('asvit_tiny').eval()
+    compiled = torch.compile(model, backend=recording_backend)
+    with torch.no_grad():
+        for size in [(64, 64), (72, 60), (31, 33)]:
+            x = torch.randn(2, 3, *size)
+            torch.testing.assert_close(compiled(x), model(x))
+    assert len(graph_inputs) == 3
+    for inputs in graph_inputs:
+        assert not [i for i in inputs if isinstance(i, torch.SymInt)]
+        assert all(isinstance(d, int) for i in inputs if isinstance(i, torch.Tensor) for d in i.shape[-2:])
