@@ -145,6 +145,8 @@ class TrainConfig:
     model_ema: bool = setting(False, 'keep and score an exponential moving average of the weights')
     model_ema_decay: float = setting(0.9998, 'EMA decay per update', _PROBABILITY)
     amp: str = setting('none', "'none', 'bf16' or 'fp16' (fp16: CUDA only)")
+    compile: Optional[str] = setting(None, "torch.compile backend for the training steps, e.g. 'inductor' (each "
+                                           'tokenizer setting compiles once), unset: eager')
     # progressive re-tokenization
     retokenization: str = setting('full', f"a schedule ({', '.join(SCHEDULES)}) or "
                                           "'fraction:stride:dilation,...'")
@@ -175,6 +177,10 @@ class TrainConfig:
                 raise ValueError(f"auto_augment {self.auto_augment!r} is not a timm policy (e.g. "
                                  f"'rand-m9-mstd0.5-inc1', 'augmix-m5-w4-d2', 'original'): {e}") from None
         parse_schedule(self.retokenization)
+        backends = torch.compiler.list_backends(exclude_tags=())
+        if self.compile is not None and self.compile not in backends:
+            raise ValueError(f'compile must be a torch.compile backend ({", ".join(backends)}) or unset, got '
+                             f'{self.compile!r}')
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -511,10 +517,12 @@ class Trainer:
                                switch_prob=cfg.mixup_switch_prob, label_smoothing=cfg.smoothing,
                                num_classes=self.data.num_classes)
         self.loss_fn = _loss_fn(cfg, self.mixup)
-        self.ddp_model: nn.Module = self.model
+        self.step_model: nn.Module = self.model  # what the training steps call: wrapped in DDP, compiled where set
         if self.env.distributed:
             device_ids = [self.device.index] if self.device.type == 'cuda' else None
-            self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids)
+            self.step_model = DistributedDataParallel(self.model, device_ids=device_ids)
+        if cfg.compile is not None:  # around DDP, as in timm's train.py; evaluation and checkpoints use self.model
+            self.step_model = torch.compile(self.step_model, backend=cfg.compile)
         # carried by the checkpoint
         self.start_epoch, self.train_macs, self.wall, self.cpu = 0, 0, 0., 0.
         self.metrics: List[Dict[str, Any]] = []
@@ -588,7 +596,7 @@ class Trainer:
         sampler = getattr(self.data.train_loader, 'sampler', None)
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
-        self.ddp_model.train()
+        self.step_model.train()
         embed = self.model.patch_embed
         loss_sum, seen, settings_used = 0., 0, []
         bar = tqdm(self.data.train_loader, total=self.steps_per_epoch, desc=f'epoch {epoch + 1}/{self.cfg.epochs}',
@@ -605,7 +613,7 @@ class Trainer:
             if self.mixup is not None:
                 x, y = self.mixup(x, y)
             with self.autocast():
-                loss = self.loss_fn(self.ddp_model(x), y)
+                loss = self.loss_fn(self.step_model(x), y)
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler(loss, self.optimizer, clip_grad=self.cfg.clip_grad, parameters=self.model.parameters())

@@ -196,6 +196,26 @@ def test_resume_continues_exactly(tmp_path):
     assert 0 < a[-1]['train_macs'] < a[-1]['train_macs_full']
 
 
+def test_compiled_training_steps_match_eager_ones(tmp_path):
+    """--compile runs the training steps through torch.compile: one graph per tokenizer setting, the same losses
+    as eager steps to float rounding, and checkpoints with the model's own tensor names."""
+    args = ['--genotype', TINY, '--data', 'synthetic', '--img-size', '28', '--synthetic-train', '96',
+            '--synthetic-eval', '32', '--batch-size', '32', '--epochs', '1', '--retokenization', '0.4:8:2,0.6:4:1',
+            '--device', 'cpu', '--no-progress']
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    _train('--output', str(tmp_path / 'compiled'), '--compile', 'aot_eager', *args)
+    assert torch._dynamo.utils.counters['stats']['unique_graphs'] == 2  # 8:2, then 4:1
+    _train('--output', str(tmp_path / 'eager'), *args)
+    (compiled,), (eager,) = read_metrics(tmp_path / 'compiled' / METRICS), read_metrics(tmp_path / 'eager' / METRICS)
+    assert compiled['tokenizer'] == eager['tokenizer'] == ['8:2', '4:1']
+    for key in ('train_loss', 'eval_loss'):
+        assert compiled[key] == pytest.approx(eager[key], rel=1e-4), key
+    weights_compiled, weights_eager = _weights(tmp_path / 'compiled')['model'], _weights(tmp_path / 'eager')['model']
+    assert weights_compiled.keys() == weights_eager.keys()
+    assert all(torch.allclose(weights_compiled[k], weights_eager[k], atol=1e-5) for k in weights_eager)
+
+
 def test_an_epoch_ending_on_coarse_tokens_is_also_scored_on_that_grid(tmp_path):
     run = tmp_path / 'run'
     args = ['--output', str(run), '--config', str(REPO_ROOT / 'recipes' / 'fmnist_tiny.json'), '--genotype', TINY,
@@ -414,6 +434,7 @@ def test_model_and_genotype(tmp_path):
     (dict(workers=-1), 'workers must be an integer >= 0, got -1'),
     (dict(scale_range=0.5), 'scale_range must be a finite number >= 1, got 0.5'),
     (dict(seed=2 ** 32), r'seed must be an integer in \[0, 4294967295\], got 4294967296'),
+    (dict(compile='fast'), r"compile must be a torch.compile backend \(.*inductor.*\) or unset, got 'fast'"),
 ])
 def test_settings_are_checked(setting, message):
     with pytest.raises(ValueError, match=message):
