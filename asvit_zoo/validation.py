@@ -11,8 +11,10 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Iterable, List, Mapping, Optional, Tuple
 
-__all__ = ['COUNT', 'NON_NEGATIVE', 'POSITIVE', 'SEED_MAX', 'SEED_RANGE', 'Range', 'changed_settings', 'check_fields',
-           'check_seed', 'field_type', 'is_count', 'offset_seed', 'setting']
+import torch
+
+__all__ = ['COUNT', 'NON_NEGATIVE', 'POSITIVE', 'SEED_MAX', 'SEED_RANGE', 'Range', 'changed_settings',
+           'check_compile_backend', 'check_fields', 'check_seed', 'field_type', 'is_count', 'offset_seed', 'setting']
 
 SEED_MAX = 2 ** 32 - 1  # the largest seed every generator we seed (torch, numpy) accepts
 _KIND_WORDS = {bool: 'true or false', int: 'an integer', float: 'a finite number', str: 'a string'}
@@ -105,6 +107,13 @@ def _check(name: str, value: Any, kind: Any, allowed: Optional[Range] = None, op
 def check_seed(seed: Any) -> None:
     """Raise ``ValueError`` unless ``seed`` is an integer in :data:`SEED_RANGE`."""
     _check('seed', seed, int, SEED_RANGE)
+
+
+def check_compile_backend(backend: str, name: str = 'compile') -> None:
+    """Raise ``ValueError`` unless ``backend`` is one of torch.compile's backends (debug ones included)."""
+    if backend not in torch.compiler.list_backends(exclude_tags=()):
+        raise ValueError(f'{name} must be a torch.compile backend ({", ".join(torch.compiler.list_backends())}, or '
+                         f"a debug one such as 'eager' or 'aot_eager'), got {backend!r}")
 
 
 def offset_seed(seed: int, offset: int) -> int:

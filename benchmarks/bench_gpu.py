@@ -9,7 +9,8 @@ the rest give seconds per step and the extrapolated wall time of a full 500-step
 trainer itself (:class:`asvit_zoo.train.Trainer`, its own epoch loop: data, AdamW, schedule, loss).
 For each tokenizer setting (full tokens 4:1 and the coarse settings of the 'paper' schedule, 8:2 and
 16:2) an untimed epoch of ``--train-steps`` steps warms up, then a second one is timed: images/s and
-the peak GPU memory allocated during it.
+the peak GPU memory allocated during it. ``--compile inductor`` trains through torch.compile (each
+setting's warm-up epoch compiles).
 
     python benchmarks/bench_gpu.py --output runs/bench_gpu
 """
@@ -30,6 +31,7 @@ from asvit_zoo.fileio import read_json_lines, write_json
 from asvit_zoo.retokenization import FULL_TOKENS, SCHEDULES, format_tokenizer, parse_schedule
 from asvit_zoo.search import STEPS_FILE, SearchConfig, search
 from asvit_zoo.train import TrainConfig, Trainer
+from asvit_zoo.validation import check_compile_backend
 
 PAPER_SEARCH_STEPS = 500
 
@@ -86,7 +88,7 @@ def train_settings(args: argparse.Namespace, output: Path) -> List[Dict[str, Any
     cfg = TrainConfig(model=args.model, data='synthetic', img_size=args.train_size, amp=args.amp,
                       batch_size=args.batch_size, epochs=2 * len(settings), warmup_epochs=0,
                       synthetic_train=args.batch_size * args.train_steps, synthetic_eval=args.batch_size,
-                      retokenization=schedule, device=str(device))
+                      retokenization=schedule, device=str(device), compile=args.compile)
     trainer = Trainer(cfg, output / 'train', progress=args.progress)
     images = args.train_steps * args.batch_size
     rows = []
@@ -115,8 +117,9 @@ def format_search(s: Dict[str, Any]) -> str:
 
 def format_train(rows: List[Dict[str, Any]], args: argparse.Namespace) -> str:
     full = rows[0]
-    lines = [f'{args.model} at {args.train_size} px, synthetic data, amp {args.amp}, batch {args.batch_size}, '
-             f'{args.train_steps} timed steps per setting',
+    compiled = '' if args.compile is None else f', torch.compile ({args.compile})'
+    lines = [f'{args.model} at {args.train_size} px, synthetic data, amp {args.amp}{compiled}, batch '
+             f'{args.batch_size}, {args.train_steps} timed steps per setting',
              f"{'tokenizer':>9} {'tokens':>6} {'GMACs/img':>10} {'images/s':>9} {'vs full':>8} "
              f"{'peak GiB':>9} {'vs full':>8}"]
     for r in rows:
@@ -144,6 +147,8 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument('--batch-size', type=int, default=128, help='training batch size (default: 128)')
     parser.add_argument('--amp', default='bf16', choices=('bf16', 'fp16', 'none'),
                         help='autocast dtype of training (default: bf16)')
+    parser.add_argument('--compile', metavar='BACKEND', help="train through torch.compile with this backend, e.g. "
+                                                             "'inductor' (default: eager)")
     parser.add_argument('--progress', action='store_true', help='progress bars')
     args = parser.parse_args(argv)
     runners: Dict[str, Tuple[Callable[[argparse.Namespace, Path], Any], Callable[[Any], str]]] = {
@@ -157,11 +162,16 @@ def main(argv: List[str] = None) -> int:
     if 'search' in parts and args.search_steps < 2:
         parser.error(f'--search-steps must be at least 2 (step 1 carries the warm-up and is reported apart from '
                      f'the median of steps 2-N), got {args.search_steps}')
+    if args.compile is not None:
+        try:
+            check_compile_backend(args.compile, '--compile')
+        except ValueError as e:
+            parser.error(str(e))
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'
-    results: Dict[str, Any] = {'device': name, 'torch': torch.__version__}
+    results: Dict[str, Any] = {'device': name, 'torch': torch.__version__, 'compile': args.compile}
     print(f'device: {name}, torch {torch.__version__}', flush=True)
     for part in parts:
         run, render = runners[part]

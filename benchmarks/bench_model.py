@@ -1,7 +1,8 @@
 """CPU throughput of As-ViT models with each attention path, against Swin-T: inference, or training steps.
 
 The As-ViT paths: the default (SDPA, but plain matmul-softmax attention in windows of at most
-``CPU_PLAIN_ATTN_MAX_TOKENS`` tokens), SDPA in every window, and plain attention in every window.
+``CPU_PLAIN_ATTN_MAX_TOKENS`` tokens), SDPA in every window, and plain attention in every window; with
+``--compile BACKEND`` also the default path through torch.compile (a copy of the model, compiled in the warm-up).
 
 All configurations are measured side by side: every round times one pass of each, in an order rotated
 from round to round, after ``--warmup`` untimed rounds. A pass is a forward pass (torch.inference_mode,
@@ -12,10 +13,12 @@ Prints a markdown table with parameters, GMACs (``asvit_zoo.cost.count_macs``) a
     python benchmarks/bench_model.py --batch 8 --image-size 224 --iters 5 --warmup 1
     python benchmarks/bench_model.py --train --batch 128 --image-size 28 --in-chans 1 --num-classes 10 \
         --reference none --model asvit_tiny --model '4,8,3,1|4,2,3,1|4,2,3,1|4,1,6,2|64,28'
+    python benchmarks/bench_model.py --batch 32 --image-size 64 --reference none --model asvit_seed --compile inductor
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -31,6 +34,7 @@ import asvit_zoo  # noqa: F401  (registers the As-ViT models with timm)
 from asvit_zoo.asvit import CPU_PLAIN_ATTN_MAX_TOKENS, AsViT
 from asvit_zoo.cost import count_macs, param_count
 from asvit_zoo.registry import code_cell
+from asvit_zoo.validation import check_compile_backend
 
 ASVIT_MODELS = ('asvit_large', 'asvit_large_paper', 'asvit_seed')
 REFERENCE_MODEL = 'swin_tiny_patch4_window7_224'
@@ -45,8 +49,12 @@ class Case:
     model_name: str
     model: nn.Module
     path: Optional[str]  # DEFAULT, SDPA or PLAIN; None: leave the model's own attention setting (not an As-ViT)
+    backend: Optional[str] = None  # a torch.compile backend: the passes run through the compiled model
     times: List[float] = field(default_factory=list)
     macs: int = 0
+
+    def __post_init__(self) -> None:
+        self.run: nn.Module = self.model if self.backend is None else torch.compile(self.model, backend=self.backend)
 
     def prepare(self) -> None:
         if self.path is not None and isinstance(self.model, AsViT):
@@ -58,6 +66,10 @@ class Case:
             return self.path
         uses_sdpa = any(getattr(m, 'fused_attn', False) for m in self.model.modules())
         return f'{SDPA if uses_sdpa else PLAIN} (timm default)'
+
+    @property
+    def label(self) -> str:
+        return self.attention if self.backend is None else f'{self.attention}, torch.compile ({self.backend})'
 
     def images_per_s(self, batch: int) -> float:
         return batch / statistics.median(self.times)
@@ -74,13 +86,15 @@ def create(name: str, in_chans: int, num_classes: int) -> nn.Module:
 
 
 def build_cases(models: Sequence[str], reference: Optional[str], image_size: int, in_chans: int,
-                num_classes: int) -> List[Case]:
+                num_classes: int, backend: Optional[str] = None) -> List[Case]:
     cases = []
     for name in models:
         model = create(name, in_chans, num_classes)
         if not isinstance(model, AsViT):
             raise SystemExit(f'--model {name}: not an As-ViT model (compare others with --reference)')
         cases += [Case(name, model, path) for path in SETTINGS]
+        if backend is not None:  # its own copy: the other cases switch the attention path of theirs every pass
+            cases.append(Case(name, copy.deepcopy(model), DEFAULT, backend))
     if reference is not None:
         model = timm.create_model(reference, img_size=image_size, in_chans=in_chans, num_classes=num_classes)
         cases.append(Case(reference, model, path=None))
@@ -108,9 +122,9 @@ def measure(cases: Sequence[Case], x: torch.Tensor, labels: Optional[torch.Tenso
             shift = round_index % len(cases)
             for case in [*cases[shift:], *cases[:shift]]:
                 case.prepare()
-                case.model.train(train)
+                case.run.train(train)
                 start = time.perf_counter()
-                one_pass(case.model, x, labels)
+                one_pass(case.run, x, labels)
                 elapsed = time.perf_counter() - start
                 if round_index >= warmup:
                     case.times.append(elapsed)
@@ -129,7 +143,7 @@ def markdown_table(cases: Sequence[Case], batch: int, reference_name: Optional[s
         vs_reference = f' {speed / reference:.2f}x |' if reference else ''
         vs_plain = f'{speed / plain[case.model_name]:.2f}x' if case.path in (DEFAULT, SDPA) else '-'
         name = code_cell(case.model_name) if '|' in case.model_name else case.model_name  # a genotype
-        rows.append(f'| {name} | {case.attention} | {param_count(case.model) / 1e6:.2f} | {case.macs / 1e9:.3g} | '
+        rows.append(f'| {name} | {case.label} | {param_count(case.model) / 1e6:.2f} | {case.macs / 1e9:.3g} | '
                     f'{speed:.2f} | {case.range_images_per_s(batch)} |{vs_reference} {vs_plain} |')
     return '\n'.join(rows)
 
@@ -148,9 +162,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--iters', type=int, default=5, help='timed rounds (default 5)')
     parser.add_argument('--warmup', type=int, default=1, help='untimed rounds before them (default 1)')
     parser.add_argument('--seed', type=int, default=0, help='torch seed for weights and input (default 0)')
+    parser.add_argument('--compile', metavar='BACKEND', dest='backend',
+                        help="also time each As-ViT's default path through torch.compile with this backend, e.g. "
+                             "'inductor' (compiled in the warm-up, which must be at least 1 round)")
     args = parser.parse_args(argv)
     if min(args.batch, args.image_size, args.in_chans, args.num_classes, args.iters) < 1 or args.warmup < 0:
         parser.error('--batch, --image-size, --in-chans, --num-classes and --iters must be >= 1, --warmup >= 0')
+    if args.backend is not None:
+        try:
+            check_compile_backend(args.backend, '--compile')
+        except ValueError as e:
+            parser.error(str(e))
+        if args.warmup < 1:
+            parser.error('--compile needs --warmup >= 1: the first pass compiles')
     args.models = args.models or list(ASVIT_MODELS)
     args.reference = None if args.reference.lower() == 'none' else args.reference
     return args
@@ -159,7 +183,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    cases = build_cases(args.models, args.reference, args.image_size, args.in_chans, args.num_classes)
+    cases = build_cases(args.models, args.reference, args.image_size, args.in_chans, args.num_classes, args.backend)
     x = torch.randn(args.batch, args.in_chans, args.image_size, args.image_size)
     labels = torch.randint(0, args.num_classes, (args.batch,)) if args.train else None
     measure(cases, x, labels, args.iters, args.warmup)
