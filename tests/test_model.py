@@ -429,3 +429,13 @@ def test_torch_compile_fixes_each_new_image_size():
     for inputs in graph_inputs:
         assert not [i for i in inputs if isinstance(i, torch.SymInt)]
         assert all(isinstance(d, int) for i in inputs if isinstance(i, torch.Tensor) for d in i.shape[-2:])
+
+
+def test_torch_export_takes_a_dynamic_batch_at_a_fixed_image_size():
+    model = timm.create_model('asvit_tiny').eval()
+    batch = torch.export.Dim('batch', min=1, max=64)
+    program = torch.export.export(model, (torch.randn(2, 3, 40, 36),), dynamic_shapes={'x': {0: batch}})
+    for n in (1, 5):
+        x = torch.randn(n, 3, 40, 36)
+        with torch.no_grad():
+            torch.testing.assert_close(program.module()(x), model(x))
