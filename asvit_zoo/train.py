@@ -548,9 +548,7 @@ class Trainer:
             found = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
             raise ValueError(f'{self.checkpoint_path}: not a checkpoint written by asvit train (it needs '
                              f'{list(RESUME_KEYS)}; found {found}); resume needs the run\'s own last.pth.tar')
-        # a setting that the checkpoint's version did not have counts as its default
-        saved = {**{f.name: f.default for f in dataclasses.fields(TrainConfig)}, **state['config']}
-        changed = changed_settings(saved, self.cfg)
+        changed = changed_settings(state['config'], self.cfg)  # a setting it lacks counts as its default
         if changed:
             raise ValueError(f'{self.checkpoint_path} was written with other settings ({"; ".join(changed)}); '
                              f'resume with the same config')
