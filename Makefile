@@ -11,4 +11,4 @@ build: setup
 	.venv/bin/asvit build --preset fmnist-cpu --out builds/fmnist-cpu
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
