@@ -33,7 +33,7 @@ from torch.jit import Final
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm, Mlp, trunc_normal_, use_fused_attn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, split_model_name_tag
 from timm.models._builder import resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq, named_apply
@@ -641,7 +641,7 @@ def registered_cards() -> List[VariantCard]:
 
 def registered_folder(name: str) -> Path:
     """The registry folder of a registered ``VARIANT`` (its default tag's) or ``VARIANT.TAG``."""
-    architecture, _, tag = name.partition('.')
+    architecture, tag = split_model_name_tag(name)
     card = registered_card(architecture)
     if card is None or (tag or card.tag) not in card.tags():
         names = [tagged_name(c.name, t) for c in registered_cards() for t in c.tags()]
@@ -652,7 +652,7 @@ def registered_folder(name: str) -> Path:
 
 def check_pretrained_tag(name: str) -> None:
     """Raise ``ValueError`` when ``name`` is a registered variant with a tag it does not have, listing its tags."""
-    architecture, _, tag = name.partition('.')
+    architecture, tag = split_model_name_tag(name)
     card = registered_card(architecture)
     if card is not None and tag and tag not in card.tags():
         tags = [tagged_name(architecture, t) for t in card.tags()]

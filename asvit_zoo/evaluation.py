@@ -16,6 +16,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 
 import timm
 import torch
+from timm.models import split_model_name_tag
 from torch import nn
 
 from .asvit import AsViT, register_model_source
@@ -53,7 +54,7 @@ def load_pretrained(model: str, ema: bool = False) -> AsViT:
             model = LOCAL_DIR_PREFIX + str(path.parent)
         else:
             return checkpoint_model(path, ema=ema).eval()
-    elif path.suffix in WEIGHTS_SUFFIXES and not timm.is_model(model.partition('.')[0]) and \
+    elif path.suffix in WEIGHTS_SUFFIXES and not timm.is_model(split_model_name_tag(model)[0]) and \
             not model.startswith((HF_HUB_PREFIX, LOCAL_DIR_PREFIX)):
         raise FileNotFoundError(f'weights file not found: {model}')
     elif ema:

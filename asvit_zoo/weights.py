@@ -39,16 +39,16 @@ def _load_file(path: Path) -> Dict[str, torch.Tensor]:
 
 def _load_registered(name: str) -> Dict[str, torch.Tensor]:
     import timm
-    from timm.models import get_pretrained_cfg
+    from timm.models import get_pretrained_cfg, split_model_name_tag
 
     check_pretrained_tag(name)
     cfg = get_pretrained_cfg(name)
-    if cfg is None or not timm.is_model(name.split('.')[0]):
+    if cfg is None or not timm.is_model(split_model_name_tag(name)[0]):
         raise FileNotFoundError(
             f'weights source {name!r} is neither an existing file, {LOCAL_DIR_PREFIX}PATH, {HF_HUB_PREFIX}ORG/NAME '
             f'nor a registered model name (e.g. asvit_large, asvit_large.TAG)')
     if cfg.file:
-        arch, _, tag = name.partition('.')
+        arch, tag = split_model_name_tag(name)
         tag = tag or cfg.tag or ''
         card = registered_card(arch)
         expected = card.weights_sha256(tag) if card is not None and tag in card.tags() else None
