@@ -81,6 +81,12 @@ def verify_sha256(path: PathLike, expected: str, fix: str = _REEXPORT) -> None:
                            f'({path.stat().st_size} bytes); the file is truncated, corrupt or was replaced: {fix}')
 
 
+def _unreadable_safetensors(path: PathLike, error: Exception) -> WeightsError:
+    # safetensors raises its own SafetensorError, or OSError, for a file it cannot read
+    return WeightsError(f'{path}: not a readable safetensors file (expected a header and tensors; it may be '
+                        f'truncated or corrupt): {error}')
+
+
 def read_metadata(path: PathLike) -> Dict[str, str]:
     """The metadata of a safetensors file (empty if it has none); a file that is not safetensors is an error."""
     from safetensors import safe_open
@@ -88,9 +94,8 @@ def read_metadata(path: PathLike) -> Dict[str, str]:
     try:
         with safe_open(str(path), framework='pt') as f:
             return dict(f.metadata() or {})
-    except Exception as e:  # safetensors raises its own SafetensorError, or OSError, for unreadable files
-        raise WeightsError(f'{path}: not a readable safetensors file (expected a header and tensors, found: '
-                           f'{e})') from None
+    except Exception as e:
+        raise _unreadable_safetensors(path, e) from None
 
 
 def check_genotype(path: PathLike, expected: Genotype) -> None:
@@ -279,9 +284,8 @@ def load_safetensors(path: PathLike) -> Dict[str, torch.Tensor]:
 
     try:
         return load_file(str(path), device='cpu')
-    except Exception as e:  # safetensors raises its own SafetensorError, or OSError, for unreadable files
-        raise WeightsError(f'{path}: not a readable safetensors file (expected a header and tensors; it may be '
-                           f'truncated or corrupt): {e}') from None
+    except Exception as e:
+        raise _unreadable_safetensors(path, e) from None
 
 
 def read_checkpoint(path: PathLike, ema: bool = False) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
