@@ -32,13 +32,13 @@ import torch.nn.functional as F
 from torch.jit import Final
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, LayerNorm, Mlp, trunc_normal_, use_fused_attn
+from timm.layers import DropPath, LayerNorm, Mlp, get_device_dtype, trunc_normal_, use_fused_attn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, split_model_name_tag
 from timm.models._builder import resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq, named_apply
 
-from .genotype import Genotype
+from .genotype import NUM_STAGES, Genotype
 from .hub import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, describe_mismatch, hub_file, read_checkpoint, resolve_weights
 from .registry import (CONFIG_FILE, RegistryError, VariantCard, extra_registries, load_card, load_registry,
                        tagged_name)
@@ -77,6 +77,15 @@ def _static_size(size: int) -> int:
     if torch.jit.is_scripting():
         return size
     return len(range(size))
+
+
+def stage_grid_sides(image_side: int) -> List[int]:
+    """Token-grid side of each stage for an image side at the default tokenizer: the stage-1 tokenizer and each
+    patch merging round up (``ceil``), as their padding does."""
+    sides = [math.ceil(image_side / STEM_STRIDE)]
+    for _ in range(NUM_STAGES - 1):
+        sides.append(math.ceil(sides[-1] / MERGE_STRIDE))
+    return sides
 
 
 def window_grid(size: int, split: int) -> Tuple[int, int]:
@@ -138,11 +147,11 @@ class ElasticPatchEmbed(nn.Module):
         return self.proj.dilation[0]
 
     def set_tokenizer(self, stride: int = STEM_STRIDE, dilation: int = 1) -> None:
-        if int(stride) < 1 or int(dilation) < 1:
-            raise ValueError(f'tokenizer stride and dilation must be integers >= 1, got stride={stride}, '
-                             f'dilation={dilation}')
-        self.proj.stride = (int(stride), int(stride))
-        self.proj.dilation = (int(dilation), int(dilation))
+        if not (is_count(stride) and is_count(dilation)):
+            raise ValueError(f'tokenizer stride and dilation must be integers >= 1, got stride={stride!r}, '
+                             f'dilation={dilation!r}')
+        self.proj.stride = (stride, stride)
+        self.proj.dilation = (dilation, dilation)
 
     def grid_size(self, img_size: Tuple[int, int]) -> Tuple[int, int]:
         return math.ceil(img_size[0] / self.stride), math.ceil(img_size[1] / self.stride)
@@ -360,10 +369,8 @@ class AsViT(nn.Module):
         dpr = [x.tolist() for x in torch.linspace(0, drop_path_rate, sum(g.depths), device='cpu').split(list(g.depths))]
         window_sides: List[Optional[int]] = [None] * len(widths)
         if window_img_size is not None:
-            grid = math.ceil(window_img_size / STEM_STRIDE)
-            for i, split in enumerate(g.splits):
+            for i, (split, grid) in enumerate(zip(g.splits, stage_grid_sides(window_img_size))):
                 window_sides[i] = window_grid(grid, split)[0]
-                grid = math.ceil(grid / MERGE_STRIDE)
         self.stages = nn.Sequential(*[
             AsViTStage(
                 dim=widths[max(i - 1, 0)], out_dim=widths[i], depth=g.depths[i], num_heads=heads[i],
@@ -406,7 +413,8 @@ class AsViT(nn.Module):
         if global_pool is not None:
             self.global_pool = self.head.pool_type = _check_pool(global_pool)
         self.num_classes = num_classes
-        self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head.fc = (nn.Linear(self.num_features, num_classes, **get_device_dtype(self)) if num_classes > 0
+                        else nn.Identity())
 
     def set_tokenizer(self, stride: int = STEM_STRIDE, dilation: int = 1) -> None:
         """Change the stage-1 tokenizer's stride and dilation (progressive re-tokenization); weights stay."""
@@ -470,12 +478,17 @@ class AsViT(nn.Module):
             prune_norm: bool = False,
             prune_head: bool = True,
     ) -> List[int]:
-        """Drop the stages (and optionally the norm and head) not needed for the given intermediates."""
+        """Drop the stages (and optionally the norm and head) not needed for the given intermediates. Without
+        the last stage, the features end at the last stage kept: the final norm and the head, sized for the last
+        stage, go too, and ``num_features`` becomes the kept stage's width (as timm's Swin does)."""
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        prune_end = max_index < len(self.stages) - 1
         self.stages = self.stages[:max_index + 1]
-        if prune_norm:
+        if prune_norm or prune_end:
             self.norm = nn.Identity()
-        if prune_head:
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+        if prune_head or prune_end:
             self.reset_classifier(0)
             self.head.pre_logits = nn.Identity()
         return take_indices
@@ -609,8 +622,10 @@ def _create_asvit(variant: str, pretrained: bool = False, **kwargs: Any) -> AsVi
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
+    input_size = kwargs.get('input_size', (3, 224, 224))
     return {
-        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
+        'url': '', 'num_classes': 1000, 'input_size': input_size,
+        'pool_size': tuple(stage_grid_sides(side)[-1] for side in input_size[1:]),
         'crop_pct': 0.9, 'interpolation': 'bicubic', 'fixed_input_size': False,
         'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'patch_embed.proj', 'classifier': 'head.fc',

@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import asvit_zoo
 from asvit_zoo import asvit
 from asvit_zoo.asvit import (CPU_PLAIN_ATTN_MAX_TOKENS, AsViT, AsViTBlock, WindowAttention, checkpoint_filter_fn,
-                             unfold_nhwc, window_grid)
+                             stage_grid_sides, unfold_nhwc, window_grid)
 from asvit_zoo.cost import count_macs, param_count
 from asvit_zoo.registry import load_registry
 
@@ -111,6 +111,7 @@ def test_any_input_size(size):
     for i, stage in enumerate(stages):
         h, w = math.ceil(h / (4 if i == 0 else 2)), math.ceil(w / (4 if i == 0 else 2))
         assert stage.shape[-2:] == (h, w), (i, stage.shape)
+    assert [tuple(stage.shape[-2:]) for stage in stages] == list(zip(*map(stage_grid_sides, size)))
 
 
 def test_detection_size_800x1333():
@@ -303,6 +304,22 @@ def test_default_cfg(variant):
         assert model.forward_head(features, pre_logits=True).shape == (1, model.head_hidden_size)
 
 
+def test_pool_size_of_a_tag_is_its_last_grid():
+    model = timm.create_model('asvit_tiny.fmnist').eval()  # 28 px grayscale: a 1 x 1 last grid, not 7 x 7
+    cfg = model.pretrained_cfg
+    with torch.no_grad():
+        features = model.forward_features(torch.randn(1, *cfg['input_size']))
+    assert cfg['input_size'] == (1, 28, 28) and features.shape[1:3] == cfg['pool_size'] == (1, 1)
+
+
+def test_reset_classifier_keeps_the_models_dtype():
+    model = timm.create_model('asvit_tiny').to(torch.bfloat16).eval()
+    model.reset_classifier(5)
+    assert model.get_classifier().weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        assert model(torch.randn(1, *SMALL_INPUT, dtype=torch.bfloat16)).shape == (1, 5)
+
+
 def test_num_classes_zero_and_reset_classifier(variant):
     name, model = variant
     headless = timm.create_model(name, num_classes=0).eval()
@@ -365,6 +382,13 @@ def test_prune_intermediate_layers(variant):
     with torch.no_grad():
         got = model.forward_intermediates(x, indices=[0, 1], intermediates_only=True)
     assert all(torch.equal(a, b) for a, b in zip(got, want))
+    # without the last stage, the features end at stage 1: no final norm or head sized for stage 3
+    assert model.num_features == model.head_hidden_size == model.feature_info[1]['num_chs']
+    with torch.no_grad():
+        final, intermediates = model.forward_intermediates(x, indices=[1])
+        pooled = model(x)
+    assert torch.equal(final.permute(0, 3, 1, 2), intermediates[0]) and torch.equal(final, model.forward_features(x))
+    assert torch.allclose(pooled, final.mean((1, 2))) and pooled.shape == (1, model.num_features)
 
 
 def test_grad_checkpointing_equality(variant):

@@ -76,7 +76,7 @@ def test_gradients_reach_every_parameter_at_every_setting():
             assert p.grad.abs().sum() > 0, (stride, dilation, name)
 
 
-@pytest.mark.parametrize('stride, dilation', [(0, 1), (4, 0), (-2, 1)])
+@pytest.mark.parametrize('stride, dilation', [(0, 1), (4, 0), (-2, 1), (2.7, 1), (4, 1.5), (True, 1)])
 def test_set_tokenizer_rejects_invalid_settings(stride, dilation):
     with pytest.raises(ValueError, match='stride and dilation must be integers >= 1'):
         _tiny().set_tokenizer(stride, dilation)
