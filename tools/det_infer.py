@@ -1,6 +1,6 @@
 """Draw a detector's predictions on an image (mmdet's DetLocalVisualizer) and save them as a PNG:
 
-    python tools/det_infer.py mask-rcnn_asvit-seed_fpn_fmnist work_dirs/seed/iter_3000.pth IMAGE --out pred.png
+    python tools/det_infer.py mask-rcnn_asvit-seed_fpn_fmnist work_dirs/seed/iter_1000.pth IMAGE --out pred.png
 
 A checkpoint that does not fit the config (tensor names or shapes) is refused.
 """

@@ -1,6 +1,6 @@
 r"""Evaluate a detector checkpoint with mmengine's Runner, as mmdet's tools/test.py does:
 
-    python tools/det_test.py mask-rcnn_asvit-seed_fpn_fmnist work_dirs/seed/iter_3000.pth --data-root data/fmnist_coco \
+    python tools/det_test.py mask-rcnn_asvit-seed_fpn_fmnist work_dirs/seed/iter_1000.pth --data-root data/fmnist_coco \
         --metrics-out m.json
 
 The metrics (COCO bbox and segm mAP for the shipped configs) are printed and, with --metrics-out, written
