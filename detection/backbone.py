@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import logging
+
 import numpy as np
 import timm
 import torch
@@ -20,13 +22,15 @@ from mmdet.registry import MODELS
 
 from asvit_zoo import checkpoint_filter_fn
 from asvit_zoo.asvit import unwrap_state_dict
-from asvit_zoo.genotype import NUM_STAGES
+from asvit_zoo.genotype import NUM_STAGES, Genotype
 from asvit_zoo.hub import allowed_globals, state_dict_mismatch
 from asvit_zoo.weights import load_weights
 
 __all__ = ['AsViT', 'create_asvit', 'mmengine_checkpoint_globals']
 
-PRETRAINED_KEYS = ('type', 'checkpoint', 'prefix')  # of init_cfg
+# of init_cfg, as mmengine's PretrainedInit; map_location is accepted and has no effect: the weights are read on
+# the CPU and copied to wherever the backbone is
+PRETRAINED_KEYS = ('type', 'checkpoint', 'prefix', 'map_location')
 
 
 def mmengine_checkpoint_globals() -> List[Any]:
@@ -57,6 +61,10 @@ def _check_arguments(arch: Any, out_indices: Any, frozen_stages: Any, with_cp: A
     if not isinstance(arch, str):
         raise ValueError(f'AsViT arch must be a string (a registered As-ViT variant or a genotype string), '
                          f'got {arch!r}')
+    if '|' in arch and Genotype.parse(arch).is_seed:
+        raise ValueError(f'AsViT arch must be a registered As-ViT variant or a scaled genotype string '
+                         f'K,S,E,L|K,S,E,L|K,S,E,L|K,S,E,L|H,C, got the seed form {arch!r}: scale it first '
+                         f'(asvit scale) or give its depths and widths')
     if '|' not in arch and '.' in arch:
         raise ValueError(f'AsViT arch must name a variant without a pretrained tag, got {arch!r}; the weights come '
                          f"from init_cfg: arch='{arch.split('.')[0]}', "
@@ -108,8 +116,8 @@ class AsViT(BaseModule):
         init_cfg: ``dict(type='Pretrained', checkpoint=SOURCE[, prefix=PREFIX])``, SOURCE being a checkpoint
             file (safetensors or torch), ``local-dir:PATH``, ``hf-hub:ORG/NAME`` or a registered variant
             (with tag) that has weights; weights in the authors' layout are converted. With ``prefix``, only
-            the tensors whose keys start with it are taken, without it (``prefix='backbone.'`` for a checkpoint
-            of a whole detector).
+            the tensors whose keys start with it are taken, without it (``prefix='backbone'`` or ``'backbone.'``
+            for a checkpoint of a whole detector); ``map_location`` is accepted, as by mmengine's ``Pretrained``.
     """
 
     def __init__(self,
@@ -165,6 +173,7 @@ class AsViT(BaseModule):
         with allowed_globals(mmengine_checkpoint_globals()):  # whole-detector checkpoints
             state_dict = unwrap_state_dict(load_weights(source))
         if prefix:
+            prefix = prefix if prefix.endswith('.') else prefix + '.'  # as mmengine's PretrainedInit reads it
             state_dict = _under_prefix(state_dict, prefix)
             if not state_dict:
                 raise ValueError(f'AsViT init_cfg: no key of {source} starts with prefix {prefix!r}')
@@ -179,7 +188,8 @@ class AsViT(BaseModule):
                              f'{sorted(state_dict)[:4]}); for a checkpoint of a whole detector give prefix, e.g. '
                              f"dict(type='Pretrained', checkpoint=..., prefix='backbone.')")
         print_log(f'AsViT: loaded {len(state_dict) - len(unexpected)} tensors from {source}{adapted}; '
-                  f'missing keys: {missing or "none"}; unexpected keys: {unexpected or "none"}', logger='current')
+                  f'missing keys: {missing or "none"}; unexpected keys: {unexpected or "none"}', logger='current',
+                  level=logging.WARNING if missing else logging.INFO)
         self._is_init = True
 
     def _check_shapes(self, state_dict: Dict[str, torch.Tensor], source: str) -> None:

@@ -118,8 +118,9 @@ def test_backbone_frozen_stages_with_cp_and_norm_eval() -> None:
     (dict(arch=TINY, window_img_size=0), 'window_img_size must be None or an image size >= 1, got 0'),
     (dict(arch=TINY, init_cfg=dict(type='Pretrained')), r"dict\(type='Pretrained', checkpoint=SOURCE\), got"),
     (dict(arch=TINY, init_cfg=[dict(type='Pretrained', checkpoint='x')]), 'init_cfg must be None or dict'),
-    (dict(arch=TINY, init_cfg=dict(type='Pretrained', checkpoint='x', map_location='cuda')),
-     r"unknown keys \['map_location'\]; allowed: \['type', 'checkpoint', 'prefix'\]"),
+    (dict(arch=TINY, init_cfg=dict(type='Pretrained', checkpoint='x', strict=True)),
+     r"unknown keys \['strict'\]; allowed: \['type', 'checkpoint', 'prefix', 'map_location'\]"),
+    (dict(arch='8,2,3|4,1,2|4,1,4|4,1,6|32'), r"scaled genotype string .* got the seed form '8,2,3\|4,1,2"),
     (dict(arch=TINY, frozen_stages=7), 'frozen_stages'),
     (dict(arch=TINY, init_cfg=dict(type='Normal')), 'Pretrained'),
     (dict(arch=TINY, out_indices=3), r'out_indices must be a non-empty tuple or list of stage indices .* got 3'),
@@ -161,17 +162,25 @@ def test_pretrained_init_cfg_loads_our_weights(tmp_path: Path, monkeypatch: pyte
         checkpoint = f'local-dir:{tmp_path}'
     else:
         checkpoint = _save(source, tmp_path / file_name)
-    logged: List[str] = []
-    monkeypatch.setattr(backbone_module, 'print_log', lambda msg, **kwargs: logged.append(msg))
-    backbone = MODELS.build(dict(type='AsViT', arch=TINY, init_cfg=dict(type='Pretrained', checkpoint=checkpoint)))
+    logged: List[Tuple[str, int]] = []
+    monkeypatch.setattr(backbone_module, 'print_log', lambda msg, **kwargs: logged.append((msg, kwargs['level'])))
+    backbone = MODELS.build(dict(type='AsViT', arch=TINY, init_cfg=dict(type='Pretrained', checkpoint=checkpoint,
+                                                                        map_location='cpu')))
     backbone.init_weights()
     state = backbone.model.state_dict()
     assert state and all(torch.equal(value, source[key]) for key, value in state.items())
-    assert len(logged) == 1 and 'missing keys: none' in logged[0]
+    assert len(logged) == 1 and 'missing keys: none' in logged[0][0] and logged[0][1] == logging.INFO
     unused = sorted(set(source) - set(state))
     assert unused and all(key.startswith(('head.', 'norm.')) for key in unused)
-    reported_unexpected = logged[0].split('unexpected keys:')[1]
+    reported_unexpected = logged[0][0].split('unexpected keys:')[1]
     assert all(f"'{key}'" in reported_unexpected for key in unused)
+    # weights that leave part of the backbone at its initialisation: a warning naming the missing keys
+    partial = {k: v for k, v in source.items() if not k.startswith('stages.3.')}
+    save_file(partial, str(tmp_path / 'partial.safetensors'))
+    backbone = MODELS.build(dict(type='AsViT', arch=TINY, init_cfg=dict(type='Pretrained',
+                                                                        checkpoint=str(tmp_path / 'partial.safetensors'))))
+    backbone.init_weights()
+    assert logged[1][1] == logging.WARNING and "missing keys: ['stages.3." in logged[1][0]
 
 
 def test_pretrained_prefix_takes_the_backbone_of_a_detector_checkpoint(tmp_path: Path) -> None:
@@ -179,10 +188,11 @@ def test_pretrained_prefix_takes_the_backbone_of_a_detector_checkpoint(tmp_path:
     detector = {'state_dict': {f'backbone.{k}': v for k, v in trained.state_dict().items()}, 'meta': {}}
     checkpoint = str(tmp_path / 'detector.pth')
     torch.save(detector, checkpoint)
-    backbone = MODELS.build(dict(type='AsViT', arch=TINY,
-                                 init_cfg=dict(type='Pretrained', checkpoint=checkpoint, prefix='backbone.')))
-    backbone.init_weights()  # keys backbone.model.*: the prefix, then the adapter's own model. are removed
-    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in backbone.state_dict().items())
+    for prefix in ('backbone.', 'backbone'):  # mmengine adds the dot where it is missing
+        backbone = MODELS.build(dict(type='AsViT', arch=TINY,
+                                     init_cfg=dict(type='Pretrained', checkpoint=checkpoint, prefix=prefix)))
+        backbone.init_weights()  # keys backbone.model.*: the prefix, then the adapter's own model. are removed
+        assert all(torch.equal(v, trained.state_dict()[k]) for k, v in backbone.state_dict().items())
     for init_cfg, message in ((dict(prefix='neck.'), "no key of .* starts with prefix 'neck.'"),
                               (dict(), r"no tensor of .* fits the backbone .*backbone.model.*prefix='backbone.'")):
         backbone = MODELS.build(dict(type='AsViT', arch=TINY,
