@@ -176,9 +176,8 @@ def test_pretrained_init_cfg_loads_our_weights(tmp_path: Path, monkeypatch: pyte
     assert all(f"'{key}'" in reported_unexpected for key in unused)
     # weights that leave part of the backbone at its initialisation: a warning naming the missing keys
     partial = {k: v for k, v in source.items() if not k.startswith('stages.3.')}
-    save_file(partial, str(tmp_path / 'partial.safetensors'))
-    backbone = MODELS.build(dict(type='AsViT', arch=TINY, init_cfg=dict(type='Pretrained',
-                                                                        checkpoint=str(tmp_path / 'partial.safetensors'))))
+    partial_file = _save(partial, tmp_path / 'partial.safetensors')
+    backbone = MODELS.build(dict(type='AsViT', arch=TINY, init_cfg=dict(type='Pretrained', checkpoint=partial_file)))
     backbone.init_weights()
     assert logged[1][1] == logging.WARNING and "missing keys: ['stages.3." in logged[1][0]
 
