@@ -6,7 +6,7 @@ Importing it registers the ``AsViT`` backbone in mmdet's MODELS and the
 The shipped configs are in ``configs/`` (see :func:`config_path`).
 """
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 import torch
 from mmengine.config import Config
@@ -21,7 +21,7 @@ from .backbone import AsViT, create_asvit, mmengine_checkpoint_globals
 from .layer_decay import TimmLayerDecayOptimWrapperConstructor
 
 __all__ = ['AsViT', 'TimmLayerDecayOptimWrapperConstructor', 'allow_mmengine_checkpoints', 'check_checkpoint',
-           'config_path', 'create_asvit', 'list_configs', 'load_config']
+           'check_dataset_files', 'config_path', 'create_asvit', 'list_configs', 'load_config']
 
 CONFIG_DIR = Path(__file__).resolve().parent / 'configs'
 
@@ -52,6 +52,33 @@ def load_config(config: Union[str, Path], work_dir: Optional[Union[str, Path]] =
         cfg.merge_from_dict(cfg_options)
     cfg.work_dir = str(work_dir) if work_dir is not None else cfg.get('work_dir') or str(Path('work_dirs') / path.stem)
     return cfg
+
+
+def _leaf_datasets(dataset: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    """The datasets a dataset config reads, through mmengine's wrappers (``dataset=`` of RepeatDataset or
+    ClassBalancedDataset, ``datasets=`` of ConcatDataset)."""
+    if 'dataset' in dataset:
+        yield from _leaf_datasets(dataset['dataset'])
+    elif 'datasets' in dataset:
+        for inner in dataset['datasets']:
+            yield from _leaf_datasets(inner)
+    else:
+        yield dataset
+
+
+def check_dataset_files(cfg: Config, loaders: Sequence[str]) -> None:
+    """Raise FileNotFoundError naming the first annotation file that the datasets of ``loaders`` (such as
+    ``'train_dataloader'``) read and that does not exist: checked before a Runner is built, which would otherwise
+    fail deep inside the dataset's loading."""
+    for loader in loaders:
+        for dataset in _leaf_datasets(cfg[loader]['dataset']) if cfg.get(loader) else ():
+            ann_file, data_root = dataset.get('ann_file'), dataset.get('data_root') or ''
+            path = Path(data_root) / ann_file if ann_file else None
+            if path is not None and not path.is_file():
+                raise FileNotFoundError(
+                    f'{loader}: annotation file {path} not found (data_root {data_root!r}, ann_file {ann_file!r}); '
+                    f'for the Fashion-MNIST configs write a dataset with tools/make_det_data.py --out DIR and give '
+                    f'--data-root DIR; for the others point {loader}.dataset.data_root at the data (--cfg-options)')
 
 
 def allow_mmengine_checkpoints() -> None:

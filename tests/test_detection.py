@@ -577,6 +577,35 @@ def test_tools_name_a_data_root_without_the_dataset(tmp_path: Path, capsys: pyte
             f'by tools/make_det_data.py --out {tmp_path}') in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('tool, args, message', [
+    ('det_train.py', ['nope'], "config 'nope' is neither a file nor a shipped config; shipped: ['mask-rcnn_asvit"),
+    ('det_test.py', ['nope', 'x.pth'], "config 'nope' is neither a file nor a shipped config"),
+    ('det_train.py', [FMNIST_CONFIG], 'train_dataloader: annotation file data/fmnist_coco/annotations/instances_'
+                                      'train.json not found'),
+    ('det_test.py', [FMNIST_CONFIG, 'x.pth'], 'test_dataloader: annotation file data/fmnist_coco/annotations/'
+                                              'instances_val.json not found'),
+    ('det_train.py', ['retinanet_asvit-small_fpn_1x_coco', '--data-root', 'fm'],  # a Fashion-MNIST root for COCO
+     'train_dataloader: annotation file {cwd}/fm/annotations/instances_train2017.json not found'),
+    ('det_train.py', [FMNIST_CONFIG, '--data-root', 'fm', '--resume', 'gone.pth'], '--resume: checkpoint gone.pth '
+                                                                                    'not found'),
+    ('det_infer.py', [FMNIST_CONFIG, 'x.pth', 'gone.png', '--out', 'p.png'], 'image gone.png not found'),
+    ('det_infer.py', [FMNIST_CONFIG, 'x.pth', 'gone.png', '--out', 'p.png', '--device', 'cuda:99'], "device 'cuda:99'"),
+])
+def test_tools_refuse_bad_arguments_before_building_anything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture, tool: str,
+                                                             args: List[str], message: str) -> None:
+    monkeypatch.chdir(tmp_path)  # no data/fmnist_coco here
+    for split in ('train', 'val'):
+        annotation_file(tmp_path / 'fm', split).parent.mkdir(parents=True, exist_ok=True)
+        annotation_file(tmp_path / 'fm', split).write_text('{}')
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(REPO_ROOT / 'tools' / tool))['main'](args + (['--work-dir', 'wd'] if tool != 'det_infer.py'
+                                                                         else []))
+    assert exit_info.value.code == 2
+    assert f'error: {message.format(cwd=tmp_path)}' in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['fm']  # no work dir, no output
+
+
 def _short_run_commands(text: str) -> List[List[str]]:
     """The det_train.py command lines of ``text`` that set train_cfg.max_iters, split as a shell would."""
     lines = text.replace('\\\n', ' ').splitlines()

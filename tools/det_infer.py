@@ -6,6 +6,7 @@ A checkpoint that does not fit the config (tensor names or shapes) is refused.
 """
 import argparse
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 import cv2
@@ -15,6 +16,7 @@ from mmdet.apis import inference_detector, init_detector
 from mmdet.registry import VISUALIZERS
 
 from asvit_zoo.detection import allow_mmengine_checkpoints, check_checkpoint, load_config
+from asvit_zoo.devices import resolve_device
 from asvit_zoo.fileio import atomic_write
 from asvit_zoo.hub import WeightsError
 
@@ -30,12 +32,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys, key=value')
     args = parser.parse_args(argv)
     allow_mmengine_checkpoints()
-    cfg = load_config(args.config, cfg_options=args.cfg_options)
     try:
+        device = resolve_device(args.device)
+        if not Path(args.image).is_file():
+            raise FileNotFoundError(f'image {args.image} not found')
+        cfg = load_config(args.config, cfg_options=args.cfg_options)
         check_checkpoint(cfg, args.checkpoint)
     except (ValueError, FileNotFoundError, WeightsError) as e:
         parser.error(str(e))
-    model = init_detector(cfg, args.checkpoint, device=args.device)
+    model = init_detector(cfg, args.checkpoint, device=str(device))
     result = inference_detector(model, args.image)
     visualizer = VISUALIZERS.build(model.cfg.visualizer)
     visualizer.dataset_meta = model.dataset_meta

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 from mmengine.config import DictAction
 from mmengine.runner import Runner
 
-from asvit_zoo.detection import allow_mmengine_checkpoints, check_checkpoint, load_config
+from asvit_zoo.detection import allow_mmengine_checkpoints, check_checkpoint, check_dataset_files, load_config
 from asvit_zoo.detection.fmnist_coco import check_data_root, data_root_options
 from asvit_zoo.fileio import write_json
 from asvit_zoo.hub import WeightsError
@@ -40,8 +40,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error(f'--data-root: {e}')
         options = {**data_root_options(args.data_root), **options}
     allow_mmengine_checkpoints()
-    cfg = load_config(args.config, args.work_dir, options)
     try:
+        cfg = load_config(args.config, args.work_dir, options)
+        check_dataset_files(cfg, ['test_dataloader'])
         check_checkpoint(cfg, args.checkpoint)
     except (ValueError, FileNotFoundError, WeightsError) as e:
         parser.error(str(e))

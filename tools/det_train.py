@@ -20,8 +20,9 @@ from typing import Optional, Sequence
 from mmengine.config import DictAction
 from mmengine.runner import Runner
 
-from asvit_zoo.detection import allow_mmengine_checkpoints, load_config
+from asvit_zoo.detection import allow_mmengine_checkpoints, check_checkpoint, check_dataset_files, load_config
 from asvit_zoo.detection.fmnist_coco import check_data_root, data_root_options
+from asvit_zoo.hub import WeightsError
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -42,7 +43,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error(f'--data-root: {e}')
         options = {**data_root_options(args.data_root), **options}
     allow_mmengine_checkpoints()
-    cfg = load_config(args.config, args.work_dir, options)
+    try:
+        cfg = load_config(args.config, args.work_dir, options)
+        check_dataset_files(cfg, ['train_dataloader', 'val_dataloader'])
+        if args.resume not in (None, 'auto'):
+            if not Path(args.resume).is_file():
+                raise FileNotFoundError(f'--resume: checkpoint {args.resume} not found')
+            check_checkpoint(cfg, args.resume)
+    except (ValueError, FileNotFoundError, WeightsError) as e:
+        parser.error(str(e))
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
