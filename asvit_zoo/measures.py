@@ -162,14 +162,23 @@ def _norms_to_identity(model: nn.Module) -> List[Tuple[nn.Module, str, nn.Module
 
 
 @contextmanager
-def _train_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in train mode for the duration of the block; every module's mode is restored after."""
+def _measure_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` as the measures run it, for the duration of the block: train mode, no gradient checkpointing
+    (its recomputation would run the forward hooks of the NTK pass twice; the values are the same without it),
+    and autograd on even inside a caller's ``torch.inference_mode()``. Every module's settings are restored
+    after."""
     modes = {m: m.training for m in model.modules()}
+    checkpointing = {m: m.grad_checkpointing for m in model.modules() if hasattr(m, 'grad_checkpointing')}
     try:
-        yield model.train()
+        for m in checkpointing:
+            m.grad_checkpointing = False
+        with torch.inference_mode(False):
+            yield model.train()
     finally:
         for m, training in modes.items():
             m.training = training
+        for m, enabled in checkpointing.items():
+            m.grad_checkpointing = enabled
 
 
 @contextmanager
@@ -179,7 +188,7 @@ def _as_curve_network(model: nn.Module, fused_attn: bool) -> Iterator[nn.Module]
     after. Not for a model that another thread runs meanwhile."""
     attention = {m: {k: getattr(m, k) for k in _ATTENTION_SETTINGS if hasattr(m, k)}
                  for m in _attention_modules(model)}
-    with _train_mode(model):
+    with _measure_mode(model):
         replaced = _norms_to_identity(model)
         try:
             _set_fused_attn(model, fused_attn)
@@ -366,8 +375,8 @@ def curve_velocity(model: nn.Module, curve_basis: torch.Tensor, thetas: torch.Te
         thetas: (n,) angles of the curve's points.
     """
     basis, thetas = _curve_on(model, curve_basis, thetas)
-    x, dx = curve_points(basis, thetas, _image_shape(model, basis))
     with _as_curve_network(model, fused_attn=True) as net:
+        x, dx = curve_points(basis, thetas, _image_shape(model, basis))
         with torch.no_grad(), fwAD.dual_level(), _ForwardADMode():  # forward mode only: no autograd graph
             return fwAD.unpack_dual(pooled_before_norm(net, _make_dual(x, dx))).tangent
 
@@ -479,8 +488,8 @@ def _per_sample_terms(model: nn.Module, inputs: torch.Tensor) -> Iterator[Tuple[
 
     handles = [m.register_forward_hook(keep) for m in owners]
     try:
-        with _train_mode(model), torch.enable_grad():
-            x = inputs.to(_param(model)).detach().requires_grad_(True)
+        with _measure_mode(model), torch.enable_grad():
+            x = inputs.to(_param(model)).clone().requires_grad_(True)  # clone: not an inference tensor
             total = pooled_before_norm(model, x).sum()
             outputs = [out for seen in calls.values() for _, out in seen]
             grads = iter(torch.autograd.grad(total, outputs, allow_unused=True))

@@ -229,6 +229,26 @@ def test_measures_leave_the_model_alone():
         assert torch.equal(v, before[k]), k
 
 
+def test_measures_are_the_same_with_gradient_checkpointing_and_in_inference_mode():
+    model = _net(TINY).eval()
+    basis, thetas = M.default_curve(32)
+    x = torch.randn(4, 3, 32, 32)
+
+    def measures(basis: torch.Tensor, x: torch.Tensor):
+        return (M.length_distortion(model, basis, thetas), M.curvature(model, basis, thetas).total,
+                M.ntk_gram(model, x))
+
+    plain = measures(basis, x)
+    model.set_grad_checkpointing(True)  # the NTK pass saw its forward hooks run again in the recomputation
+    checkpointed = measures(basis, x)
+    assert all(stage.grad_checkpointing for stage in model.stages) and not model.training
+    model.set_grad_checkpointing(False)
+    with torch.inference_mode():  # inputs made there are inference tensors, which autograd refuses
+        inference = measures(basis.clone(), x.clone())
+    for got in (checkpointed, inference):
+        assert got[:2] == plain[:2] and torch.equal(got[2], plain[2])
+
+
 @pytest.mark.parametrize('measure', [M.length_distortion, M.curvature])
 def test_a_failing_curve_measure_restores_the_model(monkeypatch, measure):
     # the curve measures turn the model itself into the curve network (no copy) and must undo that on errors
