@@ -123,7 +123,7 @@ def kendall_table(records: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
     rows = []
     for key, (label, sign) in SCORES.items():
-        pairs = [(r[key], r['top1']) for r in records if r.get(key) is not None]
+        pairs = [(r[key], r['top1']) for r in records if r.get(key) is not None and math.isfinite(r[key])]
         tau = p = math.nan
         if len(pairs) >= 3:
             result = kendalltau([p[0] for p in pairs], [p[1] for p in pairs])

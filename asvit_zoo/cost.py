@@ -43,7 +43,7 @@ def count_macs(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> i
     FlopCounterMode counts matmuls, convolutions and attention (2 FLOPs per MAC); elementwise work
     (norms, activations, softmax) is not counted, as in the paper's numbers.
     """
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}  # each module's, restored as it was
     model.eval()
     try:
         param = next(model.parameters())
@@ -51,7 +51,8 @@ def count_macs(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> i
         with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
             model(x)
     finally:
-        model.train(was_training)
+        for m, training in modes.items():
+            m.training = training
     return counter.get_total_flops() // 2
 
 

@@ -55,7 +55,10 @@ class Phase:
     dilation: int = 1
 
     def __str__(self) -> str:
-        return f'{self.fraction:g}:{self.stride}:{self.dilation}'
+        fraction = f'{self.fraction:g}'  # short, unless that changes the value: then all the digits it takes
+        if float(fraction) != self.fraction:
+            fraction = repr(float(self.fraction))
+        return f'{fraction}:{self.stride}:{self.dilation}'
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """``asvit correlate``: topology sampling, Kendall tau, and a small real study that resumes exactly."""
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,8 @@ def test_kendall_signs():
     assert rows['curvature']['tau'] == pytest.approx(-1.0) and not rows['curvature']['agrees']
     assert rows['combined']['tau'] is None and rows['combined']['n'] == 0
     assert rows['params']['tau'] is None and rows['params']['n'] == 4  # a constant score does not rank
+    unmeasured = kendall_table([dict(r, exp=math.nan if r['top1'] == 10. else r['exp']) for r in records])
+    assert unmeasured[0]['score'] == 'exp' and unmeasured[0]['n'] == 3 and unmeasured[0]['tau'] == pytest.approx(1.0)
     flat = kendall_table([dict(r, top1=0.) for r in records])  # every network at chance: no ranking either
     assert all(r['tau'] is None and r['p_value'] is None for r in flat)
     json.dumps(flat, allow_nan=False)  # what correlation.json holds is valid JSON

@@ -94,7 +94,9 @@ def test_macs_count_attention_whether_fused_or_not():
     model = timm.create_model('asvit_seed')
     fused = count_macs(model, (3, 96, 80))
     model.set_fused_attn(False)
+    model.stages[1].eval()  # one module's mode, left as the caller set it
     assert count_macs(model, (3, 96, 80)) == fused
+    assert model.training and not model.stages[1].training and model.stages[2].training
 
 
 # --------------------------------------------------------------------------- any input size

@@ -92,6 +92,8 @@ def test_parse_schedule_forms_agree():
     assert parse_schedule(json.loads('[{"fraction": 0.5, "stride": 8, "dilation": 2}, '
                                      '{"fraction": 0.25, "stride": 6}, {"fraction": 0.25, "stride": 4}]')) == expected
     assert str(expected) == text and parse_schedule(str(expected)) == expected
+    thirds = parse_schedule([[1 / 3, 16, 2], [1 / 3, 8, 2], [1 / 3, 4, 1]])  # str keeps each fraction exactly
+    assert parse_schedule(str(thirds)) == thirds and str(thirds).startswith('0.3333333333333333:16:2,')
     for name, spec in SCHEDULES.items():
         assert parse_schedule(name) == parse_schedule(spec)
     assert parse_schedule('full').phases == (Phase(1.0, 4, 1),)
