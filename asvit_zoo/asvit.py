@@ -525,7 +525,7 @@ def resolve_genotype(genotype: Union[Genotype, str], embed_dim: Optional[int] = 
         if embed_dim is None:
             raise ValueError(f'seed genotype {g}: pass embed_dim (the stage-1 width C), or use the scaled form '
                              f'K,S,E,L|...|H,C')
-        return g.scaled(tuple(depths) if depths is not None else DEFAULT_DEPTHS, int(embed_dim))
+        return g.scaled(tuple(depths) if depths is not None else DEFAULT_DEPTHS, embed_dim)
     for name, given, own in (('embed_dim', embed_dim, g.embed_dim), ('depths', depths, g.depths)):
         if given is not None and (tuple(given) if name == 'depths' else given) != own:
             raise ValueError(f'scaled genotype {g} has {name}={own}; it conflicts with {name}={given!r}')

@@ -21,6 +21,8 @@ from torch.utils.data import Dataset
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from .validation import check_count, check_seed
+
 __all__ = [
     'DEFAULT_ROOT', 'FASHION_MNIST_CLASSES', 'FashionMNIST', 'read_idx', 'load_fashion_mnist',
     'fashion_mnist_batch', 'noise_batch', 'image_folder_batch', 'search_batch',
@@ -138,11 +140,10 @@ class FashionMNIST(Dataset):
 
 
 # --------------------------------------------------------------------------- search batches
-def _check_batch_args(n: int, image_size: int) -> None:
-    if n < 1:
-        raise ValueError(f'batch size must be >= 1, got {n}')
-    if image_size < 1:
-        raise ValueError(f'image size must be >= 1, got {image_size}')
+def _check_batch_args(n: int, image_size: int, seed: int) -> None:
+    check_count('batch size', n)
+    check_count('image size', image_size)
+    check_seed(seed)
 
 
 def _normalize(images: torch.Tensor) -> torch.Tensor:
@@ -161,7 +162,7 @@ def _choose(total: int, n: int, seed: int, what: str) -> torch.Tensor:
 def fashion_mnist_batch(n: int, image_size: int, seed: int = 0, root: PathLike = DEFAULT_ROOT) -> torch.Tensor:
     """``n`` training images chosen by ``seed``, resized (bilinear, antialiased) to ``image_size``,
     gray repeated to 3 channels, normalised: a float tensor (n, 3, image_size, image_size)."""
-    _check_batch_args(n, image_size)
+    _check_batch_args(n, image_size, seed)
     images, _ = load_fashion_mnist('train', root)
     chosen = images[_choose(len(images), n, seed, f'Fashion-MNIST ({root})')].unsqueeze(1).float() / 255
     resized = F.interpolate(chosen, size=(image_size, image_size), mode='bilinear', align_corners=False,
@@ -172,7 +173,8 @@ def fashion_mnist_batch(n: int, image_size: int, seed: int = 0, root: PathLike =
 def noise_batch(n: int, image_size: int, seed: int = 0, in_chans: int = 3) -> torch.Tensor:
     """``n`` standard Gaussian images (n, in_chans, image_size, image_size) drawn from ``seed``: already
     'normalised'."""
-    _check_batch_args(n, image_size)
+    _check_batch_args(n, image_size, seed)
+    check_count('in_chans', in_chans)
     return torch.randn(n, in_chans, image_size, image_size, generator=torch.Generator().manual_seed(seed))
 
 
@@ -182,7 +184,7 @@ def image_folder_batch(root: PathLike, n: int, image_size: int, seed: int = 0) -
     from torchvision import transforms
     from torchvision.datasets import ImageFolder
 
-    _check_batch_args(n, image_size)
+    _check_batch_args(n, image_size, seed)
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f'image folder not found: {root} (expected root/<class>/<image> files)')

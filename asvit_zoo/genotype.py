@@ -111,8 +111,6 @@ class Genotype:
             for i, depth in enumerate(self.depths):
                 if depth < 1:
                     raise ValueError(f'L{i + 1} (depth of stage {i + 1}) must be >= 1, got {depth}')
-            if not is_count(self.embed_dim):
-                raise ValueError(f'C (embedding width of stage 1) must be an integer >= 1, got {self.embed_dim!r}')
             self.check_width(self.embed_dim)
 
     @staticmethod
@@ -122,8 +120,8 @@ class Genotype:
 
     def check_width(self, embed_dim: int) -> None:
         """Raise ``ValueError`` unless every stage of width ``embed_dim`` has at least one channel per head."""
-        if embed_dim < 1:
-            raise ValueError(f'C (embedding width of stage 1) must be >= 1, got {embed_dim}')
+        if not is_count(embed_dim):
+            raise ValueError(f'C (embedding width of stage 1) must be an integer >= 1, got {embed_dim!r}')
         for i, (width, heads) in enumerate(zip(self.stage_widths(embed_dim), self.stage_heads())):
             if width < heads:
                 raise ValueError(f'C = {embed_dim} is too narrow for H = {self.heads}: stage {i + 1} has {width} '

@@ -104,6 +104,11 @@ def _check(name: str, value: Any, kind: Any, allowed: Optional[Range] = None, op
         raise ValueError(f'{name} must be {wanted}{limits}{unset}{reason}, got {value!r}')
 
 
+def check_count(name: str, value: Any) -> None:
+    """Raise ``ValueError`` unless ``value`` is an integer >= 1 (see :func:`is_count`)."""
+    _check(name, value, int, COUNT)
+
+
 def check_seed(seed: Any) -> None:
     """Raise ``ValueError`` unless ``seed`` is an integer in :data:`SEED_RANGE`."""
     _check('seed', seed, int, SEED_RANGE)

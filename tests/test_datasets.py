@@ -157,8 +157,14 @@ def test_noise_batch_is_seeded() -> None:
     batch = search_batch('noise', 3, 16, seed=1)
     assert batch.shape == (3, 3, 16, 16)
     assert torch.equal(batch, noise_batch(3, 16, seed=1)) and not torch.equal(batch, noise_batch(3, 16, seed=2))
-    with pytest.raises(ValueError, match='batch size must be >= 1'):
+    with pytest.raises(ValueError, match='batch size must be an integer >= 1, got 0'):
         noise_batch(0, 16)
+    for args, message in (((2.5, 16), 'batch size must be an integer >= 1, got 2.5'),
+                          ((2, 16.0), 'image size must be an integer >= 1, got 16.0'),
+                          ((2, 16, 1.5), r'seed must be an integer in \[0, '),
+                          ((2, 16, 0, 0), 'in_chans must be an integer >= 1, got 0')):
+        with pytest.raises(ValueError, match=message):
+            noise_batch(*args)
 
 
 def test_image_folder_batch(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from asvit_zoo import resolve_genotype
 from asvit_zoo.genotype import SEARCH_SPACE, Genotype
 
 SEED = '8,2,3|4,1,2|4,1,4|4,1,6|32'
@@ -261,6 +262,15 @@ def test_depth_not_positive(field: str, value: int) -> None:
 def test_width_not_positive(value: int) -> None:
     with pytest.raises(ValueError, match=rf'C \(embedding width of stage 1\) must be an integer >= 1, got {value}$'):
         Genotype.parse(with_field(LARGE, 'C', value))
+
+
+@pytest.mark.parametrize('embed_dim', [32.7, '32', True])
+def test_a_width_that_is_not_an_integer_is_refused_not_truncated(embed_dim: object) -> None:
+    message = rf'C \(embedding width of stage 1\) must be an integer >= 1, got {re.escape(repr(embed_dim))}$'
+    with pytest.raises(ValueError, match=message):
+        resolve_genotype(SEED, embed_dim)
+    with pytest.raises(ValueError, match=message):
+        Genotype.parse(SEED).check_width(embed_dim)
 
 
 @given(seed_values, st.data())
