@@ -4,11 +4,12 @@ For the seed-search network (``8,2,3|4,1,2|4,1,4|4,1,6|32``, C = 32, depths 1,1,
 
 * length distortion on the 10-point curve: ``asvit_zoo.measures.length_distortion`` (one forward-mode
   pass) against the authors' method, one backward pass per output coordinate (256 here) to the curve's
-  angles; and one plain forward pass over the same 10-point batch, with and without the LayerNorms;
+  angles; and one plain forward pass over the same 10-point batch, of the model as is and of the curve network
+  (LayerNorms removed, SDPA in every window: the network the length distortion runs);
 * NTK condition number on a batch of ``--ntk-batch`` Gaussian images: ``ntk_condition`` (one batched
   backward pass, the Gram matrix, its eigenvalues) against the authors' method, one backward pass per
   sample, then their float32 Gram matrix (einsum) and its eigenvalues; both times cover the whole
-  computation. The baseline's own forward time F and time per backward B give the speed-up of a bare forward
+  computation, and ours is also given in plain forward passes over the same batch. The baseline's own forward time F and time per backward B give the speed-up of a bare forward
   and backward, ``(F + n B) / (F + B)``: a one-pass method cannot do much better (about 11x for the search
   network on a 2-core CPU).
 
@@ -133,6 +134,7 @@ def bench_size(size: int, repeats: int, coords: Optional[int], ntk_batch: int,
     times, values = rounds({
         'plain': clock(no_grad(lambda: M.pooled_before_norm(model, x))),
         'no_norms': clock(no_grad(lambda: M.pooled_before_norm(net, x))),
+        'plain_ntk': clock(no_grad(lambda: M.pooled_before_norm(model, inputs))),
         'exp': clock(lambda: M.length_distortion(model, basis, thetas)),
         'exp_authors': per_coordinate,
         'ntk': clock(lambda: M.ntk_condition(model, inputs)),
@@ -147,7 +149,7 @@ def bench_size(size: int, repeats: int, coords: Optional[int], ntk_batch: int,
 
     le = values['exp']
     row('forward, 10-point batch', 'plain forward (model as is)', 'plain', '1.00x')
-    row('forward, 10-point batch', 'plain forward (LayerNorms removed)', 'no_norms',
+    row('forward, 10-point batch', 'curve network (LayerNorms removed, SDPA in every window)', 'no_norms',
         f'{ratio(times, "no_norms", "plain"):.2f}x plain forward')
     exp_vs_forward = ratio(times, 'exp', 'plain')
     row('length distortion', 'forward-mode jvp (ours)', 'exp', f'{exp_vs_forward:.2f}x plain forward',
@@ -162,7 +164,7 @@ def bench_size(size: int, repeats: int, coords: Optional[int], ntk_batch: int,
     else:
         agreement = f'd f/d theta on {len(subset)} coordinates: max rel diff {diff:.1e}'
         note = (f'EXTRAPOLATED: ran {len(subset)} of {num_out} coordinates ({t_fwd:.2f}s forward + {t_bwd:.1f}s '
-                f'backward), time = forward + {num_out} x backward per coordinate')
+                f'backward in the last round), time = forward + {num_out} x backward per coordinate')
     exp_speedup = ratio(times, 'exp_authors', 'exp')
     row('length distortion', 'per-coordinate backward (authors)', 'exp_authors', f'{exp_speedup:.0f}x ours',
         agreement, note)
@@ -173,13 +175,14 @@ def bench_size(size: int, repeats: int, coords: Optional[int], ntk_batch: int,
     base_eig = torch.linalg.eigvalsh(jacobian @ jacobian.T)
     base_cond = float(base_eig[-1] / base_eig[0])
     ntk_speedup = ratio(times, 'ntk_authors', 'ntk')
+    row(f'forward, NTK batch {ntk_batch}', 'plain forward (model as is)', 'plain_ntk', '1.00x')
     row(f'NTK cond, batch {ntk_batch}', 'one batched backward (ours)', 'ntk',
-        f'{ratio(times, "ntk", "plain"):.2f}x plain forward', note=f'ntk = {cond:.6g}')
+        f'{ratio(times, "ntk", "plain_ntk"):.2f}x plain forward of the batch', note=f'ntk = {cond:.6g}')
     row(f'NTK cond, batch {ntk_batch}', 'per-sample backward (authors)', 'ntk_authors', f'{ntk_speedup:.1f}x ours',
         f'cond rel diff {abs(base_cond - cond) / base_cond:.1e}; eigenvalues max rel diff '
         f'{float(((base_eig - eig).abs() / base_eig).max()):.1e}',
-        f'{ntk_batch} backward passes ({t_fwd:.2f}s forward + {t_bwd / ntk_batch:.2f}s per backward + {t_gram:.3f}s '
-        f'Gram matrix and eigenvalues); one forward and one such backward would be '
+        f'{ntk_batch} backward passes (last round: {t_fwd:.2f}s forward + {t_bwd / ntk_batch:.2f}s per backward + '
+        f'{t_gram:.3f}s Gram matrix and eigenvalues); one forward and one such backward would be '
         f'{(t_fwd + t_bwd) / (t_fwd + t_bwd / ntk_batch):.1f}x faster')
 
     def verdict(ok: bool) -> str:
@@ -202,13 +205,22 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument('--ntk-batch', type=int, default=M.NTK_BATCH, help='NTK batch size (default: 16)')
     parser.add_argument('--threads', type=int, default=None, help="torch threads (default: torch's default)")
     args = parser.parse_args(argv)
-    if args.threads:
+    try:
+        sizes = [int(s) for s in args.sizes.split(',')]
+    except ValueError:
+        parser.error(f'--sizes must be comma-separated image sizes, got {args.sizes!r}')
+    for option, value, low in (('--sizes', min(sizes), 1), ('--repeats', args.repeats, 1),
+                               ('--coords', args.coords, 1), ('--ntk-batch', args.ntk_batch, 2),
+                               ('--threads', args.threads, 1)):
+        if value is not None and value < low:
+            parser.error(f'{option} must be at least {low}, got {value}')
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     print(f'# {GENOTYPE}, C={EMBED_DIM}, depths 1,1,1,1; torch {torch.__version__}, {torch.get_num_threads()} threads, '
           f'load average {os.getloadavg()[0]:.1f}')
     rows: List[Dict[str, str]] = []
     targets: List[str] = []
-    for size in (int(s) for s in args.sizes.split(',')):
+    for size in sizes:
         coords = args.coords if args.coords is not None else (SUBSET_AT_224 if size >= 224 else None)
         rows += bench_size(size, args.repeats, coords, args.ntk_batch, targets)
     header = ['size', 'measure', 'method', 'seconds', 'ratio', 'agreement', 'note']

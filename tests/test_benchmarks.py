@@ -43,6 +43,36 @@ def test_gpu_benchmark_search_slice_runs_on_cpu(tmp_path: Path):
     assert search['median_step_s'] > 0 and set(search['median_measure_s']) == {'ntk', 'exp'}
 
 
+BENCH_MEASURES = REPO_ROOT / 'benchmarks' / 'bench_measures.py'
+
+
+def test_measures_benchmark_compares_each_method_with_a_forward_of_its_own_batch(capsys: pytest.CaptureFixture):
+    runpy.run_path(str(BENCH_MEASURES))['main'](['--sizes', '16', '--repeats', '1', '--coords', '2',
+                                                 '--ntk-batch', '2'])
+    rows = [line.split(' | ')[1:5] for line in capsys.readouterr().out.splitlines() if line.startswith('| 16 |')]
+    assert [row[:2] for row in rows] == [
+        ['forward, 10-point batch', 'plain forward (model as is)'],
+        ['forward, 10-point batch', 'curve network (LayerNorms removed, SDPA in every window)'],
+        ['length distortion', 'forward-mode jvp (ours)'], ['length distortion', 'per-coordinate backward (authors)'],
+        ['forward, NTK batch 2', 'plain forward (model as is)'], ['NTK cond, batch 2', 'one batched backward (ours)'],
+        ['NTK cond, batch 2', 'per-sample backward (authors)']]
+    assert rows[2][3].endswith('x plain forward') and rows[5][3].endswith('x plain forward of the batch')
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--sizes', '64,x'], "--sizes must be comma-separated image sizes, got '64,x'"),
+    (['--sizes', '0'], '--sizes must be at least 1, got 0'),
+    (['--repeats', '0'], '--repeats must be at least 1, got 0'),
+    (['--coords', '0'], '--coords must be at least 1, got 0'),
+    (['--ntk-batch', '1'], '--ntk-batch must be at least 2, got 1'),
+    (['--threads', '0'], '--threads must be at least 1, got 0'),
+])
+def test_measures_benchmark_refuses_bad_options(args, message, capsys: pytest.CaptureFixture):
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(BENCH_MEASURES))['main'](args)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
 BENCH_MODEL = REPO_ROOT / 'benchmarks' / 'bench_model.py'
 
 
