@@ -9,9 +9,10 @@ For the seed-search network (``8,2,3|4,1,2|4,1,4|4,1,6|32``, C = 32, depths 1,1,
 * NTK condition number on a batch of ``--ntk-batch`` Gaussian images: ``ntk_condition`` (one batched
   backward pass, the Gram matrix, its eigenvalues) against the authors' method, one backward pass per
   sample, then their float32 Gram matrix (einsum) and its eigenvalues; both times cover the whole
-  computation, and ours is also given in plain forward passes over the same batch. The baseline's own forward time F and time per backward B give the speed-up of a bare forward
-  and backward, ``(F + n B) / (F + B)``: a one-pass method cannot do much better (about 11x for the search
-  network on a 2-core CPU).
+  computation, and ours is also given in plain forward passes over the same batch. The baseline's own
+  forward time F and time per backward B give the speed-up of a bare forward and backward,
+  ``(F + n B) / (F + B)``: a one-pass method cannot do much better (about 11x for the search network on a
+  2-core CPU).
 
 Where the per-coordinate baseline would take too long (``--coords``, default: all at 64 px, 16 at 224 px)
 it runs that many coordinates and its time is extrapolated linearly (forward + coordinates x the

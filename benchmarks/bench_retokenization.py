@@ -24,13 +24,25 @@ from typing import Any, Dict, List
 import torch
 
 from asvit_zoo.cost import param_count
-from asvit_zoo.fileio import new_figure, save_figure, write_json
+from asvit_zoo.fileio import new_figure, read_json, save_figure, write_json
 from asvit_zoo.retokenization import SCHEDULES, parse_schedule, plot_schedule, schedule_cost
 from asvit_zoo.train import METRICS, TrainConfig, build_model, load_config, read_metrics, train
+from asvit_zoo.validation import changed_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FULL, PROGRESSIVE = 'full', 'progressive'
 TARGETS = {'full_top1': 90.0, 'mac_saving': 0.40, 'time_saving': 0.25, 'top1_gap': 0.7, 'full_minutes': 20.0}
+
+
+def check_earlier_runs(configs: Dict[str, TrainConfig], output: Path) -> None:
+    """Raise ``ValueError`` if a run folder under ``output`` was started with other settings: its epochs would be
+    reported (or resumed) under these."""
+    for name, cfg in configs.items():
+        saved = output / name / 'config.json'
+        changed = changed_settings(read_json(saved), cfg) if saved.is_file() else []
+        if changed:
+            raise ValueError(f'{output / name} holds a run with other settings ({"; ".join(changed)}); give another '
+                             f'--output, or the same options to continue it')
 
 
 def run_interleaved(configs: Dict[str, TrainConfig], output: Path, progress: bool) -> Dict[str, List[Dict[str, Any]]]:
@@ -131,16 +143,22 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument('--threads', type=int, default=2, help='torch intra-op threads (default: 2)')
     parser.add_argument('--progress', action='store_true', help='progress bars')
     args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f'--threads must be at least 1, got {args.threads}')
     torch.set_num_threads(args.threads)
 
     overrides: Dict[str, Any] = {
         k: getattr(args, k) for k in ('epochs', 'train_subset', 'eval_subset', 'img_size', 'crop_padding')
         if getattr(args, k) is not None}
-    base = load_config(args.recipe, **overrides)
-    schedule = str(parse_schedule(args.schedule))
-    configs = {FULL: replace(base, retokenization=SCHEDULES[FULL]),
-               PROGRESSIVE: replace(base, retokenization=schedule)}
     output = Path(args.output)
+    try:
+        base = load_config(args.recipe, **overrides)
+        schedule = str(parse_schedule(args.schedule))
+        configs = {FULL: replace(base, retokenization=SCHEDULES[FULL]),
+                   PROGRESSIVE: replace(base, retokenization=schedule)}
+        check_earlier_runs(configs, output)
+    except (ValueError, FileNotFoundError) as e:
+        parser.error(str(e))
     output.mkdir(parents=True, exist_ok=True)
 
     model = build_model(base, num_classes=10, in_chans=1)

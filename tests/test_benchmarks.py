@@ -73,6 +73,32 @@ def test_measures_benchmark_refuses_bad_options(args, message, capsys: pytest.Ca
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
+BENCH_RETOKENIZATION = REPO_ROOT / 'benchmarks' / 'bench_retokenization.py'
+
+
+def test_retokenization_benchmark_refuses_runs_made_with_other_settings(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture):
+    """An output folder that holds runs of other settings is refused before any training: their epochs would be
+    skipped as done and reported under the new settings."""
+    from asvit_zoo.retokenization import SCHEDULES
+    from asvit_zoo.train import load_config
+
+    earlier = load_config(REPO_ROOT / 'recipes' / 'fmnist_tiny.json', epochs=1, retokenization=SCHEDULES['short'])
+    (tmp_path / 'progressive').mkdir()
+    (tmp_path / 'progressive' / 'config.json').write_text(json.dumps(earlier.to_dict()))
+    main = runpy.run_path(str(BENCH_RETOKENIZATION))['main']
+    for args, message in ((['--epochs', '1', '--schedule', 'paper'], f'{tmp_path / "progressive"} holds a run with '
+                           "other settings (retokenization: saved '0.6:8:2,0.2:6:1,0.2:4:1', given '0.3:16:2,"),
+                          (['--epochs', '2'], 'other settings (epochs: saved 1, given 2)'),
+                          (['--schedule', 'bogus'], "(e.g. 0.5:8:2), got 'bogus'"),
+                          (['--epochs', '0'], 'epochs must be an integer >= 1, got 0'),
+                          (['--threads', '0'], '--threads must be at least 1, got 0')):
+        with pytest.raises(SystemExit) as exit_info:
+            main(['--output', str(tmp_path), *args])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['progressive']  # nothing trained or written
+
+
 BENCH_MODEL = REPO_ROOT / 'benchmarks' / 'bench_model.py'
 
 
