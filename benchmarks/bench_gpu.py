@@ -24,13 +24,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import timm
 import torch
 
 from asvit_zoo.devices import resolve_device
 from asvit_zoo.fileio import read_json_lines, write_json
 from asvit_zoo.retokenization import FULL_TOKENS, SCHEDULES, format_tokenizer, parse_schedule
 from asvit_zoo.search import STEPS_FILE, SearchConfig, search
-from asvit_zoo.train import TrainConfig, Trainer
+from asvit_zoo.train import GENERIC_MODEL, TrainConfig, Trainer
 from asvit_zoo.validation import check_compile_backend
 
 PAPER_SEARCH_STEPS = 500
@@ -50,10 +51,12 @@ def _peak_memory(device: torch.device, reset: bool = False) -> Optional[int]:
     return torch.cuda.max_memory_allocated(device)
 
 
-def search_slice(args: argparse.Namespace, output: Path) -> Dict[str, Any]:
-    config = SearchConfig(steps=args.search_steps, repeat=args.repeat, batch_size=args.ntk_batch,
-                          image_size=args.search_size, measures=('ntk', 'exp'), data='noise', device=args.device,
-                          seed=0)
+def search_config(args: argparse.Namespace) -> SearchConfig:
+    return SearchConfig(steps=args.search_steps, repeat=args.repeat, batch_size=args.ntk_batch,
+                        image_size=args.search_size, measures=('ntk', 'exp'), data='noise', device=args.device, seed=0)
+
+
+def search_slice(config: SearchConfig, args: argparse.Namespace, output: Path) -> Dict[str, Any]:
     run = output / 'search'
     shutil.rmtree(run, ignore_errors=True)  # this script's own run folder: a rerun starts a fresh search
     result = search(config, run, progress=args.progress)
@@ -78,17 +81,33 @@ def _timed_epoch(trainer: Trainer, epoch: int, device: torch.device) -> Dict[str
             'train_loss': record['train_loss']}
 
 
-def train_settings(args: argparse.Namespace, output: Path) -> List[Dict[str, Any]]:
+def train_settings_used() -> List[Tuple[int, int]]:
+    """The tokenizer settings the train part times: the coarse ones of the paper's schedule, then full tokens."""
+    coarse = [s for s in parse_schedule(SCHEDULES['paper']).settings if s != FULL_TOKENS]
+    return [*coarse, FULL_TOKENS]
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
     """One trainer run whose schedule gives each setting (coarse ones first, as a schedule must end on full
     tokens) two epochs of ``--train-steps`` steps: the first warms up, the second is timed."""
-    device = resolve_device(args.device)
-    coarse = [s for s in parse_schedule(SCHEDULES['paper']).settings if s != FULL_TOKENS]
-    settings = [*coarse, FULL_TOKENS]
+    settings = train_settings_used()
     schedule = ','.join(f'{1 / len(settings)!r}:{stride}:{dilation}' for stride, dilation in settings)
-    cfg = TrainConfig(model=args.model, data='synthetic', img_size=args.train_size, amp=args.amp,
-                      batch_size=args.batch_size, epochs=2 * len(settings), warmup_epochs=0,
-                      synthetic_train=args.batch_size * args.train_steps, synthetic_eval=args.batch_size,
-                      retokenization=schedule, device=str(device), compile=args.compile)
+    if '|' in args.model:
+        model = dict(model=GENERIC_MODEL, genotype=args.model)
+    elif timm.is_model(args.model) and args.model.startswith('asvit'):
+        model = dict(model=args.model)
+    else:
+        raise ValueError(f'--model must be a registered As-ViT variant (asvit list) or a scaled genotype string '
+                         f'K,S,E,L|...|H,C, got {args.model!r}')
+    return TrainConfig(**model, data='synthetic', img_size=args.train_size, amp=args.amp,
+                       batch_size=args.batch_size, epochs=2 * len(settings), warmup_epochs=0,
+                       synthetic_train=args.batch_size * args.train_steps, synthetic_eval=args.batch_size,
+                       retokenization=schedule, device=args.device, compile=args.compile)
+
+
+def train_settings(cfg: TrainConfig, args: argparse.Namespace, output: Path) -> List[Dict[str, Any]]:
+    device = resolve_device(cfg.device)
+    settings = train_settings_used()
     trainer = Trainer(cfg, output / 'train', progress=args.progress)
     images = args.train_steps * args.batch_size
     rows = []
@@ -151,33 +170,38 @@ def main(argv: List[str] = None) -> int:
                                                              "'inductor' (default: eager)")
     parser.add_argument('--progress', action='store_true', help='progress bars')
     args = parser.parse_args(argv)
-    runners: Dict[str, Tuple[Callable[[argparse.Namespace, Path], Any], Callable[[Any], str]]] = {
-        'search': (search_slice, format_search),
-        'train': (train_settings, lambda rows: format_train(rows, args)),
+    # each part: (its config from the options, checked before anything runs; the run; the table)
+    parts_known: Dict[str, Tuple[Callable[[argparse.Namespace], Any], Callable[..., Any], Callable[[Any], str]]] = {
+        'search': (search_config, search_slice, format_search),
+        'train': (train_config, train_settings, lambda rows: format_train(rows, args)),
     }
     parts = [p.strip() for p in args.parts.split(',')]
-    unknown = [p for p in parts if p not in runners]
+    unknown = [p for p in parts if p not in parts_known]
     if unknown:
-        parser.error(f'--parts: unknown part(s) {", ".join(unknown)}; choose from {", ".join(runners)}')
+        parser.error(f'--parts: unknown part(s) {", ".join(unknown)}; choose from {", ".join(parts_known)}')
     if 'search' in parts and args.search_steps < 2:
         parser.error(f'--search-steps must be at least 2 (step 1 carries the warm-up and is reported apart from '
                      f'the median of steps 2-N), got {args.search_steps}')
-    if args.compile is not None:
-        try:
+    for option, value in (('--train-steps', args.train_steps), ('--batch-size', args.batch_size)):
+        if 'train' in parts and value < 1:
+            parser.error(f'{option} must be at least 1, got {value}')
+    try:
+        device = resolve_device(args.device)
+        if args.compile is not None:
             check_compile_backend(args.compile, '--compile')
-        except ValueError as e:
-            parser.error(str(e))
+        configs = {part: parts_known[part][0](args) for part in parts}
+    except ValueError as e:
+        parser.error(str(e))
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'
     results: Dict[str, Any] = {'device': name, 'torch': torch.__version__, 'compile': args.compile}
     print(f'device: {name}, torch {torch.__version__}', flush=True)
     for part in parts:
-        run, render = runners[part]
-        results[part] = run(args, output)
+        _, run, render = parts_known[part]
+        results[part] = run(configs[part], args, output)
+        write_json(output / 'results.json', results)  # after each part: a later failure keeps what was measured
         print(render(results[part]), flush=True)
-    write_json(output / 'results.json', results)
     print(f'-> {output}/results.json')
     return 0
 

@@ -34,6 +34,22 @@ def test_gpu_benchmark_refuses_a_single_search_step(capsys: pytest.CaptureFixtur
     assert '--search-steps must be at least 2' in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('args,message', [
+    (['--train-steps', '0'], '--train-steps must be at least 1, got 0'),
+    (['--batch-size', '0'], '--batch-size must be at least 1, got 0'),
+    (['--repeat', '0'], 'repeat must be an integer >= 1, got 0'),
+    (['--device', 'gpu'], "device 'gpu' is not a torch device"),
+    (['--model', 'resnet50'], "--model must be a registered As-ViT variant (asvit list) or a scaled genotype string"),
+])
+def test_gpu_benchmark_checks_every_part_before_running_any(args, message, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture):
+    """A bad train option no longer fails after the search slice has run (and its timing was lost)."""
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(BENCH_GPU))['main'](['--device', 'cpu', '--output', str(tmp_path / 'out'), *args])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / 'out').exists()
+
+
 def test_gpu_benchmark_search_slice_runs_on_cpu(tmp_path: Path):
     assert runpy.run_path(str(BENCH_GPU))['main'](['--device', 'cpu', '--output', str(tmp_path), '--parts', 'search',
                                                   '--search-steps', '2', '--search-size', '32', '--repeat', '1',
