@@ -29,6 +29,7 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.models import get_pretrained_cfg
 
 import asvit_zoo  # noqa: F401  (registers the As-ViT models with timm)
 from asvit_zoo.asvit import CPU_PLAIN_ATTN_MAX_TOKENS, AsViT
@@ -95,8 +96,10 @@ def build_cases(models: Sequence[str], reference: Optional[str], image_size: int
         cases += [Case(name, model, path) for path in SETTINGS]
         if backend is not None:  # its own copy: the other cases switch the attention path of theirs every pass
             cases.append(Case(name, copy.deepcopy(model), DEFAULT, backend))
-    if reference is not None:
-        model = timm.create_model(reference, img_size=image_size, in_chans=in_chans, num_classes=num_classes)
+    if reference is not None:  # a model with a fixed input size (ViT, Swin) is built for the benchmark's size
+        cfg = get_pretrained_cfg(reference)
+        size = dict(img_size=image_size) if cfg is not None and cfg.fixed_input_size else {}
+        model = timm.create_model(reference, in_chans=in_chans, num_classes=num_classes, **size)
         cases.append(Case(reference, model, path=None))
     for case in cases:
         case.prepare()
@@ -177,6 +180,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             parser.error('--compile needs --warmup >= 1: the first pass compiles')
     args.models = args.models or list(ASVIT_MODELS)
     args.reference = None if args.reference.lower() == 'none' else args.reference
+    for option, name in [('--model', m) for m in args.models if '|' not in m] + [('--reference', args.reference)]:
+        if name is not None and not timm.is_model(name):
+            parser.error(f'{option}: unknown timm model {name!r} (an As-ViT variant, a genotype string for --model, '
+                         f'or any timm model for --reference)')
     return args
 
 

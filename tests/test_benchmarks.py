@@ -131,11 +131,21 @@ def test_model_benchmark_times_a_compiled_copy_beside_the_eager_paths(capsys: py
 @pytest.mark.parametrize('args,message', [
     (['--compile', 'fast'], "--compile must be a torch.compile backend (cudagraphs, "),
     (['--compile', 'inductor', '--warmup', '0'], '--compile needs --warmup >= 1: the first pass compiles'),
+    (['--reference', 'resnet5'], "--reference: unknown timm model 'resnet5'"),
+    (['--model', 'asvit_tiny', '--model', 'asvit_huge'], "--model: unknown timm model 'asvit_huge'"),
 ])
-def test_model_benchmark_refuses_a_compile_it_cannot_time(args: list, message: str, capsys: pytest.CaptureFixture):
+def test_model_benchmark_refuses_what_it_cannot_time(args: list, message: str, capsys: pytest.CaptureFixture):
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_path(str(BENCH_MODEL))['main'](args)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_model_benchmark_builds_a_reference_of_any_input_size_handling(capsys: pytest.CaptureFixture):
+    # resnet takes no img_size (any input size); a ViT is built for the benchmark's size
+    for reference in ('resnet18', 'vit_tiny_patch16_224'):
+        runpy.run_path(str(BENCH_MODEL))['main'](['--model', 'asvit_seed', '--reference', reference, '--batch', '1',
+                                                  '--image-size', '32', '--iters', '1', '--warmup', '0'])
+        assert f'| {reference} | ' in capsys.readouterr().out
 
 
 def test_gpu_benchmark_training_part_runs_compiled_on_cpu(tmp_path: Path):
