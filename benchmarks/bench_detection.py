@@ -34,7 +34,7 @@ from mmengine.registry import init_default_scope
 
 from mmdet.registry import MODELS
 
-from asvit_zoo.detection import load_config
+from asvit_zoo.detection import config_path, load_config
 from asvit_zoo.detection.fmnist_coco import annotation_file, data_root_options
 from asvit_zoo.fileio import read_json, write_json
 
@@ -74,7 +74,7 @@ def bench_train(work_dir: Path, num_train: int, num_val: int, max_iters: Optiona
         options.update({'train_cfg.max_iters': max_iters, 'train_cfg.val_interval': max_iters,
                         'param_scheduler.0.end': warmup, 'param_scheduler.1.begin': warmup,
                         'param_scheduler.1.end': max_iters})
-    iters = max_iters or load_config(config).train_cfg.max_iters
+    iters = max_iters if max_iters is not None else load_config(config).train_cfg.max_iters
     train_dir = work_dir / 'train'
     train_s = _run(['det_train.py', config, '--work-dir', str(train_dir), '--cfg-options', *_options(options)],
                    threads)
@@ -147,15 +147,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help='speed: input height and width (default: 800 1333)')
     parser.add_argument('--rounds', type=int, default=5, help='speed: timed rounds after a warm-up round (default: 5)')
     args = parser.parse_args(argv)
+    lowest = {'--train-images': 1, '--val-images': 1, '--threads': 1, '--rounds': 1, '--image-size': 1,
+              '--max-iters': 2}  # --max-iters: its warm-up takes at least one iteration, the cosine the rest
+    given = {'--train-images': args.train_images, '--val-images': args.val_images, '--threads': args.threads,
+             '--rounds': args.rounds, '--image-size': min(args.image_size), '--max-iters': args.max_iters}
+    for option, value in given.items():
+        if value is not None and value < lowest[option]:
+            parser.error(f'{option} must be at least {lowest[option]}, got {value}')
     work_dir = args.work_dir.resolve()
-    if args.part == 'train':
-        try:
+    try:
+        if args.part == 'train':
+            config_path(args.config)
             result = bench_train(work_dir, args.train_images, args.val_images, args.max_iters, args.threads,
                                  args.config)
-        except ValueError as e:
-            parser.error(str(e))
-    else:
-        result = bench_speed(args.archs, args.image_size, args.rounds)
+        else:
+            result = bench_speed(args.archs, args.image_size, args.rounds)
+    except (ValueError, FileNotFoundError) as e:
+        parser.error(str(e))
     result['command'] = ' '.join(['python', 'benchmarks/bench_detection.py', *(argv or sys.argv[1:])])
     write_json(work_dir / f'{args.part}.json', result)
     print(json.dumps(result, indent=2))

@@ -115,6 +115,22 @@ def test_retokenization_benchmark_refuses_runs_made_with_other_settings(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ['progressive']  # nothing trained or written
 
 
+BENCH_DETECTION = REPO_ROOT / 'benchmarks' / 'bench_detection.py'
+
+
+@pytest.mark.parametrize('args,message', [
+    (['speed', '--rounds', '0'], '--rounds must be at least 1, got 0'),
+    (['train', '--max-iters', '1'], '--max-iters must be at least 2, got 1'),
+    (['train', '--config', 'nope'], "config 'nope' is neither a file nor a shipped config"),
+    (['speed', '--archs', 'asvit_nope', '--image-size', '64', '64'], "AsViT arch must be a registered As-ViT variant"),
+])
+def test_detection_benchmark_refuses_bad_options(args, message, tmp_path: Path, capsys: pytest.CaptureFixture):
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(BENCH_DETECTION))['main']([*args, '--work-dir', str(tmp_path / 'out')])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / 'out').exists()
+
+
 BENCH_MODEL = REPO_ROOT / 'benchmarks' / 'bench_model.py'
 
 
