@@ -26,9 +26,10 @@ from .cost import count_macs, param_count
 from .datasets import search_batch
 from .devices import resolve_device
 from .fileio import check_folder, new_figure, read_json, save_figure, write_json, write_text
-from .genotype import SEARCH_SPACE, Genotype
+from .genotype import HEAD_DIVISORS, NUM_STAGES, SEARCH_SPACE, Genotype
 from .measures import measure_genotype
-from .validation import COUNT, POSITIVE, SEED_RANGE, Range, changed_settings, check_fields, offset_seed, setting
+from .validation import (COUNT, POSITIVE, SEED_RANGE, Range, changed_settings, check_count, check_fields, check_seed,
+                         offset_seed, setting)
 
 __all__ = ['CorrelationConfig', 'sample_topologies', 'kendall_table', 'correlate']
 
@@ -50,7 +51,8 @@ SCORES = {
 @dataclass(frozen=True)
 class CorrelationConfig:
     n: int = setting(24, allowed=Range(3), why='topologies of a rank correlation')
-    embed_dim: int = setting(32, allowed=COUNT)
+    embed_dim: int = setting(32, allowed=Range(max(SEARCH_SPACE['heads']) // HEAD_DIVISORS[0]),
+                             why='stage 1 of a sampled topology with the most heads needs a channel per head')
     depths: Tuple[int, ...] = setting((1, 1, 1, 1), allowed=COUNT)
     measure_image_size: int = setting(32, allowed=COUNT)
     repeat: int = setting(1, allowed=COUNT)
@@ -66,6 +68,8 @@ class CorrelationConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if len(self.depths) != NUM_STAGES:
+            raise ValueError(f'depths must have {NUM_STAGES} values (one per stage), got {self.depths!r}')
         if self.train_subset is not None and self.train_subset < self.batch_size:
             raise ValueError(f'train_subset must be at least batch_size ({self.batch_size}): a study trains on '
                              f'whole batches, got {self.train_subset}')
@@ -74,6 +78,8 @@ class CorrelationConfig:
 
 def sample_topologies(n: int, seed: int) -> List[Genotype]:
     """``n`` distinct seed topologies drawn uniformly from the search space."""
+    check_count('n', n)
+    check_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     sizes = [len(values) for values in SEARCH_SPACE.values()]
     total = math.prod(sizes)

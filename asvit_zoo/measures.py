@@ -93,7 +93,7 @@ from .devices import resolve_device
 from .distributed import gather_objects, group_size, my_share
 from .genotype import Genotype
 from .hub import load_safetensors, read_metadata, state_dict_mismatch
-from .validation import check_seed, is_count
+from .validation import check_count, check_seed, is_count
 from .weights import load_weights
 
 __all__ = [
@@ -215,6 +215,9 @@ def default_curve(image_size: int, in_chans: int = 3, points: int = CURVE_POINTS
                   seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
     """The authors' curve: ``(basis, thetas)``, basis = the first two left-singular vectors of a
     (in_chans * H * W) x 2 standard normal matrix drawn from ``seed``, thetas = linspace(0, 2 pi, points)."""
+    for name, value in (('image_size', image_size), ('in_chans', in_chans), ('points', points)):
+        check_count(name, value)
+    check_seed(seed)
     gaussian = torch.randn(in_chans * image_size * image_size, 2, generator=torch.Generator().manual_seed(seed),
                            dtype=torch.float64)
     basis = torch.linalg.svd(gaussian, full_matrices=False).U.float().contiguous()
@@ -479,6 +482,10 @@ def _weight_owners(model: nn.Module) -> Dict[nn.Module, str]:
 def _per_sample_terms(model: nn.Module, inputs: torch.Tensor) -> Iterator[Tuple[str, Union[Rows, torch.Tensor]]]:
     """(name, rows or (n, numel) per-sample gradients) for every weight that gets a gradient, from one batched
     forward and backward pass of ``sum f(x_i)`` in train mode; the model's modes are restored."""
+    in_chans = getattr(model, 'in_chans', 3)
+    if inputs.dim() != 4 or inputs.shape[0] < 1 or inputs.shape[1] != in_chans:
+        raise ValueError(f'inputs (the NTK batch) must have shape (n >= 1, {in_chans}, H, W) for a model of '
+                         f'{in_chans} input channels, got {tuple(inputs.shape)}')
     n = inputs.shape[0]
     owners = _weight_owners(model)
     calls: Dict[nn.Module, List[Tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
@@ -730,11 +737,11 @@ def measure_genotype(
         device: 'cpu' or 'cuda[:N]'.
         weights: Weights file to measure instead of fresh initialisations.
         curve: ``(curve_basis, thetas)``; default :func:`default_curve` of ``image_size`` and ``seed``.
-        which: Subset of ``('exp', 'curvature', 'ntk')``; the others stay None.
+        which: Subset of ``('exp', 'curvature', 'ntk')``, or one of them; the others stay None.
         distributed: Share the copies among the processes of the default process group (a collective call).
     """
     g = resolve_genotype(genotype, embed_dim, depths)
-    which = tuple(which)
+    which = (which,) if isinstance(which, str) else tuple(which)
     unknown = [w for w in which if w not in MEASURES]
     if unknown or not which:
         raise ValueError(f'which={list(which)}: measures must be a non-empty subset of {list(MEASURES)}')

@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -100,10 +101,21 @@ def test_the_batch_size_is_an_option():
     (dict(lr=0), 'lr must be a finite number > 0, got 0'),
     (dict(train_subset=0), 'train_subset must be an integer >= 1 or unset, got 0'),
     (dict(device=None), 'device must be a string, got None'),
+    (dict(embed_dim=4), r'embed_dim must be an integer >= 8 \(stage 1 of a sampled topology with the most heads '
+                        r'needs a channel per head\), got 4'),
+    (dict(depths=(1, 1, 1)), r'depths must have 4 values \(one per stage\), got \(1, 1, 1\)'),
 ])
 def test_settings_are_checked(values, message):
     with pytest.raises(ValueError, match=f'^{message}$'):
         CorrelationConfig(**values)
+
+
+@pytest.mark.parametrize('n, seed, message', [(2.5, 0, 'n must be an integer >= 1, got 2.5'),
+                                              (-1, 0, 'n must be an integer >= 1, got -1'),
+                                              (3, -1, 'seed must be an integer in')])
+def test_sample_topologies_checks_its_arguments(n, seed, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        sample_topologies(n, seed)
 
 
 def test_each_topology_is_measured_with_a_seed_in_range(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

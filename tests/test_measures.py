@@ -229,6 +229,21 @@ def test_measures_leave_the_model_alone():
         assert torch.equal(v, before[k]), k
 
 
+@pytest.mark.parametrize('shape', [(4, 3, 32), (0, 3, 32, 32), (2, 1, 32, 32)])
+def test_ntk_names_a_batch_of_the_wrong_shape(shape):
+    with pytest.raises(ValueError, match=re.escape(f'inputs (the NTK batch) must have shape (n >= 1, 3, H, W) for a '
+                                                   f'model of 3 input channels, got {shape}')):
+        M.ntk_gram(_net(TINY), torch.randn(shape))
+
+
+@pytest.mark.parametrize('args, message', [((0,), 'image_size must be an integer >= 1, got 0'),
+                                           ((32.0,), 'image_size must be an integer >= 1, got 32.0'),
+                                           ((32, 3, 1, 1.5), 'seed must be an integer in')])
+def test_default_curve_checks_its_arguments(args, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        M.default_curve(*args)
+
+
 def test_measures_are_the_same_with_gradient_checkpointing_and_in_inference_mode():
     model = _net(TINY).eval()
     basis, thetas = M.default_curve(32)
@@ -291,7 +306,7 @@ def test_measure_genotype_means_over_copies():
     for r in range(3):
         torch.manual_seed(r)
         singles.append(M.length_distortion(AsViT(TINY), basis, thetas))
-    mean = M.measure_genotype(TINY, image_size=32, repeat=3, seed=0, which=('exp',)).exp
+    mean = M.measure_genotype(TINY, image_size=32, repeat=3, seed=0, which='exp').exp  # one name as which
     assert mean == pytest.approx(sum(singles) / 3, rel=1e-12)
 
 
