@@ -9,6 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 from .asvit import AsViT
 from .genotype import Genotype
+from .validation import is_count
 
 
 # torch's FlopCounterMode knows the CUDA attention kernels but not the CPU flash kernel that
@@ -43,6 +44,8 @@ def count_macs(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> i
     FlopCounterMode counts matmuls, convolutions and attention (2 FLOPs per MAC); elementwise work
     (norms, activations, softmax) is not counted, as in the paper's numbers.
     """
+    if len(input_size) != 3 or not all(map(is_count, input_size)):
+        raise ValueError(f'input_size must be (C, H, W), three integers >= 1, got {tuple(input_size)!r}')
     modes = {m: m.training for m in model.modules()}  # each module's, restored as it was
     model.eval()
     try:

@@ -97,6 +97,8 @@ def test_macs_count_attention_whether_fused_or_not():
     model.stages[1].eval()  # one module's mode, left as the caller set it
     assert count_macs(model, (3, 96, 80)) == fused
     assert model.training and not model.stages[1].training and model.stages[2].training
+    with pytest.raises(ValueError, match=re.escape('input_size must be (C, H, W), three integers >= 1, got (96, 80)')):
+        count_macs(model, (96, 80))
 
 
 # --------------------------------------------------------------------------- any input size
