@@ -33,7 +33,8 @@ from torch.jit import Final
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm, Mlp, get_device_dtype, trunc_normal_, use_fused_attn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, split_model_name_tag
+from timm.models import (build_model_with_cfg, generate_default_cfgs, is_model, register_model,
+                         split_model_name_tag)
 from timm.models._builder import resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq, named_apply
@@ -724,6 +725,10 @@ def _joined(card: VariantCard) -> VariantCard:
     (or replace one) but keeps the registered default and must not change the genotype."""
     known = _CARDS.get(card.name)
     if known is None:
+        if is_model(card.name):  # 'asvit' (any genotype) included
+            raise RegistryError(f'{card.path}: architecture {card.name!r} is the name of a timm model that is not an '
+                                f'As-ViT variant; registering it would replace that model (give the variant its own '
+                                f'name)')
         return card
     if card.genotype != known.genotype:
         raise RegistryError(f'{card.path}: {card.name} has genotype {card.genotype}, but the registered {card.name} '

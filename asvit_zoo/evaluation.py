@@ -19,7 +19,7 @@ import torch
 from timm.models import split_model_name_tag
 from torch import nn
 
-from .asvit import AsViT, register_model_source
+from .asvit import AsViT, register_model_source, registered_card
 from .devices import parse_device, resolve_device
 from .distributed import DistEnv
 from .hub import CONFIG_FILE, HF_HUB_PREFIX, LOCAL_DIR_PREFIX, WEIGHTS_FILE, checkpoint_model
@@ -34,12 +34,13 @@ WEIGHTS_SUFFIXES = ('.safetensors', '.pth', '.pt', '.bin', '.tar')  # a name end
 PathLike = Union[str, os.PathLike]
 
 
-def load_pretrained(model: str, ema: bool = False) -> AsViT:
+def load_pretrained(model: PathLike, ema: bool = False) -> AsViT:
     """The pretrained As-ViT named by ``model`` (see the module docstring), in eval mode on the CPU.
 
     ``ema=True`` takes the EMA weights of a trainer checkpoint. An ``hf-hub:`` repo that is neither cached nor
     reachable raises :class:`~asvit_zoo.hub.HubUnavailableError` before timm tries the network.
     """
+    model = os.fspath(model)
     path = Path(model)
     if path.is_file():
         if path.suffix == '.safetensors':
@@ -60,10 +61,11 @@ def load_pretrained(model: str, ema: bool = False) -> AsViT:
     elif ema:
         raise ValueError(f'--ema needs a trainer checkpoint file, got {model!r}')
     register_model_source(model)  # a clear offline/no-cache error before timm's own fetch
-    created = timm.create_model(model, pretrained=True)
-    if not isinstance(created, AsViT):
-        raise ValueError(f'{model!r} is a {type(created).__name__}, not an As-ViT model')
-    return created.eval()
+    architecture = split_model_name_tag(model)[0]
+    if not model.startswith((HF_HUB_PREFIX, LOCAL_DIR_PREFIX)) and registered_card(architecture) is None:
+        raise ValueError(f'{model!r} is not a registered As-ViT variant (see `asvit list`), so it has no As-ViT '
+                         f'weights to load; give a variant, hf-hub:ORG/NAME, local-dir:PATH or a checkpoint file')
+    return timm.create_model(model, pretrained=True).eval()
 
 
 def _check_fits(model: nn.Module, name: str, data: str, num_classes: int, mean: Any, std: Any) -> None:

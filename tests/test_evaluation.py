@@ -105,6 +105,11 @@ def test_errors_name_the_problem(run: Path, tmp_path: Path, capsys: pytest.Captu
     for missing in (tmp_path / 'no' / 'last.pth.tar', tmp_path / 'model.safetensors', tmp_path / 'weights.pth'):
         assert cli_main(['eval', str(missing)]) == 2
         assert capsys.readouterr().err == f'asvit eval: error: weights file not found: {missing}\n'
+        with pytest.raises(FileNotFoundError, match=f'weights file not found: {missing}'):
+            load_pretrained(missing)  # a Path, as well as a string
+    for other in ('resnet18', 'asvit'):  # refused before timm fetches any weights
+        with pytest.raises(ValueError, match=f"'{other}' is not a registered As-ViT variant"):
+            load_pretrained(other)
     for option in ('--subset', '--batch-size'):
         assert cli_main(['eval', 'asvit_tiny.fmnist', option, '0']) == 2
         assert f"{option[2:].replace('-', '_')} must be an integer >= 1, got 0" in capsys.readouterr().err

@@ -43,6 +43,18 @@ def _edit(folder: Path, **changes) -> None:
     path.write_text(json.dumps(config))
 
 
+@pytest.mark.parametrize('name', ['resnet18', 'asvit'])
+def test_a_folder_cannot_take_the_name_of_another_timm_model(card_dir, name):
+    import asvit_zoo
+
+    entrypoint = timm.models.model_entrypoint(name)
+    _edit(card_dir, architecture=name)
+    with pytest.raises(RegistryError, match=f"architecture '{name}' is the name of a timm model that is not an "
+                                            f'As-ViT variant; registering it would replace that model'):
+        asvit_zoo.register_folder(card_dir)  # as a local-dir: or hf-hub: source would
+    assert timm.models.model_entrypoint(name) is entrypoint
+
+
 def test_valid_copy_loads(card_dir):
     card = load_card(card_dir)
     assert card.name == 'asvit_seed' and str(card.genotype) == '8,2,3,1|4,1,2,1|4,1,4,1|4,1,6,1|32,32'
