@@ -18,8 +18,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
+from timm.models import PretrainedCfg
+
 from .fileio import atomic_folder, write_json, write_text
 from .genotype import Genotype
+from .validation import is_count
 
 __all__ = ['RegistryError', 'VariantCard', 'registry_root', 'load_registry', 'load_card', 'write_card',
            'render_model_card']
@@ -157,6 +160,7 @@ def load_card(folder: Path, check_name: bool = True) -> VariantCard:
         raise _fail(config_path, f'unknown field(s) {unknown}; allowed: {sorted(REQUIRED_KEYS | OPTIONAL_KEYS)}')
     if not isinstance(config['pretrained_cfg'], dict):
         raise _fail(config_path, 'pretrained_cfg must be an object')
+    _check_pretrained_cfg(config_path, config['pretrained_cfg'])
     if not (isinstance(config['architecture'], str) and MODEL_NAME_PATTERN.match(config['architecture'])):
         raise _fail(config_path, f"architecture must be a model name ({MODEL_NAME_RULE}), got "
                                  f"{config['architecture']!r}")
@@ -177,7 +181,8 @@ def load_card(folder: Path, check_name: bool = True) -> VariantCard:
         raise _fail(config_path, f'model_args.genotype does not parse: {e}') from None
     if genotype.is_seed:
         raise _fail(config_path, f'model_args.genotype must be in the scaled form K,S,E,L|...|H,C, got {genotype}')
-    if not isinstance(config['num_classes'], int) or config['num_classes'] < 0:
+    if isinstance(config['num_classes'], bool) or not isinstance(config['num_classes'], int) or \
+            config['num_classes'] < 0:
         raise _fail(config_path, f"num_classes must be an integer >= 0, got {config['num_classes']!r}")
     if 'num_features' in config and config['num_features'] != genotype.stage_widths()[-1]:
         raise _fail(config_path, f"num_features {config['num_features']} does not match the genotype's last stage "
@@ -188,6 +193,25 @@ def load_card(folder: Path, check_name: bool = True) -> VariantCard:
     if 'weights' in config:
         _check_weights(config_path, config['weights'])
     return VariantCard(name=config['architecture'], path=folder, genotype=genotype, config=config)
+
+
+def _check_pretrained_cfg(config_path: Path, cfg: Mapping[str, Any]) -> None:
+    """The fields timm reads from a card's ``pretrained_cfg``: known to timm, with a string tag and an input size
+    (C, H, W) whose mean and std have one value per channel."""
+    unknown = sorted(cfg.keys() - {f.name for f in dataclasses.fields(PretrainedCfg)})
+    if unknown:
+        raise _fail(config_path, f"unknown pretrained_cfg field(s) {unknown}; allowed: timm's PretrainedCfg fields")
+    if not isinstance(cfg.get('tag', ''), str):
+        raise _fail(config_path, f"pretrained_cfg.tag must be a string, got {cfg['tag']!r}")
+    size = cfg.get('input_size', DEFAULT_PRETRAINED_CFG['input_size'])
+    if not (isinstance(size, list) and len(size) == 3 and all(map(is_count, size))):
+        raise _fail(config_path, f'pretrained_cfg.input_size must be [C, H, W], three integers >= 1, got {size!r}')
+    for key in ('mean', 'std'):
+        values = cfg.get(key)
+        if values is not None and not (isinstance(values, list) and len(values) == size[0] and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+            raise _fail(config_path, f'pretrained_cfg.{key} must list one number per input channel ({size[0]}, '
+                                     f'from input_size {size}), got {values!r}')
 
 
 def _check_weights(config_path: Path, weights: Any) -> None:

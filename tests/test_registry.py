@@ -75,6 +75,13 @@ def test_valid_copy_loads(card_dir):
     (dict(num_features=512), "num_features 512 does not match the genotype's last stage width 256"),
     (dict(num_classes=-1), 'num_classes must be an integer >= 0'),
     (dict(pretrained_cfg=[1]), 'pretrained_cfg must be an object'),
+    (dict(num_classes=True), 'num_classes must be an integer >= 0, got True'),
+    (dict(pretrained_cfg={'foo': 1}), r"unknown pretrained_cfg field\(s\) \['foo'\]; allowed: timm's PretrainedCfg"),
+    (dict(pretrained_cfg={'tag': 5}), 'pretrained_cfg.tag must be a string, got 5'),
+    (dict(pretrained_cfg={'input_size': [1, 28]}), r'pretrained_cfg.input_size must be \[C, H, W\], three integers '
+                                                   r'>= 1, got \[1, 28\]'),
+    (dict(pretrained_cfg={'input_size': [1, 28, 28], 'mean': [0.5, 0.5, 0.5]}),
+     r'pretrained_cfg.mean must list one number per input channel \(1, from input_size \[1, 28, 28\]\), got'),
 ])
 def test_validation_errors_name_file_and_problem(card_dir, changes, message):
     _edit(card_dir, **changes)
