@@ -142,6 +142,7 @@ def _cli_build(preset: Path, folder: Path) -> str:
     return result.stdout
 
 
+@pytest.mark.slow
 def test_a_rebuild_with_new_variants_replaces_only_what_the_build_made(uninterrupted: Path, tmp_path: Path):
     folder = Path(shutil.copytree(uninterrupted, tmp_path / 'build_d'))
     shutil.copytree(REGISTRY / 'asvit_seed', folder / 'registry' / 'asvit_seed')  # the user's own folders
@@ -165,6 +166,7 @@ def test_a_rebuild_with_new_variants_replaces_only_what_the_build_made(uninterru
     assert sorted(p.name for p in (folder / 'registry').iterdir()) == ['asvit_seed', NAME, f'{NAME}.fmnist']
 
 
+@pytest.mark.slow
 def test_killed_build_resumes_to_the_same_results(uninterrupted: Path, preset_file: Path, tmp_path: Path):
     folder = tmp_path / 'build_b'
     command = [sys.executable, '-m', 'asvit_zoo.cli', 'build', '--preset', str(preset_file), '--out', str(folder),

@@ -247,11 +247,12 @@ def test_export_records_the_recipes_evaluation_transform(tmp_path: Path):
     """ImageFolder runs are evaluated with the recipe's crop_pct and interpolation: the exported cfg says so."""
     cfg = TrainConfig(genotype=GENOTYPE, data=str(tmp_path / 'images'), img_size=32, crop_pct=0.5,
                       interpolation='nearest').to_dict()
-    torch.save({'epoch': 0, 'config': cfg, 'model': _trained_state(GENOTYPE, steps=0)}, tmp_path / 'last.pth.tar')
+    rgb = timm.create_model('asvit', genotype=GENOTYPE, num_classes=10).state_dict()  # ImageFolder images are RGB
+    torch.save({'epoch': 0, 'config': cfg, 'model': rgb}, tmp_path / 'last.pth.tar')
     card = export_weights(tmp_path / 'last.pth.tar', 'asvit_newarch', 'imgf', root=tmp_path / 'reg')
     pretrained_cfg = card.config['pretrained_cfg']
     assert (pretrained_cfg['crop_pct'], pretrained_cfg['interpolation']) == (0.5, 'nearest')
-    assert pretrained_cfg['input_size'] == [1, 32, 32] and pretrained_cfg['mean'] == [0.485, 0.456, 0.406]
+    assert pretrained_cfg['input_size'] == [3, 32, 32] and pretrained_cfg['mean'] == [0.485, 0.456, 0.406]
 
 
 def test_corrupt_checkpoints_are_named(run_dir: Path, tmp_path: Path):
