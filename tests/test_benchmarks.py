@@ -16,6 +16,14 @@ SCRIPTS = sorted((REPO_ROOT / 'benchmarks').glob('bench_*.py'))
 BENCH_GPU = REPO_ROOT / 'benchmarks' / 'bench_gpu.py'
 
 
+def refusal(script: Path, args: list, capsys: pytest.CaptureFixture) -> str:
+    """The error output of a benchmark script that refuses ``args`` with argparse's exit status 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(script))['main'](args)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
 def test_every_benchmark_is_found():
     assert [p.stem for p in SCRIPTS] == ['bench_detection', 'bench_gpu', 'bench_measures', 'bench_model',
                                          'bench_retokenization']
@@ -28,10 +36,7 @@ def test_every_benchmark_option_has_a_help_text(path: Path, monkeypatch: pytest.
 
 
 def test_gpu_benchmark_refuses_a_single_search_step(capsys: pytest.CaptureFixture):
-    with pytest.raises(SystemExit) as exit_info:
-        runpy.run_path(str(BENCH_GPU))['main'](['--device', 'cpu', '--search-steps', '1'])
-    assert exit_info.value.code == 2
-    assert '--search-steps must be at least 2' in capsys.readouterr().err
+    assert '--search-steps must be at least 2' in refusal(BENCH_GPU, ['--device', 'cpu', '--search-steps', '1'], capsys)
 
 
 @pytest.mark.parametrize('args,message', [
@@ -44,9 +49,7 @@ def test_gpu_benchmark_refuses_a_single_search_step(capsys: pytest.CaptureFixtur
 def test_gpu_benchmark_checks_every_part_before_running_any(args, message, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture):
     """A bad train option no longer fails after the search slice has run (and its timing was lost)."""
-    with pytest.raises(SystemExit) as exit_info:
-        runpy.run_path(str(BENCH_GPU))['main'](['--device', 'cpu', '--output', str(tmp_path / 'out'), *args])
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert message in refusal(BENCH_GPU, ['--device', 'cpu', '--output', str(tmp_path / 'out'), *args], capsys)
     assert not (tmp_path / 'out').exists()
 
 
@@ -84,9 +87,7 @@ def test_measures_benchmark_compares_each_method_with_a_forward_of_its_own_batch
     (['--threads', '0'], '--threads must be at least 1, got 0'),
 ])
 def test_measures_benchmark_refuses_bad_options(args, message, capsys: pytest.CaptureFixture):
-    with pytest.raises(SystemExit) as exit_info:
-        runpy.run_path(str(BENCH_MEASURES))['main'](args)
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert message in refusal(BENCH_MEASURES, args, capsys)
 
 
 BENCH_RETOKENIZATION = REPO_ROOT / 'benchmarks' / 'bench_retokenization.py'
@@ -102,16 +103,13 @@ def test_retokenization_benchmark_refuses_runs_made_with_other_settings(tmp_path
     earlier = load_config(REPO_ROOT / 'recipes' / 'fmnist_tiny.json', epochs=1, retokenization=SCHEDULES['short'])
     (tmp_path / 'progressive').mkdir()
     (tmp_path / 'progressive' / 'config.json').write_text(json.dumps(earlier.to_dict()))
-    main = runpy.run_path(str(BENCH_RETOKENIZATION))['main']
     for args, message in ((['--epochs', '1', '--schedule', 'paper'], f'{tmp_path / "progressive"} holds a run with '
                            "other settings (retokenization: saved '0.6:8:2,0.2:6:1,0.2:4:1', given '0.3:16:2,"),
                           (['--epochs', '2'], 'other settings (epochs: saved 1, given 2)'),
                           (['--schedule', 'bogus'], "(e.g. 0.5:8:2), got 'bogus'"),
                           (['--epochs', '0'], 'epochs must be an integer >= 1, got 0'),
                           (['--threads', '0'], '--threads must be at least 1, got 0')):
-        with pytest.raises(SystemExit) as exit_info:
-            main(['--output', str(tmp_path), *args])
-        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+        assert message in refusal(BENCH_RETOKENIZATION, ['--output', str(tmp_path), *args], capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['progressive']  # nothing trained or written
 
 
@@ -125,9 +123,7 @@ BENCH_DETECTION = REPO_ROOT / 'benchmarks' / 'bench_detection.py'
     (['speed', '--archs', 'asvit_nope', '--image-size', '64', '64'], "AsViT arch must be a registered As-ViT variant"),
 ])
 def test_detection_benchmark_refuses_bad_options(args, message, tmp_path: Path, capsys: pytest.CaptureFixture):
-    with pytest.raises(SystemExit) as exit_info:
-        runpy.run_path(str(BENCH_DETECTION))['main']([*args, '--work-dir', str(tmp_path / 'out')])
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert message in refusal(BENCH_DETECTION, [*args, '--work-dir', str(tmp_path / 'out')], capsys)
     assert not (tmp_path / 'out').exists()
 
 
@@ -151,9 +147,7 @@ def test_model_benchmark_times_a_compiled_copy_beside_the_eager_paths(capsys: py
     (['--model', 'asvit_tiny', '--model', 'asvit_huge'], "--model: unknown timm model 'asvit_huge'"),
 ])
 def test_model_benchmark_refuses_what_it_cannot_time(args: list, message: str, capsys: pytest.CaptureFixture):
-    with pytest.raises(SystemExit) as exit_info:
-        runpy.run_path(str(BENCH_MODEL))['main'](args)
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert message in refusal(BENCH_MODEL, args, capsys)
 
 
 def test_model_benchmark_builds_a_reference_of_any_input_size_handling(capsys: pytest.CaptureFixture):
