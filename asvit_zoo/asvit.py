@@ -46,7 +46,7 @@ from .registry import (CONFIG_FILE, RegistryError, VariantCard, extra_registries
 from .validation import is_count
 
 __all__ = ['AsViT', 'checkpoint_filter_fn', 'unwrap_state_dict', 'register_cards', 'registered_card',
-           'registered_cards', 'registered_folder']
+           'registered_cards', 'registered_folder', 'check_architecture_name']
 
 STEM_STRIDE = 4
 MERGE_STRIDE = 2
@@ -666,6 +666,14 @@ def registered_folder(name: str) -> Path:
     return card.folder(tag or card.tag).path
 
 
+def check_architecture_name(name: str) -> None:
+    """Raise ``ValueError`` when ``name`` is a timm model that is not a registered As-ViT variant: a variant
+    registered under it would replace that model ('asvit', the any-genotype entry point, included)."""
+    if name not in _CARDS and is_model(name):
+        raise ValueError(f'architecture {name!r} is the name of a timm model that is not an As-ViT variant; '
+                         f'registering it would replace that model (give the variant its own name)')
+
+
 def check_pretrained_tag(name: str) -> None:
     """Raise ``ValueError`` when ``name`` is a registered variant with a tag it does not have, listing its tags."""
     architecture, tag = split_model_name_tag(name)
@@ -725,10 +733,10 @@ def _joined(card: VariantCard) -> VariantCard:
     (or replace one) but keeps the registered default and must not change the genotype."""
     known = _CARDS.get(card.name)
     if known is None:
-        if is_model(card.name):  # 'asvit' (any genotype) included
-            raise RegistryError(f'{card.path}: architecture {card.name!r} is the name of a timm model that is not an '
-                                f'As-ViT variant; registering it would replace that model (give the variant its own '
-                                f'name)')
+        try:
+            check_architecture_name(card.name)
+        except ValueError as e:
+            raise RegistryError(f'{card.path}: {e}') from None
         return card
     if card.genotype != known.genotype:
         raise RegistryError(f'{card.path}: {card.name} has genotype {card.genotype}, but the registered {card.name} '

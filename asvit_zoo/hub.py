@@ -28,7 +28,8 @@ import torch
 from .fileio import atomic_folder, atomic_write, read_json, write_json, write_text
 from .genotype import Genotype
 from .registry import (CONFIG_FILE, DEFAULT_PRETRAINED_CFG, CARD_FILE, HUB_ID_PATTERN, MODEL_NAME_PATTERN, check_tag,
-                       MODEL_NAME_RULE, VariantCard, load_card, load_registry, registry_root, render_model_card)
+                       MODEL_NAME_RULE, VariantCard, card_from_config, load_card, load_registry, registry_root,
+                       render_model_card)
 
 __all__ = ['WeightsError', 'HubUnavailableError', 'sha256_file', 'verify_sha256', 'read_metadata', 'check_genotype',
            'hub_file', 'local_dir_weights', 'hub_weights', 'resolve_weights', 'describe_mismatch',
@@ -452,10 +453,11 @@ def export_weights(checkpoint: PathLike, variant: str, tag: str, root: Optional[
     from safetensors.torch import save
 
     from . import __version__
-    from .asvit import registered_card
+    from .asvit import check_architecture_name, registered_card
 
     if not MODEL_NAME_PATTERN.match(variant):
         raise ValueError(f'variant must be a model name ({MODEL_NAME_RULE}), got {variant!r}')
+    check_architecture_name(variant)
     check_tag(tag)
     if hf_hub_id is not None and not HUB_ID_PATTERN.match(hf_hub_id):
         raise ValueError(f'hf_hub_id must be a Hub repo id ORG/NAME, got {hf_hub_id!r}')
@@ -506,12 +508,13 @@ def export_weights(checkpoint: PathLike, variant: str, tag: str, root: Optional[
     }
     text = description or (f'As-ViT {variant} trained on {train_cfg.get("data", "unknown data")} '
                            f'({img_size}x{img_size}, {num_classes} classes), exported by asvit-zoo.')
-    with atomic_folder(root / f'{variant}.{tag}') as folder:
+    target = root / f'{variant}.{tag}'
+    card_from_config(config, target)  # before anything is written: errors name the folder, not its staging copy
+    with atomic_folder(target) as folder:
         atomic_write(folder / WEIGHTS_FILE, lambda f: f.write(data))
         write_json(folder / CONFIG_FILE, config)
         write_text(folder / CARD_FILE, render_model_card(config, text))
-        load_card(folder)  # validated before it replaces an earlier export
-    return load_card(root / f'{variant}.{tag}')
+    return load_card(target)
 
 
 # --------------------------------------------------------------------------- push

@@ -148,8 +148,18 @@ def load_card(folder: Path, check_name: bool = True) -> VariantCard:
         raise _fail(folder, f'missing {CONFIG_FILE} (every variant folder needs one)')
     try:
         config = json.loads(config_path.read_text(encoding='utf-8'))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise _fail(config_path, f'not valid JSON: {e}') from None
+    return card_from_config(config, folder, check_name)
+
+
+def card_from_config(config: Any, folder: Path, check_name: bool = True) -> VariantCard:
+    """Validate ``config`` (the parsed config.json, or a config about to be written; compared as JSON) as the card
+    of the variant folder ``folder``, which need not exist yet; errors name ``folder / config.json``.
+    ``check_name`` as in :func:`load_card`."""
+    folder = Path(folder)
+    config_path = folder / CONFIG_FILE
+    config = json.loads(json.dumps(config))
     if not isinstance(config, dict):
         raise _fail(config_path, f'expected a JSON object, got {type(config).__name__}')
     missing = sorted(REQUIRED_KEYS - config.keys())
@@ -335,8 +345,9 @@ def write_card(root: Path, name: str, genotype: Genotype, description: str,
     }
     if provenance:
         config['provenance'] = dict(provenance)
-    with atomic_folder(Path(root) / name) as folder:
+    target = Path(root) / name
+    card_from_config(config, target)  # before anything is written: errors name the folder, not its staging copy
+    with atomic_folder(target) as folder:
         write_json(folder / CONFIG_FILE, config)
         write_text(folder / CARD_FILE, render_model_card(config, description))
-        load_card(folder)
-    return load_card(Path(root) / name)
+    return load_card(target)

@@ -349,7 +349,9 @@ def plot_trajectory(steps: Sequence[ScalingStep], budgets: Sequence[float], path
 
 
 def check_variant_names(names: Sequence[str], budgets: Sequence[float]) -> None:
-    """Raise ``ValueError`` unless ``names`` are distinct model names, one per budget (checked before a run)."""
+    """Raise ``ValueError`` unless ``names`` are distinct model names, one per budget, none of them another timm
+    model's (checked before a run)."""
+    from .asvit import check_architecture_name
     from .registry import MODEL_NAME_PATTERN, MODEL_NAME_RULE
 
     if len(names) != len(budgets) or len(set(names)) != len(names):
@@ -358,6 +360,8 @@ def check_variant_names(names: Sequence[str], budgets: Sequence[float]) -> None:
     bad = [name for name in names if not MODEL_NAME_PATTERN.match(name)]
     if bad:
         raise ValueError(f'variant names must be model names ({MODEL_NAME_RULE}), got {bad}')
+    for name in names:
+        check_architecture_name(name)
 
 
 def write_variant_cards(registry: Path, names: Sequence[str], config: ScalingConfig, steps: Sequence[ScalingStep],

@@ -215,6 +215,7 @@ def test_another_registry_must_not_change_a_variants_genotype(tmp_path: Path):
     (dict(variant='asvit_a.b'), "variant must be a model name .* got 'asvit_a.b'"),
     (dict(tag='a/b'), "tag must be a non-empty name without .* got 'a/b'"),
     (dict(hf_hub_id='bad id'), "hf_hub_id must be a Hub repo id ORG/NAME, got 'bad id'"),
+    (dict(variant='resnet50'), "architecture 'resnet50' is the name of a timm model that is not an As-ViT variant"),
 ])
 def test_export_checks_names_before_writing(run_dir: Path, tmp_path: Path, kwargs: dict, message: str):
     args = {'variant': 'asvit_newarch', 'tag': 'fmnist', **kwargs}

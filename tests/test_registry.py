@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import timm
 
-from asvit_zoo.registry import RegistryError, load_card, load_registry, registry_root
+from asvit_zoo.registry import RegistryError, load_card, load_registry, registry_root, write_card
 
 REPO_REGISTRY = Path(__file__).resolve().parents[1] / 'registry'
 
@@ -94,9 +94,22 @@ def test_missing_and_malformed_config(card_dir):
     (card_dir / 'config.json').write_text('{"architecture": ')
     with pytest.raises(RegistryError, match='not valid JSON'):
         load_card(card_dir)
+    (card_dir / 'config.json').write_bytes(b'{"architecture": "asvit_\xff"}')
+    with pytest.raises(RegistryError, match="config.json: not valid JSON: 'utf-8' codec can't decode byte 0xff"):
+        load_card(card_dir)
     (card_dir / 'config.json').unlink()
     with pytest.raises(RegistryError, match='missing config.json'):
         load_card(card_dir)
+
+
+def test_write_card_refuses_an_invalid_card_before_writing(tmp_path):
+    genotype = load_card(REPO_REGISTRY / 'asvit_seed').genotype
+    with pytest.raises(RegistryError) as info:
+        write_card(tmp_path, 'Bad Name', genotype, 'A card with a name that is not a model name.')
+    assert str(info.value).startswith(f"{tmp_path / 'Bad Name' / 'config.json'}: architecture must be a model name")
+    assert list(tmp_path.iterdir()) == []  # no folder, no staging copy
+    card = write_card(tmp_path, 'asvit_good', genotype, 'A valid card.')
+    assert card.path == tmp_path / 'asvit_good' and card.genotype == genotype
 
 
 # --------------------------------------------------------------------------- tagged folders (weights)
