@@ -35,6 +35,7 @@ import inspect
 import json
 import math
 import random
+import re
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -185,6 +186,19 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def _recipe_yaml_loader() -> type:
+    """PyYAML's safe loader, reading ``1e-3`` as a float, as YAML 1.2 and JSON do (YAML 1.1 wants ``1.0e-3``)."""
+    import yaml
+
+    class RecipeLoader(yaml.SafeLoader):
+        pass
+
+    RecipeLoader.add_implicit_resolver(
+        'tag:yaml.org,2002:float', re.compile(r'^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$'),
+        list('-+0123456789'))
+    return RecipeLoader
+
+
 def load_config(path: Optional[PathLike] = None, **overrides: Any) -> TrainConfig:
     """A :class:`TrainConfig` from a JSON (or YAML) recipe, then ``overrides``; unknown keys are an error."""
     values: Dict[str, Any] = {}
@@ -192,11 +206,14 @@ def load_config(path: Optional[PathLike] = None, **overrides: Any) -> TrainConfi
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f'recipe file not found: {path}')
-        text = path.read_text(encoding='utf-8')
+        try:
+            text = path.read_text(encoding='utf-8')
+        except UnicodeDecodeError as e:
+            raise ValueError(f'{path}: a recipe is UTF-8 text ({e})') from None
         if path.suffix in ('.yaml', '.yml'):
             import yaml
             try:
-                values = yaml.safe_load(text) or {}
+                values = yaml.load(text, Loader=_recipe_yaml_loader()) or {}
             except yaml.YAMLError as e:
                 raise ValueError(f'{path}: not a valid YAML recipe ({" ".join(str(e).split())})') from None
         else:

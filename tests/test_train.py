@@ -71,16 +71,27 @@ def test_config_errors(tmp_path):
         load_config(tmp_path / 'typo.json')
 
 
+def test_yaml_recipe_reads_exponents_as_numbers(tmp_path):
+    (tmp_path / 'recipe.yaml').write_text('lr: 5e-4\nweight_decay: 5E-2\nwarmup_lr: 1.0e-6\nmin_lr: -0e+0\n')
+    cfg = load_config(tmp_path / 'recipe.yaml')  # YAML 1.1 (PyYAML's safe_load) reads '5e-4' as a string
+    assert (cfg.lr, cfg.weight_decay, cfg.warmup_lr, cfg.min_lr) == (5e-4, 0.05, 1e-6, 0.0)
+    (tmp_path / 'recipe.yaml').write_text('model: 1e5\n')
+    with pytest.raises(ValueError, match='model must be a string, got 100000.0'):
+        load_config(tmp_path / 'recipe.yaml')
+
+
 @pytest.mark.parametrize('name, text, message', [
     ('missing.json', None, 'recipe file not found: {path}'),
     ('cut.json', '{"epochs": 1,', '{path}: not a valid JSON recipe (Expecting property name enclosed in double quotes: '
                                   'line 1 column 14 (char 13))'),
     ('cut.yaml', 'epochs: [1', "{path}: not a valid YAML recipe (while parsing a flow sequence"),
+    ('latin1.json', '{"_comment": "r\xe9glages"}', "{path}: a recipe is UTF-8 text ('utf-8' codec can't decode byte "
+                                                 '0xe9 in position 15'),
 ])
 def test_cli_names_an_unreadable_recipe(tmp_path, capsys, name, text, message):
     path = tmp_path / name
     if text is not None:
-        path.write_text(text)
+        path.write_bytes(text.encode('latin-1'))
     assert main(['train', '--config', str(path), '--output', str(tmp_path / 'run')]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f'asvit train: error: {message.format(path=path)}') and err.count('\n') == 1, err
