@@ -69,6 +69,7 @@ def sha256_file(path: PathLike) -> str:
 
 
 _REEXPORT = 're-export it with `asvit export` or copy the repo folder again'
+FINAL_METRICS = ('eval_top1', 'eval_top5', 'ema_top1', 'ema_top5', 'train_time', 'train_macs')  # in a provenance
 
 
 def verify_sha256(path: PathLike, expected: str, fix: str = _REEXPORT) -> None:
@@ -99,20 +100,23 @@ def read_metadata(path: PathLike) -> Dict[str, str]:
         raise _unreadable_safetensors(path, e) from None
 
 
+def _recorded_genotype(path: PathLike, metadata: Mapping[str, str]) -> Optional[Genotype]:
+    """The genotype a safetensors file's ``metadata`` records (None without one)."""
+    found = metadata.get('genotype')
+    try:
+        return None if found is None else Genotype.parse(found)
+    except ValueError as e:
+        raise WeightsError(f'{path}: the genotype in its metadata does not parse: {e}') from None
+
+
 def check_genotype(path: PathLike, expected: Genotype) -> None:
     """Raise :class:`WeightsError` if the scaled genotype recorded in the file's metadata is not ``expected``
     (a seed genotype, without widths and depths, is left to the shape check of the load)."""
     metadata = read_metadata(path)
-    found = metadata.get('genotype')
-    if found is None:
-        return
-    try:
-        stored = Genotype.parse(found)
-    except ValueError as e:
-        raise WeightsError(f'{path}: the genotype in its metadata does not parse: {e}') from None
-    if not stored.is_seed and stored != expected:
+    stored = _recorded_genotype(path, metadata)
+    if stored is not None and not stored.is_seed and stored != expected:
         raise WeightsError(f'{path}: weights of another variant: expected genotype {expected}, found genotype '
-                           f"{found} (architecture {metadata.get('architecture', 'unknown')})")
+                           f"{metadata['genotype']} (architecture {metadata.get('architecture', 'unknown')})")
 
 
 def _recorded_sha256(config_path: Path, filename: str) -> Optional[str]:
@@ -400,6 +404,25 @@ def checkpoint_model(checkpoint: PathLike, ema: bool = False) -> 'torch.nn.Modul
     return model
 
 
+def _exported_info(weights: Path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(trainer info, final metrics) of an exported safetensors file: the scaled genotype its metadata records
+    and, where the config.json beside it describes this very file (same sha256), the recipe, epoch, schedule and
+    metrics of its provenance, so that a re-export (another tag, a Hub id) keeps its input size, normalisation
+    and labels."""
+    info: Dict[str, Any] = {}
+    genotype = _recorded_genotype(weights, read_metadata(weights))
+    if genotype is not None and not genotype.is_seed:
+        info['genotype'] = str(genotype)
+    config_path = weights.parent / CONFIG_FILE
+    if _recorded_sha256(config_path, weights.name) != sha256_file(weights):
+        return info, {}
+    provenance = read_json(config_path).get('provenance') or {}
+    recorded = {'config': provenance.get('recipe'), 'epoch': provenance.get('epoch'),
+                'schedule': provenance.get('retokenization')}
+    info.update({k: v for k, v in recorded.items() if v is not None})
+    return info, {k: provenance[k] for k in FINAL_METRICS if k in provenance}
+
+
 def _final_metrics(checkpoint: Path) -> Dict[str, Any]:
     """The last record of the run's metrics.jsonl (beside the checkpoint), reduced to the headline numbers."""
     from .train import METRICS, read_metrics
@@ -408,8 +431,7 @@ def _final_metrics(checkpoint: Path) -> Dict[str, Any]:
     if not path.is_file():
         return {}
     records = read_metrics(path)
-    keys = ('eval_top1', 'eval_top5', 'ema_top1', 'ema_top5', 'train_time', 'train_macs')
-    return {k: records[-1][k] for k in keys if records and k in records[-1]}
+    return {k: records[-1][k] for k in FINAL_METRICS if records and k in records[-1]}
 
 
 def _check_state(state: Mapping[str, torch.Tensor], genotype: Genotype,
@@ -446,7 +468,8 @@ def export_weights(checkpoint: PathLike, variant: str, tag: str, root: Optional[
     """Write ``root/<variant>.<tag>/`` (model.safetensors, config.json, README.md) from a checkpoint.
 
     The genotype is that of ``variant`` in ``root`` or registered with timm (``genotype``, if given, must be the
-    same); a new variant is defined by the tagged folder, with ``genotype`` or the one of the trainer's config.
+    same); a new variant is defined by the tagged folder, with ``genotype`` or the one of the trainer's config (of
+    an exported safetensors file: its metadata's; the card beside it gives the recipe, see :func:`_exported_info`).
     The folder is written whole or not at all (it replaces an earlier export of the same name only once its card
     validates). Returns the validated card.
     """
@@ -464,6 +487,9 @@ def export_weights(checkpoint: PathLike, variant: str, tag: str, root: Optional[
     checkpoint = Path(checkpoint)
     root = registry_root() if root is None else Path(root)
     state, info = read_checkpoint(checkpoint, ema=ema)
+    exported_metrics: Dict[str, Any] = {}
+    if checkpoint.suffix == '.safetensors':
+        info, exported_metrics = _exported_info(checkpoint)
     train_cfg = info.get('config') or {}
     known = {card.name: card for card in load_registry(root)} if root.is_dir() else {}
     card = known.get(variant) or registered_card(variant)
@@ -493,7 +519,7 @@ def export_weights(checkpoint: PathLike, variant: str, tag: str, root: Optional[
     provenance: Dict[str, Any] = {
         'checkpoint': str(checkpoint), 'epoch': info.get('epoch'), 'weights': 'ema' if ema else 'model',
         'data': train_cfg.get('data'), 'retokenization': info.get('schedule', train_cfg.get('retokenization')),
-        **_final_metrics(checkpoint), 'asvit_zoo_version': __version__, 'torch_version': torch.__version__,
+        **exported_metrics, **_final_metrics(checkpoint), 'asvit_zoo_version': __version__, 'torch_version': torch.__version__,
     }
     if train_cfg:
         provenance['recipe'] = dict(train_cfg)

@@ -150,6 +150,31 @@ def test_export_keeps_the_genotype_of_a_variant(export_dir: Path, registry: Path
     assert not any(tmp_path.iterdir())
 
 
+def test_reexport_keeps_what_the_card_records(export_dir: Path, tmp_path: Path):
+    """An exported model.safetensors exported again (another name, tag and Hub id) keeps the genotype of its
+    metadata and, from the card beside it, the input size, normalisation, labels and provenance."""
+    first = json.loads((export_dir / 'config.json').read_text())
+    card = export_weights(export_dir / 'model.safetensors', 'asvit_renamed', 'mine', root=tmp_path / 'reg',
+                          hf_hub_id='org/renamed')
+    config = json.loads((card.path / 'config.json').read_text())
+    assert str(card.genotype) == GENOTYPE and config['num_classes'] == 10
+    assert config['pretrained_cfg'] == {**first['pretrained_cfg'], 'tag': 'mine', 'hf_hub_id': 'org/renamed'}
+    assert config['label_names'] == first['label_names']
+    kept = ('epoch', 'data', 'retokenization', 'eval_top1', 'eval_top5', 'recipe')
+    assert {k: config['provenance'][k] for k in kept} == {k: first['provenance'][k] for k in kept}
+    assert config['provenance']['checkpoint'] == str(export_dir / 'model.safetensors')
+    before, after = load_file(export_dir / 'model.safetensors'), load_file(card.path / 'model.safetensors')
+    assert before.keys() == after.keys() and all(torch.equal(v, before[k]) for k, v in after.items())
+
+    alone = tmp_path / 'alone' / 'weights.safetensors'  # without its card: the metadata's genotype, default cfg
+    alone.parent.mkdir()
+    shutil.copy(export_dir / 'model.safetensors', alone)
+    card = export_weights(alone, 'asvit_alone', 'x', root=tmp_path / 'reg')
+    config = json.loads((card.path / 'config.json').read_text())
+    assert str(card.genotype) == GENOTYPE and config['pretrained_cfg']['input_size'] == [1, 224, 224]
+    assert 'recipe' not in config['provenance'] and 'label_names' not in config
+
+
 NEW_TAG_SCRIPT = '''
 import json, sys, warnings
 warnings.simplefilter('error')  # registering the new tag of a shipped variant must not warn

@@ -12,7 +12,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     export = subparsers.add_parser(
         'export',
         help='write a checkpoint as a registry folder VARIANT.TAG (model.safetensors, config.json, README.md)')
-    export.add_argument('checkpoint', type=Path, help='trainer last.pth.tar, a state dict or a .safetensors file')
+    export.add_argument('checkpoint', type=Path, help='trainer last.pth.tar, a state dict or a .safetensors file (an '
+                                                      'exported one keeps what the config.json beside it records)')
     export.add_argument('--variant', required=True, help='registered variant (or the name of a new one)')
     export.add_argument('--tag', required=True, help='pretrained tag, e.g. fmnist (model name VARIANT.TAG)')
     export.add_argument('--hf-hub-id', help='Hub repo ORG/NAME the weights will be pushed to')
