@@ -519,7 +519,8 @@ def export_weights(checkpoint: PathLike, variant: str, tag: str, root: Optional[
     provenance: Dict[str, Any] = {
         'checkpoint': str(checkpoint), 'epoch': info.get('epoch'), 'weights': 'ema' if ema else 'model',
         'data': train_cfg.get('data'), 'retokenization': info.get('schedule', train_cfg.get('retokenization')),
-        **exported_metrics, **_final_metrics(checkpoint), 'asvit_zoo_version': __version__, 'torch_version': torch.__version__,
+        **exported_metrics, **_final_metrics(checkpoint), 'asvit_zoo_version': __version__,
+        'torch_version': torch.__version__,
     }
     if train_cfg:
         provenance['recipe'] = dict(train_cfg)

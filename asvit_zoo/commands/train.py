@@ -19,7 +19,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         'train', help='train an As-ViT (Fashion-MNIST, ImageFolder or synthetic data) with progressive re-tokenization',
         description='Train an As-ViT with timm blocks (AdamW, cosine schedule, Mixup/CutMix, EMA, AMP), with '
                     'progressive re-tokenization. Writes config.json and schedule.png to --output, then '
-                    'metrics.jsonl and last.pth.tar every epoch. Under torchrun it trains with DistributedDataParallel.',
+                    'metrics.jsonl and last.pth.tar every epoch. Under torchrun it trains with '
+                    'DistributedDataParallel.',
         argument_default=argparse.SUPPRESS)
     parser.add_argument('--config', help='recipe (JSON or YAML file of training settings), '
                                          'e.g. recipes/fmnist_tiny.json')
