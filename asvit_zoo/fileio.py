@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,17 +21,21 @@ __all__ = ['atomic_write', 'atomic_folder', 'check_folder', 'new_figure', 'save_
            'read_json', 'read_json_lines', 'save_torch']
 
 PathLike = Union[str, os.PathLike]
+TEMP_NAME_KEEP = 200  # characters of a file's name kept in its temporary name (names may have 255)
 
 
 def _create_temp(path: Path) -> Tuple[int, Path]:
-    """A new, empty temporary file beside ``path``, created with mode 0o666 less the process umask (as
-    ``open`` would create ``path`` itself; mkstemp's 0600 would make every written file private)."""
-    while True:
-        tmp = path.with_name(f'.{path.name}.{secrets.token_hex(6)}.tmp')
+    """A new, empty temporary file beside ``path`` with the mode ``open`` would leave ``path`` with: that of the
+    existing file, else 0o666 less the process umask (mkstemp's 0600 would make every written file private)."""
+    while True:  # the name is cut so that a valid long name stays valid
+        tmp = path.with_name(f'.{path.name[:TEMP_NAME_KEEP]}.{secrets.token_hex(6)}.tmp')
         try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_BINARY', 0), 0o666), tmp
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_BINARY', 0), 0o666)
         except FileExistsError:
             continue
+        if path.is_file():
+            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+        return fd, tmp
 
 
 def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> Path:
@@ -125,10 +130,10 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
     between the two moves leaves the previous folder in the hidden one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f'.{path.name[:TEMP_NAME_KEEP]}.', suffix='.tmp', dir=path.parent))
     try:
-        new = staging / path.name
-        new.mkdir()
+        new = staging / 'new' / path.name  # not staging / path.name: a folder named 'previous' is replaced too
+        new.mkdir(parents=True)
         yield new
         if path.exists():
             os.replace(path, staging / 'previous')

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from asvit_zoo.fileio import atomic_write, read_json, read_json_lines, save_figure, write_json, write_text
+from asvit_zoo.fileio import atomic_folder, atomic_write, read_json, read_json_lines, save_figure, write_json, write_text
 
 posix_only = pytest.mark.skipif(sys.platform == 'win32', reason='POSIX file modes')
 
@@ -26,6 +26,30 @@ def test_new_file_has_the_mode_open_gives(tmp_path: Path, umask_027) -> None:
     assert path.read_text() == 'hello'
     assert os.stat(path).st_mode & 0o777 == 0o640
     assert os.listdir(path.parent) == ['a.txt']
+
+
+@posix_only
+def test_an_existing_file_keeps_its_mode(tmp_path: Path, umask_027) -> None:
+    path = write_text(tmp_path / 'private.json', '{}')
+    os.chmod(path, 0o600)
+    write_json(path, {'a': 1})
+    assert os.stat(path).st_mode & 0o777 == 0o600 and read_json(path) == {'a': 1}
+
+
+def test_a_long_valid_name_can_be_written(tmp_path: Path) -> None:
+    path = write_json(tmp_path / ('a' * 245 + '.json'), [1])  # 250 characters: the temporary name is cut
+    assert read_json(path) == [1] and os.listdir(tmp_path) == [path.name]
+
+
+@pytest.mark.parametrize('name', ['variant', 'previous', 'new'])
+def test_atomic_folder_replaces_a_folder_of_any_name(tmp_path: Path, name: str) -> None:
+    for text in ('first', 'second'):
+        with atomic_folder(tmp_path / name) as folder:
+            write_text(folder / 'card.txt', text)
+    assert (tmp_path / name / 'card.txt').read_text() == 'second' and os.listdir(tmp_path) == [name]
+    with atomic_folder(tmp_path / name):
+        pass  # an empty new folder replaces the old one
+    assert os.listdir(tmp_path / name) == []
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path) -> None:
