@@ -46,14 +46,16 @@ PathLike = Union[str, Path]
 
 # --------------------------------------------------------------------------- IDX files
 def _read_bytes(path: Path) -> bytes:
-    """The file's content, gunzipped when the name ends in ``.gz``; a damaged archive is a ValueError."""
+    """The file's content, gunzipped when the name ends in ``.gz``; a damaged archive is a ValueError (a missing
+    or unreadable file, the OSError of opening it)."""
     if path.suffix != '.gz':
         return path.read_bytes()
-    try:
-        with gzip.open(path, 'rb') as f:
-            return f.read()
-    except (OSError, EOFError, zlib.error) as e:
-        raise ValueError(f'{path}: not a valid gzip file ({e})') from None
+    with path.open('rb') as raw:
+        try:
+            with gzip.GzipFile(fileobj=raw) as f:
+                return f.read()
+        except (OSError, EOFError, zlib.error) as e:
+            raise ValueError(f'{path}: not a valid gzip file ({e})') from None
 
 
 def read_idx(path: PathLike, magic: Optional[int] = None) -> torch.Tensor:
@@ -191,7 +193,14 @@ def image_folder_batch(root: PathLike, n: int, image_size: int, seed: int = 0) -
     dataset = ImageFolder(str(root), transform=transforms.Compose([
         transforms.Resize(image_size), transforms.CenterCrop(image_size), transforms.ToTensor()]))
     chosen = _choose(len(dataset), n, seed, f'image folder {root}')
-    return _normalize(torch.stack([dataset[int(i)][0] for i in chosen]))
+
+    def image(i: int) -> torch.Tensor:
+        try:
+            return dataset[i][0]
+        except OSError as e:  # PIL: not an image, truncated
+            raise ValueError(f'{dataset.samples[i][0]}: not a readable image ({e})') from None
+
+    return _normalize(torch.stack([image(int(i)) for i in chosen]))
 
 
 def search_batch(source: PathLike, n: int, image_size: int, seed: int = 0) -> torch.Tensor:

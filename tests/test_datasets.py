@@ -144,6 +144,11 @@ def test_label_count_mismatch(test_split_copy: Path) -> None:
         load_fashion_mnist('test', root=test_split_copy)
 
 
+def test_a_missing_gzip_file_is_not_called_damaged(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r'No such file or directory: .*missing-idx1-ubyte\.gz'):
+        read_idx(tmp_path / 'missing-idx1-ubyte.gz')
+
+
 def test_missing_files_say_how_to_install(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=rf'{tmp_path}/train-images-idx3-ubyte\.gz.*apt-get install '
                                                 r'dataset-fashion-mnist.*root='):
@@ -181,3 +186,7 @@ def test_image_folder_batch(tmp_path: Path) -> None:
         image_folder_batch(tmp_path, 7, 24)
     with pytest.raises(FileNotFoundError, match='neither "fashion-mnist", "noise" nor an existing ImageFolder'):
         search_batch(str(tmp_path / 'missing'), 4, 24)
+    cut = tmp_path / 'cat' / '1.png'
+    cut.write_bytes(cut.read_bytes()[:60])
+    with pytest.raises(ValueError, match=rf'^{cut}: not a readable image \(.*truncated'):
+        image_folder_batch(tmp_path, 6, 24)
