@@ -65,19 +65,26 @@ def summarize_variants(image_size: int = 224) -> List[VariantRow]:
         start = time.perf_counter()
         logits = model(x)
         seconds = time.perf_counter() - start
-        if logits.shape != (1, model.num_classes) or not torch.isfinite(logits).all():
-            raise RuntimeError(f'{card.name}: forward pass gave {tuple(logits.shape)} with non-finite values')
+        if logits.shape != (1, model.num_classes):
+            raise RuntimeError(f'{card.name}: forward pass gave logits of shape {tuple(logits.shape)}, expected '
+                               f'(1, {model.num_classes})')
+        if not torch.isfinite(logits).all():
+            raise RuntimeError(f'{card.name}: forward pass gave non-finite logits')
         rows.append(_row(card, model, image_size, seconds))
     return rows
 
 
+def _seconds(value: Optional[float]) -> str:
+    return '-' if value is None else f'{value:.2f}'
+
+
 def format_table(rows: Sequence[VariantRow], image_size: int = 224) -> str:
-    """A markdown table of the rows (the forward column only where measured)."""
+    """A markdown table of the rows (a forward column where any row was timed; '-' in the others)."""
     timed = any(r.forward_seconds is not None for r in rows)
     header = ['variant', 'genotype', 'params (M)', f'GMACs @{image_size}', 'weights', 'hub id']
     header += ['forward (s)'] if timed else []
     body = [[r.name, code_cell(r.genotype), f'{r.params / 1e6:.2f}', f'{r.gmacs:.2f}', r.weights, r.hub_id]
-            + ([f'{r.forward_seconds:.2f}'] if timed else []) for r in rows]
+            + ([_seconds(r.forward_seconds)] if timed else []) for r in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
 
     def line(cells: Sequence[str]) -> str:
