@@ -71,24 +71,36 @@ class BuildPreset:
         from .registry import check_tag
         from .scaling import ScalingConfig, check_variant_names
         from .search import SearchConfig, search_space_extreme
-        from .train import TrainConfig
+        from .train import SYNTHETIC, TrainConfig
 
         for section in ('search', 'scale', 'train', 'evaluate'):
             if not isinstance(getattr(self, section), Mapping):
                 raise ValueError(f'preset {self.name}: {section} must be an object of settings, got '
                                  f'{getattr(self, section)!r}')
-        unknown = sorted(set(self.train) & {'model', 'genotype', 'pretrained'})
-        if unknown:
-            raise ValueError(f'preset {self.name}: train must not set {unknown} (the build trains its own variants, '
-                             f'from scratch)')
+        for section, own in (('train', ('model', 'genotype', 'pretrained')), ('scale', ('seed_genotype',)),
+                             ('evaluate', ('model', 'ema'))):
+            unknown = sorted(set(getattr(self, section)) & set(own))
+            if unknown:
+                raise ValueError(f'preset {self.name}: {section} must not set {unknown} (the build searches, trains, '
+                                 f'exports and scores its own variants)')
         parameters = inspect.signature(evaluate_pretrained).parameters
-        options = set(parameters) - {'model', 'data'}
-        unknown = sorted(set(self.evaluate) - options - {'data'})
+        options = set(parameters) - {'model', 'ema'}
+        unknown = sorted(set(self.evaluate) - options)
         if unknown:
             raise ValueError(f'preset {self.name}: unknown evaluate setting(s) {unknown}; known: {sorted(options)}')
-        evaluate = {name: self.evaluate.get(name, parameters[name].default) for name in ('batch_size', 'subset',
-                                                                                          'device')}
-        names, budgets = self.scale.get('names') or [], self.scale.get('budgets', ScalingConfig.budgets)
+        evaluate = {name: self.evaluate.get(name, parameters[name].default) for name in options}
+        if 'data' not in self.evaluate and self.train.get('data') == SYNTHETIC:
+            defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+            drawn = {k: v for k, v in self.train.items() if (k.startswith(f'{SYNTHETIC}_') or k == 'seed')
+                     and k in defaults and v != defaults[k]}
+            if drawn:
+                raise ValueError(f'preset {self.name}: evaluate: the exports would be scored on {SYNTHETIC} data drawn '
+                                 f"with the trainer's defaults, but train sets {drawn}; keep the defaults or set "
+                                 f'evaluate.data')
+        names = self.scale.get('names') or []
+        if not (isinstance(names, list) and all(isinstance(name, str) for name in names)):
+            raise ValueError(f'preset {self.name}: scale: names must be a list of variant names, got {names!r}')
+        budgets = self.scale.get('budgets', ScalingConfig.budgets)
         # the devices of search and scaling are checked when they run: a preset may name a GPU this machine lacks;
         # the budgets, against the seed whose first scaling network is the largest: they suit any searched seed
         largest_seed = str(search_space_extreme(largest=True))
@@ -119,6 +131,11 @@ class BuildPreset:
 
     def with_data(self, data: str) -> 'BuildPreset':
         """The preset with every stage on ``data`` (fashion-mnist, or an ImageFolder root)."""
+        from .train import FASHION_MNIST
+
+        if data != FASHION_MNIST and not (data and Path(data).is_dir()):
+            raise ValueError(f'data must be {FASHION_MNIST!r} or an ImageFolder root (an existing folder), got '
+                             f'{data!r}')
         return dataclasses.replace(self, search=dict(self.search, data=data), scale=dict(self.scale, data=data),
                                    train=dict(self.train, data=data), evaluate=dict(self.evaluate, data=data))
 
@@ -136,7 +153,7 @@ def load_preset(name_or_path: PathLike) -> BuildPreset:
         path = Path(str(resources.files('asvit_zoo.presets') / f'{name_or_path}.json'))
     try:
         data = json.loads(path.read_text(encoding='utf-8'))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f'{path}: not valid JSON: {e}') from None
     if not isinstance(data, dict):
         raise ValueError(f'{path}: a preset is a JSON object of fields, got {type(data).__name__}')
@@ -167,23 +184,25 @@ class _Stages:
         self.path = folder / STAGES_FILE
         self.writer = writer  # under torchrun only rank 0 writes
         self.done: Dict[str, Dict[str, Any]] = read_json(self.path) if self.path.is_file() else {}
-        self.invalidated = False
+        if not (isinstance(self.done, dict) and all(isinstance(record, dict) and isinstance(
+                record.get('fingerprint'), str) and isinstance(record.get('outputs', {}), dict)
+                for record in self.done.values())):
+            raise ValueError(f'{self.path}: damaged, not a record of build stages; delete it (every stage then runs '
+                             f'again), or start again in a new folder')
 
     def outputs(self, stage: str, inputs: Any) -> Optional[Dict[str, Any]]:
-        """The recorded outputs of ``stage`` if it completed with these inputs. A stage that completed before with
-        other inputs marks the build ``invalidated``: the interrupted work of later stages is not continued."""
+        """The recorded outputs of ``stage`` if it completed with these inputs."""
         record = self.done.get(stage)
         if record is not None and 'outputs' in record and record['fingerprint'] == _fingerprint(inputs):
             return record['outputs']
-        self.invalidated = self.invalidated or (record is not None and 'outputs' in record)
         return None
 
     def start(self, stage: str, inputs: Any) -> bool:
-        """Record that ``stage`` starts with ``inputs``; whether its interrupted work may be continued: the build is
-        not invalidated and the stage, if it started before, started with the same inputs."""
+        """Record that ``stage`` starts with ``inputs``; whether its interrupted work may be continued: the stage, if
+        it started before, started with the same inputs (they hold what it uses of the earlier stages' outputs)."""
         record = self.done.get(stage)
         fingerprint = _fingerprint(inputs)
-        resumable = not self.invalidated and (record is None or record['fingerprint'] == fingerprint)
+        resumable = record is None or record['fingerprint'] == fingerprint
         self.done[stage] = {'fingerprint': fingerprint}
         if self.writer:
             write_json(self.path, self.done)
@@ -402,7 +421,6 @@ def build(preset: BuildPreset, folder: PathLike, until: Optional[str] = None,
         raise ValueError('the build folder must be a path, got an empty string')
     folder = check_folder(folder, 'build folder')
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / PRESET_FILE, preset.to_dict())
     rank, world = int(os.environ.get('RANK', '0')), int(os.environ.get('WORLD_SIZE', '1'))
     stages = _Stages(folder, writer=rank == 0)
     last = STAGES.index(until) if until else len(STAGES) - 1
@@ -419,6 +437,8 @@ def build(preset: BuildPreset, folder: PathLike, until: Optional[str] = None,
             raise RuntimeError(f'stage {key} runs on one process: run `asvit build ... --until scale` without '
                                f'torchrun first, then train under torchrun')
         log(f'[{key}] running')
+        if rank == 0:  # what the folder holds now comes from this preset (the cards' command names this copy)
+            write_json(folder / PRESET_FILE, preset.to_dict())
         resume = stages.start(key, inputs)
         start = time.perf_counter()
         result = fn(resume)

@@ -80,13 +80,19 @@ def _check_fits(model: nn.Module, name: str, data: str, num_classes: int, mean: 
 
 
 @torch.no_grad()
-def check_options(batch_size: Any, subset: Any, device: Any) -> None:
+def check_options(batch_size: Any, subset: Any, device: Any, tokenizer: Any = FULL_TOKENS, data: Any = FASHION_MNIST,
+                  data_root: Any = None) -> None:
     """Raise ``ValueError`` unless these are valid :func:`evaluate_pretrained` options (the device need not be
-    present here)."""
+    present here, nor the data: it is read when the evaluation runs)."""
     for name, value in (('batch_size', batch_size), ('subset', subset)):
         if value is not None and not is_count(value):
             raise ValueError(f'{name} must be an integer >= 1, got {value!r}')
     parse_device(device)
+    parse_tokenizer(tokenizer)
+    if not isinstance(data, str) or not data:
+        raise ValueError(f"data must be 'fashion-mnist', 'synthetic' or an ImageFolder root, got {data!r}")
+    if data_root is not None and not isinstance(data_root, (str, os.PathLike)):
+        raise ValueError(f'data_root must be a folder path, got {data_root!r}')
 
 
 def evaluate_pretrained(model: str, data: str = FASHION_MNIST, data_root: Optional[PathLike] = None,
@@ -100,7 +106,7 @@ def evaluate_pretrained(model: str, data: str = FASHION_MNIST, data_root: Option
     """
     from .train import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 
-    check_options(batch_size, subset, device)
+    check_options(batch_size, subset, device, tokenizer, data, data_root)
     stride, dilation = parse_tokenizer(tokenizer)
     start = time.perf_counter()
     net = load_pretrained(model, ema=ema)

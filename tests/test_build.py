@@ -16,7 +16,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from asvit_zoo.build import STAGES_FILE, _evaluate, build, load_preset
+from asvit_zoo.build import PRESET_FILE, STAGES_FILE, _evaluate, _Stages, build, load_preset
 from asvit_zoo.registry import registry_root
 from asvit_zoo.train import METRICS, read_metrics
 
@@ -134,6 +134,39 @@ def test_a_changed_preset_reruns_only_what_it_changes(uninterrupted: Path, tmp_p
     assert NAME not in (folder / 'report.md').read_text() and renamed in (folder / 'report.md').read_text()
 
 
+def test_interrupted_work_resumes_when_its_own_inputs_are_unchanged(tmp_path: Path):
+    """An earlier stage that runs again with other inputs but the same outputs leaves the interrupted work of a
+    later stage resumable: what the later stage uses of it is part of its own inputs."""
+    train_in = {'train': {'epochs': 3}, 'genotype': 'G'}
+    stages = _Stages(tmp_path)
+    stages.complete('search', {'search': {'steps': 3}}, {'seed_genotype': 'S'}, 1.0)
+    assert stages.start('train/a', train_in)  # then killed: no outputs recorded
+    stages = _Stages(tmp_path)  # the next build, with a search setting spelled out
+    assert stages.outputs('search', {'search': {'steps': 3, 'max_params': None}}) is None
+    assert not stages.start('search', {'search': {'steps': 3, 'max_params': None}})  # its own inputs changed
+    stages.complete('search', {'search': {'steps': 3, 'max_params': None}}, {'seed_genotype': 'S'}, 1.0)
+    assert stages.outputs('train/a', train_in) is None and stages.start('train/a', train_in)
+    assert not _Stages(tmp_path).start('train/a', dict(train_in, genotype='H'))  # another genotype: from scratch
+
+
+@pytest.mark.parametrize('text', ['[]', '{"search": {"outputs": {}}}',
+                                  '{"search": {"fingerprint": "f", "outputs": 1}}'])
+def test_a_damaged_stage_record_is_named(tmp_path: Path, text: str):
+    (tmp_path / STAGES_FILE).write_text(text)
+    with pytest.raises(ValueError, match=f'{tmp_path / STAGES_FILE}: damaged, not a record of build stages; delete '
+                                         f'it'):
+        _Stages(tmp_path)  # as a build reads it
+
+
+def test_the_preset_copy_is_that_of_the_stages_that_ran(uninterrupted: Path, tmp_path: Path):
+    folder = Path(shutil.copytree(uninterrupted, tmp_path / 'build_p'))
+    before = (folder / PRESET_FILE).read_text()
+    changed = dataclasses.replace(load_preset(folder / PRESET_FILE), train=dict(TINY_PRESET['train'], epochs=5))
+    lines: List[str] = []
+    build(changed, folder, until='search', progress=False, log=lines.append)  # the search is skipped
+    assert lines == ['[search] done before (same inputs): skipped'] and (folder / PRESET_FILE).read_text() == before
+
+
 def _cli_build(preset: Path, folder: Path) -> str:
     """``asvit build`` in a process of its own; its output."""
     result = subprocess.run([sys.executable, '-m', 'asvit_zoo.cli', 'build', '--preset', str(preset), '--out',
@@ -234,7 +267,19 @@ def test_preset_errors_name_the_problem(tmp_path: Path):
         (dict(search=dict(TINY_PRESET['search'], stepz=3)), "search: .*unexpected keyword argument 'stepz'"),
         (dict(train=dict(TINY_PRESET['train'], epochs='1')), 'train: '),
         (dict(train=dict(TINY_PRESET['train'], pretrained=True)),
-         r"train must not set \['pretrained'\] \(the build trains its own variants, from scratch\)"),
+         r"train must not set \['pretrained'\] \(the build searches, trains, exports and scores its own variants\)"),
+        (dict(scale=dict(TINY_PRESET['scale'], seed_genotype='8,2,3|4,1,2|4,1,4|4,1,6|32')),
+         r"scale must not set \['seed_genotype'\]"),
+        (dict(scale=dict(TINY_PRESET['scale'], names='asvit_a')),
+         "scale: names must be a list of variant names, got 'asvit_a'"),
+        (dict(scale=dict(TINY_PRESET['scale'], names=[1])), r'scale: names must be a list of variant names, got \[1\]'),
+        (dict(evaluate={'ema': True}), r"evaluate must not set \['ema'\]"),
+        (dict(evaluate={'tokenizer': 'junk'}), r'evaluate: tokenizer setting: expected "stride\[:dilation\]"'),
+        (dict(evaluate={'data': 5}),
+         "evaluate: data must be 'fashion-mnist', 'synthetic' or an ImageFolder root, got 5"),
+        (dict(train=dict(TINY_PRESET['train'], data='synthetic', synthetic_classes=4)),
+         r"evaluate: the exports would be scored on synthetic data drawn with the trainer's defaults, but train sets "
+         r"\{'synthetic_classes': 4\}"),
         (dict(evaluate={'foo': 1}), r"unknown evaluate setting\(s\) \['foo'\]"),
         (dict(search=None), 'search must be an object of settings, got None'),
         (dict(tag=5), 'tag: tag must be a non-empty name without "." or "/", got 5'),
@@ -256,6 +301,13 @@ def test_preset_errors_name_the_problem(tmp_path: Path):
     bad.write_text('[1, 2]')
     with pytest.raises(ValueError, match='a preset is a JSON object of fields, got list'):
         load_preset(bad)
+    bad.write_bytes(b'{"_comment": "r\xe9glages"}')
+    with pytest.raises(ValueError, match="bad.json: not valid JSON: 'utf-8' codec can't decode byte 0xe9"):
+        load_preset(bad)
+    preset = load_preset('fmnist-cpu')
+    for data in ('', str(tmp_path / 'missing'), 'noise'):
+        with pytest.raises(ValueError, match=f"data must be 'fashion-mnist' or an ImageFolder root .*got {data!r}"):
+            preset.with_data(data)
     bad.write_text(json.dumps({k: v for k, v in TINY_PRESET.items() if k != 'scale'}))
     with pytest.raises(ValueError, match=r"bad.json: missing preset field\(s\) \['scale'\]"):
         load_preset(bad)

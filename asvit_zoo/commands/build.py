@@ -24,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     preset = load_preset(args.preset)
-    if args.data:
+    if args.data is not None:
         preset = preset.with_data(args.data)
     outputs = build(preset, args.out, until=args.until, progress=not args.no_progress)
     for row in outputs['rows']:
