@@ -12,6 +12,8 @@ from typing import Any, Iterator, List, Tuple
 import torch
 import torch.distributed as dist
 
+from .devices import resolve_device
+
 __all__ = ['DistEnv', 'dist_env', 'init_distributed', 'process_group', 'group_size', 'group_rank', 'my_share',
            'gather_objects', 'barrier']
 
@@ -45,7 +47,7 @@ def init_distributed(device: str) -> Tuple[DistEnv, torch.device]:
     env = dist_env()
     if device == 'auto':
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    dev = torch.device(device)
+    dev = resolve_device(device)  # a clear error for a device this machine lacks
     if dev.type == 'cuda':
         if dev.index is None:  # plain 'cuda': this process's GPU, cuda:LOCAL_RANK under torchrun
             dev = torch.device('cuda', env.local_rank)

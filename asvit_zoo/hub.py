@@ -46,6 +46,7 @@ _CHUNK = 1 << 20
 _ERROR_LINES = 4  # lines of torch's load_state_dict error quoted in a mismatch error
 _NETWORK_ERROR_CLASSES = ('ConnectionError', 'Timeout', 'TransportError')  # requests' and httpx's base classes
 _UNSUPPORTED_GLOBAL = re.compile(r'Unsupported global: GLOBAL (\S+)')  # in torch's weights_only UnpicklingError
+_WEIGHTS_UNPICKLER_REASON = re.compile(r'WeightsUnpickler error:\s*(.*?)\s*\n\s*\n', re.S)  # the same, its reason
 # A trainer checkpoint stores numpy RNG states: these globals (and nothing else) are allowed when unpickling it.
 _NUMPY_RNG_GLOBALS = [np.zeros(1).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
@@ -279,8 +280,10 @@ def load_torch_checkpoint(path: PathLike) -> Any:
                                f'weights_only loading does not allow (unpickling them could run code); load it where '
                                f'that class is allowed (torch.serialization.add_safe_globals), or save a plain state '
                                f'dict') from None
+        found = _WEIGHTS_UNPICKLER_REASON.search(str(e))  # torch's advice around it spans several lines
+        reason = found.group(1) if found else (str(e).strip().splitlines() or [''])[0]
         raise WeightsError(f'{path}: not a readable torch checkpoint (expected a file written by torch.save; it '
-                           f'may be truncated or corrupt): {type(e).__name__}: {e}') from None
+                           f'may be truncated or corrupt): {type(e).__name__}: {reason}') from None
 
 
 def load_safetensors(path: PathLike) -> Dict[str, torch.Tensor]:

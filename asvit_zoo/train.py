@@ -707,8 +707,12 @@ def train(cfg: TrainConfig, output: PathLike, resume: bool = False, progress: bo
 
     ``resume=True`` continues from ``output``/last.pth.tar, which must have been written with the same
     ``cfg`` and number of processes; the result is the one of an uninterrupted run. ``stop_after=N`` stops
-    once N epochs are done (a time-sliced job: continue it with ``resume=True``).
+    once N epochs are done (a time-sliced job: continue it with ``resume=True``). A folder that holds a run's
+    checkpoint is not trained into afresh: pass ``resume=True`` or another folder.
     """
+    if not resume and (Path(output) / CHECKPOINT).is_file():
+        raise ValueError(f'{output} already holds a training run ({CHECKPOINT}); pass --resume to continue it or '
+                         f'choose another --output')
     with process_group(cfg.device):
         trainer = Trainer(cfg, output, progress=progress)
         if resume:

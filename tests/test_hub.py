@@ -288,6 +288,10 @@ def test_corrupt_checkpoints_are_named(run_dir: Path, tmp_path: Path):
         export_weights(path, 'asvit_newarch', 'fmnist', root=tmp_path / 'reg')
     with pytest.raises(WeightsError, match=f'{path}: not a readable torch checkpoint'):
         load_weights(path)
+    path.write_bytes(b'\x80\x028' + b'x' * 50)  # a pickle opcode torch's weights-only unpickler refuses
+    with pytest.raises(WeightsError) as info:
+        load_weights(path)
+    assert str(info.value).endswith('UnpicklingError: Unsupported operand 56') and '\n' not in str(info.value)
     weights = tmp_path / 'w.safetensors'
     save_file(_trained_state(GENOTYPE, steps=0), str(weights))
     _truncate(weights)

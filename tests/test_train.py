@@ -98,6 +98,21 @@ def test_cli_names_an_unreadable_recipe(tmp_path, capsys, name, text, message):
     assert not (tmp_path / 'run').exists()
 
 
+def test_a_finished_run_is_not_trained_over(tmp_path, capsys):
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / 'last.pth.tar').write_bytes(b'a checkpoint')
+    assert main(['train', '--output', str(run), *TINY_RUN]) == 2
+    assert f'{run} already holds a training run (last.pth.tar); pass --resume' in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ['last.pth.tar']
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='a machine without CUDA')
+def test_a_cuda_device_without_a_gpu_is_named(tmp_path, capsys):
+    assert main(['train', '--output', str(tmp_path / 'run'), *TINY_RUN, '--device', 'cuda']) == 2
+    assert "asvit train: error: device 'cuda': no CUDA GPU is available here" in capsys.readouterr().err
+
+
 def test_cli_names_a_setting_out_of_range(tmp_path, capsys):
     assert main(['train', '--output', str(tmp_path / 'run'), *TINY_RUN, '--seed', str(2 ** 32)]) == 2
     assert r'seed must be an integer in [0, 4294967295], got 4294967296' in capsys.readouterr().err
@@ -286,9 +301,11 @@ def test_resume_refuses_other_settings(tmp_path):
 @pytest.mark.parametrize('device, local_rank, expected', [('cuda', '1', 'cuda:1'), ('cuda:0', '1', 'cuda:0')])
 def test_plain_cuda_device_is_the_local_rank_gpu(monkeypatch, device, local_rank, expected):
     # torch.cuda.set_device refuses an index-less 'cuda' (found on a GPU machine); no GPU is needed to check
-    # which device the trainer picks, so set_device is recorded instead of called.
+    # which device the trainer picks, so set_device is recorded instead of called (on two GPUs, as it were).
     chosen = []
     monkeypatch.setattr(torch.cuda, 'set_device', chosen.append)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
     monkeypatch.setenv('LOCAL_RANK', local_rank)
     _, dev = init_distributed(device)
     assert dev == torch.device(expected) and chosen == [dev]
