@@ -25,7 +25,7 @@ from tqdm import tqdm
 from .cost import count_macs, param_count
 from .datasets import search_batch
 from .devices import resolve_device
-from .fileio import check_folder, new_figure, read_json, save_figure, write_json, write_text
+from .fileio import check_folder, check_saved_run, new_figure, read_json, save_figure, write_json, write_text
 from .genotype import HEAD_DIVISORS, NUM_STAGES, SEARCH_SPACE, Genotype
 from .measures import measure_genotype
 from .validation import (COUNT, POSITIVE, SEED_RANGE, Range, changed_settings, check_count, check_fields, check_seed,
@@ -182,7 +182,8 @@ def correlate(config: CorrelationConfig, out: PathLike, progress: bool = True) -
     out = check_folder(out, 'study folder')
     topologies = sample_topologies(config.n, config.seed)
     records_path = out / RECORDS_FILE
-    saved = read_json(records_path) if records_path.is_file() else {}
+    saved = check_saved_run(read_json(records_path), records_path, 'a correlation study', ('config', 'records')) \
+        if records_path.is_file() else {}
     changed = changed_settings(saved['config'], config) if saved else []
     if changed:
         raise ValueError(f'{records_path} was written with other settings ({"; ".join(changed)}); use the same '

@@ -13,11 +13,11 @@ import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, IO, Iterator, List, Tuple, Union
+from typing import Any, Callable, Dict, IO, Iterator, List, Sequence, Tuple, Union
 
 import torch
 
-__all__ = ['atomic_write', 'atomic_folder', 'check_folder', 'new_figure', 'save_figure', 'write_text', 'write_json',
+__all__ = ['atomic_write', 'atomic_folder', 'check_folder', 'check_saved_run', 'new_figure', 'save_figure', 'write_text', 'write_json',
            'read_json', 'read_json_lines', 'save_torch']
 
 PathLike = Union[str, os.PathLike]
@@ -112,6 +112,16 @@ def read_json_lines(path: PathLike) -> List[Any]:
     except UnicodeDecodeError as e:
         raise _damaged(path, e) from None
     return values
+
+
+def check_saved_run(value: Any, path: PathLike, what: str, keys: Sequence[str]) -> Dict[str, Any]:
+    """``value``, read from the run file ``path``, if it is an object with ``keys`` (its ``config``, if one of them,
+    an object too); otherwise a ``ValueError`` that names the file as not ``what``."""
+    if not (isinstance(value, dict) and set(keys) <= value.keys()
+            and ('config' not in keys or isinstance(value['config'], dict))):
+        fields = ', '.join(f'"{key}"' for key in keys[:-1]) + f' and "{keys[-1]}"' if len(keys) > 1 else f'"{keys[0]}"'
+        raise ValueError(f'{path}: not {what} (an object with {fields}); delete it, or start again in a new folder')
+    return value
 
 
 def _damaged(path: Path, reason: Any) -> ValueError:

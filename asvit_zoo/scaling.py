@@ -43,7 +43,7 @@ from .cost import genotype_gmacs, genotype_params
 from .datasets import search_batch
 from .devices import resolve_device
 from .distributed import DistEnv, barrier, gather_objects, my_share, process_group
-from .fileio import check_folder, new_figure, read_json, save_figure, write_json
+from .fileio import check_folder, check_saved_run, new_figure, read_json, save_figure, write_json
 from .genotype import Genotype
 from .measures import measure_genotype
 from .validation import COUNT, POSITIVE, SEED_RANGE, Range, changed_settings, check_fields, offset_seed, setting
@@ -174,11 +174,7 @@ def _choose(candidates: List[Candidate]) -> Candidate:
 def load_trajectory(out_dir: Path) -> Dict[str, Any]:
     """The saved trajectory of a scaling run folder (config, done, steps)."""
     path = Path(out_dir) / TRAJECTORY_FILE
-    saved = read_json(path)
-    if not isinstance(saved, dict) or not {'config', 'done', 'steps'} <= saved.keys():
-        raise ValueError(f'{path}: not a scaling trajectory (an object with "config", "done" and "steps"); delete '
-                         f'it, or start again in a new folder')
-    return saved
+    return check_saved_run(read_json(path), path, 'a scaling trajectory', ('config', 'done', 'steps'))
 
 
 def _save(out_dir: Path, config: ScalingConfig, steps: List[ScalingStep], done: bool) -> None:

@@ -69,7 +69,7 @@ from .cost import genotype_gmacs, genotype_params
 from .datasets import search_batch
 from .devices import resolve_device
 from .distributed import DistEnv, barrier, process_group
-from .fileio import check_folder, new_figure, read_json_lines, save_figure, save_torch, write_json
+from .fileio import check_folder, check_saved_run, new_figure, read_json_lines, save_figure, save_torch, write_json
 from .hub import load_torch_checkpoint
 from .genotype import SEARCH_SPACE, Genotype
 from .measures import NUM_CLASSES, Measures, measure_genotype
@@ -87,6 +87,7 @@ HISTORY_WINDOW = 20
 CHANGE_EPS = 1e-6
 POLICY_INIT_STD = 1e-3
 CHECKPOINT_VERSION = 1
+STATE_KEYS = ('config', 'step', 'log_bytes', 'elapsed', 'generator', 'policy', 'optimizer', 'baseline', 'histories')
 # Config fields a resumed run may change: more steps extend it, the device does not change the algorithm.
 RESUMABLE_CHANGES = ('steps', 'device')
 
@@ -297,9 +298,11 @@ class _SearchState:
         return int(torch.randint(2 ** 31 - 1, (), generator=self.generator))
 
 
-def _check_resumable(saved: Dict[str, Any], config: SearchConfig, path: Path) -> None:
+def _check_resumable(saved: Any, config: SearchConfig, path: Path) -> None:
+    check_saved_run(saved, path, 'a search checkpoint', ('version',))
     if saved.get('version') != CHECKPOINT_VERSION:
         raise ValueError(f'{path}: checkpoint version {saved.get("version")!r}, this code reads {CHECKPOINT_VERSION}')
+    check_saved_run(saved, path, 'a search checkpoint', STATE_KEYS)
     differences = changed_settings(saved['config'], config, keep=RESUMABLE_CHANGES)
     if differences:
         raise ValueError(f'{path}: cannot resume with different settings ({"; ".join(differences)})')

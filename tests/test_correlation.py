@@ -74,6 +74,15 @@ def test_other_options_do_not_continue_a_study(tmp_path: Path, capsys: pytest.Ca
                                        f'another output folder\n')
 
 
+@pytest.mark.parametrize('text', ['[]', '{"records": []}', '{"config": "x", "records": []}'])
+def test_a_damaged_record_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture, text: str):
+    (tmp_path / RECORDS_FILE).write_text(text)
+    assert cli_main(['correlate', '--out', str(tmp_path), '-n', '3', '--batch-size', '64', '--no-progress']) == 2
+    assert capsys.readouterr().err == (f'asvit correlate: error: {tmp_path / RECORDS_FILE}: not a correlation study '
+                                       f'(an object with "config" and "records"); delete it, or start again in a new '
+                                       f'folder\n')
+
+
 @pytest.mark.parametrize('args, message', [
     (['--seed', '-1'], 'seed must be an integer in [0, 4294967295], got -1'),
     (['--device', 'tpu'], "device 'tpu' is not a torch device; use cpu, cuda or cuda:N"),

@@ -71,6 +71,11 @@ def test_resume_gives_the_same_trajectory(tmp_path):
         with pytest.raises(ValueError, match=f'^{re.escape(f"{partial / TRAJECTORY_FILE}: {problem}")}; delete it, '
                                              f'or start again in a new folder$'):
             run_scaling(config, partial, resume=True)
+    for damaged in ([], {**saved, 'config': 'x'}):  # valid JSON of the wrong shape
+        (partial / TRAJECTORY_FILE).write_text(json.dumps(damaged))
+        with pytest.raises(ValueError, match=f'^{re.escape(str(partial / TRAJECTORY_FILE))}: not a scaling trajectory '
+                                             r'\(an object with "config", "done" and "steps"\); delete it'):
+            run_scaling(config, partial, resume=True)
     variant, = select_variants(PAPER_SEED, full, (2.6e6,))
     assert abs(variant['params'] - 2.6e6) / 2.6e6 < 0.03
     largest = full[-1].params  # a budget just above the trajectory's largest step: the message tells them apart

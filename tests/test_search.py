@@ -332,6 +332,19 @@ def test_cli_names_a_missing_step_log(reference_run: Path, tmp_path: Path, capsy
     assert f'{run / "steps.jsonl"} is missing or shorter than the {STEPS} steps' in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('state_value, message', [
+    ([1], 'not a search checkpoint (an object with "version")'),
+    ({'version': 1, 'config': {}}, 'not a search checkpoint (an object with "config", "step", '),
+])
+def test_cli_names_a_state_file_of_the_wrong_shape(reference_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                   state_value, message) -> None:
+    run = Path(shutil.copytree(reference_run, tmp_path / 'run'))
+    torch.save(state_value, run / 'state.pt')
+    assert cli.main(['search', '--out', str(run), '--steps', str(STEPS), *TINY_ARGS, '--resume']) == 2
+    err = capsys.readouterr().err
+    assert f'asvit search: error: {run / "state.pt"}: {message}' in err and 'Traceback' not in err
+
+
 @pytest.mark.parametrize('damage', ['garbage', 'truncated'])
 def test_cli_names_a_damaged_state_file(reference_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                         damage: str) -> None:
