@@ -17,8 +17,8 @@ from typing import Any, Callable, Dict, IO, Iterator, List, Sequence, Tuple, Uni
 
 import torch
 
-__all__ = ['atomic_write', 'atomic_folder', 'check_folder', 'check_saved_run', 'new_figure', 'save_figure', 'write_text', 'write_json',
-           'read_json', 'read_json_lines', 'save_torch']
+__all__ = ['atomic_write', 'atomic_folder', 'check_folder', 'check_saved_run', 'new_figure', 'save_figure',
+           'write_text', 'write_json', 'read_json', 'read_json_lines', 'save_torch']
 
 PathLike = Union[str, os.PathLike]
 TEMP_NAME_KEEP = 200  # characters of a file's name kept in its temporary name (names may have 255)
