@@ -762,7 +762,8 @@ def measure_genotype(
     basis, thetas = curve if curve is not None else default_curve(image_size, in_chans, seed=seed)
     if inputs is None:
         inputs = noise_batch(NTK_BATCH, image_size, seed, in_chans)
-    _check_inputs(inputs, image_size, in_chans)
+    if 'ntk' in which:  # the batch is the NTK's alone
+        _check_inputs(inputs, image_size, in_chans)
     if in_chans * image_size * image_size != basis.shape[0]:
         raise ValueError(f'curve_basis has {basis.shape[0]} rows; image_size={image_size} needs {in_chans} * '
                          f'{image_size}^2 = {in_chans * image_size * image_size}')

@@ -308,6 +308,10 @@ def test_measure_genotype_means_over_copies():
         singles.append(M.length_distortion(AsViT(TINY), basis, thetas))
     mean = M.measure_genotype(TINY, image_size=32, repeat=3, seed=0, which='exp').exp  # one name as which
     assert mean == pytest.approx(sum(singles) / 3, rel=1e-12)
+    one_image = torch.randn(1, 3, 32, 32)  # the NTK batch is the NTK's alone: exp takes any
+    assert M.measure_genotype(TINY, image_size=32, repeat=3, seed=0, which='exp', inputs=one_image).exp == mean
+    with pytest.raises(ValueError, match=r'inputs \(the NTK batch\) must have shape \(n >= 2, 3, 32, 32\)'):
+        M.measure_genotype(TINY, image_size=32, which=('exp', 'ntk'), inputs=one_image)
 
 
 def test_dead_network_is_bad(tmp_path):
