@@ -417,8 +417,6 @@ def build(preset: BuildPreset, folder: PathLike, until: Optional[str] = None,
     """
     if until is not None and until not in STAGES:
         raise ValueError(f'until must be one of {", ".join(STAGES)}, got {until!r}')
-    if not str(folder):
-        raise ValueError('the build folder must be a path, got an empty string')
     folder = check_folder(folder, 'build folder')
     folder.mkdir(parents=True, exist_ok=True)
     rank, world = int(os.environ.get('RANK', '0')), int(os.environ.get('WORLD_SIZE', '1'))

@@ -56,8 +56,10 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> Path:
 
 
 def check_folder(path: PathLike, what: str) -> Path:
-    """``path`` as a Path; a ``ValueError`` naming ``what`` where it, or the nearest of its parents that exists,
-    is not a folder (so the folder cannot be made)."""
+    """``path`` as a Path; a ``ValueError`` naming ``what`` where it is empty (not the current folder), or where it,
+    or the nearest of its parents that exists, is not a folder (so the folder cannot be made)."""
+    if not str(path).strip():
+        raise ValueError(f'{what} must be a path, got {str(path)!r}')
     path = Path(path)
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():

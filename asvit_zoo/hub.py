@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Unio
 import numpy as np
 import torch
 
-from .fileio import atomic_folder, atomic_write, read_json, write_json, write_text
+from .fileio import atomic_folder, atomic_write, check_folder, read_json, write_json, write_text
 from .genotype import Genotype
 from .registry import (CONFIG_FILE, DEFAULT_PRETRAINED_CFG, CARD_FILE, HUB_ID_PATTERN, MODEL_NAME_PATTERN, check_tag,
                        MODEL_NAME_RULE, VariantCard, card_from_config, load_card, load_registry, registry_root,
@@ -488,7 +488,10 @@ def export_weights(checkpoint: PathLike, variant: str, tag: str, root: Optional[
     if hf_hub_id is not None and not HUB_ID_PATTERN.match(hf_hub_id):
         raise ValueError(f'hf_hub_id must be a Hub repo id ORG/NAME, got {hf_hub_id!r}')
     checkpoint = Path(checkpoint)
-    root = registry_root() if root is None else Path(root)
+    root = registry_root() if root is None else check_folder(root, 'registry')
+    if ema and checkpoint.suffix == '.safetensors':
+        raise ValueError(f'{checkpoint}: ema needs a trainer checkpoint (last.pth.tar); a safetensors file holds '
+                         f'one set of weights')
     state, info = read_checkpoint(checkpoint, ema=ema)
     exported_metrics: Dict[str, Any] = {}
     if checkpoint.suffix == '.safetensors':
@@ -558,6 +561,8 @@ def push_folder(folder: PathLike, repo_id: str, token: Optional[str] = None, pri
     """
     from huggingface_hub import HfApi
 
+    if not (isinstance(repo_id, str) and HUB_ID_PATTERN.match(repo_id)):
+        raise ValueError(f'repo must be a Hub repo id ORG/NAME, got {repo_id!r}')
     folder = Path(folder)
     card = load_card(folder)
     sha256 = card.weights_sha256(card.tag)

@@ -70,7 +70,7 @@ from .hub import load_torch_checkpoint
 from .retokenization import (FULL_TOKENS, SCHEDULES, format_tokenizer, parse_schedule, parse_tokenizer, plot_schedule,
                              schedule_cost)
 from .validation import (COUNT, NON_NEGATIVE, POSITIVE, SEED_RANGE, Range, changed_settings, check_compile_backend,
-                         check_fields, offset_seed, setting)
+                         check_fields, is_count, offset_seed, setting)
 
 __all__ = ['TrainConfig', 'TrainResult', 'Trainer', 'load_config', 'train']
 
@@ -710,7 +710,9 @@ def train(cfg: TrainConfig, output: PathLike, resume: bool = False, progress: bo
     once N epochs are done (a time-sliced job: continue it with ``resume=True``). A folder that holds a run's
     checkpoint is not trained into afresh: pass ``resume=True`` or another folder.
     """
-    if not resume and (Path(output) / CHECKPOINT).is_file():
+    if stop_after is not None and not is_count(stop_after):
+        raise ValueError(f'stop_after must be a number of epochs >= 1, got {stop_after!r}')
+    if not resume and (check_folder(output, 'training run folder') / CHECKPOINT).is_file():
         raise ValueError(f'{output} already holds a training run ({CHECKPOINT}); pass --resume to continue it or '
                          f'choose another --output')
     with process_group(cfg.device):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from asvit_zoo.fileio import (atomic_folder, atomic_write, read_json, read_json_lines, save_figure, write_json,
+from asvit_zoo.fileio import (atomic_folder, atomic_write, check_folder, read_json, read_json_lines, save_figure, write_json,
                               write_text)
 
 posix_only = pytest.mark.skipif(sys.platform == 'win32', reason='POSIX file modes')
@@ -35,6 +35,13 @@ def test_an_existing_file_keeps_its_mode(tmp_path: Path, umask_027) -> None:
     os.chmod(path, 0o600)
     write_json(path, {'a': 1})
     assert os.stat(path).st_mode & 0o777 == 0o600 and read_json(path) == {'a': 1}
+
+
+def test_check_folder_refuses_an_empty_path(tmp_path: Path) -> None:
+    for empty in ('', ' '):
+        with pytest.raises(ValueError, match=f'^run folder must be a path, got {empty!r}$'):
+            check_folder(empty, 'run folder')
+    assert check_folder(str(tmp_path / 'new'), 'run folder') == tmp_path / 'new'
 
 
 def test_a_long_valid_name_can_be_written(tmp_path: Path) -> None:

@@ -250,6 +250,19 @@ def test_export_checks_names_before_writing(run_dir: Path, tmp_path: Path, kwarg
     assert sorted(p.name for p in tmp_path.iterdir()) in ([], ['reg'])  # nothing outside the registry either
 
 
+def test_export_refuses_what_it_cannot_do(export_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    weights = export_dir / 'model.safetensors'
+    with pytest.raises(ValueError, match=f'^{weights}: ema needs a trainer checkpoint'):
+        export_weights(weights, 'asvit_other', 'x', root=tmp_path, ema=True)
+    (tmp_path / 'file').write_text('not a folder')
+    for registry, message in ((str(tmp_path / 'file'), f"registry {tmp_path / 'file'}: {tmp_path / 'file'} exists "
+                                                       f'and is not a folder'),
+                              ('', "registry must be a path, got ''")):
+        assert cli_main(['export', str(weights), '--variant', 'asvit_other', '--tag', 'x', '--registry', registry]) == 2
+        assert capsys.readouterr().err == f'asvit export: error: {message}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['file']
+
+
 def test_failed_export_leaves_the_previous_folder(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     import asvit_zoo.hub as hub
 
@@ -539,6 +552,9 @@ def test_push(export_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     _FakeApi.calls = []
     with pytest.raises(ValueError, match=f"hf_hub_id is '{HUB_ID}', not 'org/other'"):
         push_folder(export_dir, 'org/other')
+    for repo in ('bad repo', ''):
+        with pytest.raises(ValueError, match=f'^repo must be a Hub repo id ORG/NAME, got {repo!r}$'):
+            push_folder(export_dir, repo)
     folder = _copy(export_dir, tmp_path)
     _flip_byte(folder / 'model.safetensors')
     with pytest.raises(WeightsError, match='sha256 mismatch'):

@@ -143,6 +143,8 @@ def test_settings_are_checked(values, message):
     (['--budgets', '3M,4M', '--names', 'good,bad-name', '--registry', 'reg'],
      "variant names must be model names (a letter, then letters, digits or \"_\"), got ['bad-name']"),
     (['--budgets', '3M,4M', '--names', 'same,same', '--registry', 'reg'], 'give one distinct name per budget'),
+    (['--budgets', '3M', '--names', ''], 'variant names must be model names (a letter, then letters, digits or "_"), got [\'\']'),
+    (['--budgets', '3M', '--names', 'asvit_mine', '--registry', __file__], f'registry {__file__}: {__file__} exists and is not a folder'),
     (['--budgets', '3M,4M', '--names', 'asvit_mine,resnet50', '--registry', 'reg'],
      "architecture 'resnet50' is the name of a timm model that is not an As-ViT variant"),
     (['--random-seed', '-3'], 'seed must be an integer in [0, 4294967295], got -3'),

@@ -107,6 +107,17 @@ def test_a_finished_run_is_not_trained_over(tmp_path, capsys):
     assert sorted(p.name for p in run.iterdir()) == ['last.pth.tar']
 
 
+@pytest.mark.parametrize('args, message', [
+    (['--stop-after', '-1'], 'stop_after must be a number of epochs >= 1, got -1'),
+    (['--output', ''], "training run folder must be a path, got ''"),
+])
+def test_cli_refuses_a_bad_run_option_before_any_work(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(['train', '--output', 'run', *TINY_RUN, *args]) == 2
+    assert capsys.readouterr().err == f'asvit train: error: {message}\n'
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason='a machine without CUDA')
 def test_a_cuda_device_without_a_gpu_is_named(tmp_path, capsys):
     assert main(['train', '--output', str(tmp_path / 'run'), *TINY_RUN, '--device', 'cuda']) == 2

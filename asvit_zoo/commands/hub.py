@@ -19,7 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument('--hf-hub-id', help='Hub repo ORG/NAME the weights will be pushed to')
     export.add_argument('--genotype', help='genotype of a variant that is not in the registry')
     export.add_argument('--ema', action='store_true', help="export the checkpoint's EMA weights")
-    export.add_argument('--registry', type=Path, help='registry folder (default: the shipped registry)')
+    export.add_argument('--registry', help='registry folder (default: the shipped registry)')
     export.add_argument('--description', help="the model card's opening paragraph (default: a generated one)")
     export.set_defaults(func=run_export)
     push = subparsers.add_parser('push', help='upload a registry folder VARIANT.TAG to a Hub model repo')

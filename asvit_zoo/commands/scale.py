@@ -8,7 +8,7 @@ from pathlib import Path
 from ..distributed import dist_env
 from ..scaling import (ScalingConfig, check_variant_names, plot_trajectory, run_scaling, select_variants,
                        write_variant_cards)
-from ..fileio import write_json
+from ..fileio import check_folder, write_json
 from .options import parse_count
 
 
@@ -56,11 +56,13 @@ def _command(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     budgets = tuple(float(parse_count(b, '--budgets')) for b in args.budgets.split(','))
-    names = args.names.split(',') if args.names else None
-    if args.registry and not names:
+    names = args.names.split(',') if args.names is not None else None
+    if args.registry is not None and not names:
         raise ValueError('--registry needs --names (one variant name per budget)')
     if names:
         check_variant_names(names, budgets)  # before the run, not after it
+    if args.registry is not None:
+        check_folder(args.registry, 'registry')
     config = ScalingConfig(seed_genotype=args.seed, budgets=budgets,
                            upper_limit=float(parse_count(args.upper_limit, '--upper-limit')),
                            image_size=args.image_size, repeat=args.repeat, batch_size=args.batch_size,
