@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from asvit_zoo.fileio import (atomic_folder, atomic_write, check_folder, read_json, read_json_lines, save_figure, write_json,
-                              write_text)
+from asvit_zoo.fileio import (atomic_folder, atomic_write, check_folder, read_json, read_json_lines, save_figure,
+                              write_json, write_text)
 
 posix_only = pytest.mark.skipif(sys.platform == 'win32', reason='POSIX file modes')
 
