@@ -136,8 +136,11 @@ class BuildPreset:
         if data != FASHION_MNIST and not (data and Path(data).is_dir()):
             raise ValueError(f'data must be {FASHION_MNIST!r} or an ImageFolder root (an existing folder), got '
                              f'{data!r}')
+        def on_data(settings: Mapping[str, Any]) -> Dict[str, Any]:  # a Fashion-MNIST folder goes with its data
+            return {**{k: v for k, v in settings.items() if data == FASHION_MNIST or k != 'data_root'}, 'data': data}
+
         return dataclasses.replace(self, search=dict(self.search, data=data), scale=dict(self.scale, data=data),
-                                   train=dict(self.train, data=data), evaluate=dict(self.evaluate, data=data))
+                                   train=on_data(self.train), evaluate=on_data(self.evaluate))
 
     def to_dict(self) -> Dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))

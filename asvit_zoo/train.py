@@ -159,6 +159,9 @@ class TrainConfig:
         check_fields(self)
         if self.device != 'auto':
             parse_device(self.device)
+        if self.data_root is not None and self.data != FASHION_MNIST:
+            raise ValueError(f'data_root is the folder of the {FASHION_MNIST} files; data {self.data!r} does not read '
+                             f'it (an ImageFolder is given by data itself)')
         if self.amp not in ('none', *AMP_DTYPES):
             raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
         if self.sched in UNSUPPORTED_SCHEDULERS:

@@ -305,6 +305,11 @@ def test_preset_errors_name_the_problem(tmp_path: Path):
     with pytest.raises(ValueError, match="bad.json: not valid JSON: 'utf-8' codec can't decode byte 0xe9"):
         load_preset(bad)
     preset = load_preset('fmnist-cpu')
+    with_root = dataclasses.replace(preset, train=dict(preset.train, data_root=str(tmp_path)),
+                                    evaluate=dict(preset.evaluate, data_root=str(tmp_path)))
+    on_folder = with_root.with_data(str(tmp_path))  # an ImageFolder: the Fashion-MNIST folder is dropped
+    assert 'data_root' not in on_folder.train and 'data_root' not in on_folder.evaluate
+    assert with_root.with_data('fashion-mnist').train['data_root'] == str(tmp_path)
     for data in ('', str(tmp_path / 'missing'), 'noise'):
         with pytest.raises(ValueError, match=f"data must be 'fashion-mnist' or an ImageFolder root .*got {data!r}"):
             preset.with_data(data)

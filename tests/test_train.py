@@ -63,6 +63,9 @@ def test_config_errors(tmp_path):
         load_config(retokenization='0.5:8:1')
     with pytest.raises(ValueError, match="amp must be 'none', 'bf16' or 'fp16'"):
         TrainConfig(amp='fp32')
+    with pytest.raises(ValueError, match="data_root is the folder of the fashion-mnist files; data 'synthetic' does "
+                                         'not read it'):
+        TrainConfig(data='synthetic', data_root=str(tmp_path))
     (tmp_path / 'list.json').write_text('[1, 2]')
     with pytest.raises(ValueError, match='a recipe is a mapping'):
         load_config(tmp_path / 'list.json')
