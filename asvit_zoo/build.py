@@ -136,6 +136,7 @@ class BuildPreset:
         if data != FASHION_MNIST and not (data and Path(data).is_dir()):
             raise ValueError(f'data must be {FASHION_MNIST!r} or an ImageFolder root (an existing folder), got '
                              f'{data!r}')
+
         def on_data(settings: Mapping[str, Any]) -> Dict[str, Any]:  # a Fashion-MNIST folder goes with its data
             return {**{k: v for k, v in settings.items() if data == FASHION_MNIST or k != 'data_root'}, 'data': data}
 
