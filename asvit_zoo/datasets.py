@@ -210,7 +210,7 @@ def search_batch(source: PathLike, n: int, image_size: int, seed: int = 0) -> to
         return fashion_mnist_batch(n, image_size, seed)
     if source == 'noise':
         return noise_batch(n, image_size, seed)
-    if not Path(source).exists():
+    if not str(source).strip() or not Path(source).exists():  # '' is not the current folder
         raise FileNotFoundError(f'data source {str(source)!r} is neither "fashion-mnist", "noise" nor an existing '
                                 f'ImageFolder directory')
     return image_folder_batch(source, n, image_size, seed)

@@ -184,8 +184,9 @@ def test_image_folder_batch(tmp_path: Path) -> None:
     assert torch.equal(batch, image_folder_batch(tmp_path, 4, 24, seed=0))
     with pytest.raises(ValueError, match='has 6 images, fewer than the 7 requested'):
         image_folder_batch(tmp_path, 7, 24)
-    with pytest.raises(FileNotFoundError, match='neither "fashion-mnist", "noise" nor an existing ImageFolder'):
-        search_batch(str(tmp_path / 'missing'), 4, 24)
+    for missing in (str(tmp_path / 'missing'), ''):
+        with pytest.raises(FileNotFoundError, match='neither "fashion-mnist", "noise" nor an existing ImageFolder'):
+            search_batch(missing, 4, 24)
     cut = tmp_path / 'cat' / '1.png'
     cut.write_bytes(cut.read_bytes()[:60])
     with pytest.raises(ValueError, match=rf'^{cut}: not a readable image \(.*truncated'):
