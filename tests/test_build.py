@@ -87,7 +87,7 @@ def test_cards_record_a_command_that_regenerates_the_build(uninterrupted: Path, 
     assert load_preset(preset_copy) == load_preset(preset_file)
 
 
-def test_evaluation_defaults_to_the_training_data(monkeypatch: pytest.MonkeyPatch):
+def test_evaluation_defaults_to_the_training_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     import asvit_zoo.evaluation as evaluation
 
     seen = {}
@@ -98,9 +98,9 @@ def test_evaluation_defaults_to_the_training_data(monkeypatch: pytest.MonkeyPatc
         return dict(top1=1., top5=2., loss=3., images=4)
 
     monkeypatch.setattr(evaluation, 'evaluate_pretrained', record)
-    preset = load_preset('imagenet-paper').with_data('/data/imagenet')
+    preset = load_preset('imagenet-paper').with_data(str(tmp_path))  # an ImageFolder root (an existing folder)
     _evaluate(dataclasses.replace(preset, evaluate={}), 'x')
-    assert seen['data'] == '/data/imagenet'
+    assert seen['data'] == str(tmp_path)
     _evaluate(dataclasses.replace(preset, evaluate={'data': 'fashion-mnist'}), 'x')
     assert seen['data'] == 'fashion-mnist'
 
