@@ -227,7 +227,8 @@ def load_config(path: Optional[PathLike] = None, **overrides: Any) -> TrainConfi
         if not isinstance(values, dict):
             raise ValueError(f'{path}: a recipe is a mapping of TrainConfig fields, got {type(values).__name__}')
         values = {k: v for k, v in values.items() if not k.startswith('_')}  # '_comment' etc.
-    if 'model' in overrides and 'genotype' not in overrides and overrides['model'] != values.get('model'):
+    recipe_model = values.get('model', next(f.default for f in dataclasses.fields(TrainConfig) if f.name == 'model'))
+    if 'model' in overrides and 'genotype' not in overrides and overrides['model'] != recipe_model:
         values.pop('genotype', None)  # another model replaces the recipe's architecture, genotype included
     values.update(overrides)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -609,7 +610,8 @@ class Trainer:
         save_torch(self.checkpoint_path, checkpoint)
 
     def train_epoch(self, epoch: int) -> Dict[str, Any]:
-        """One epoch; each step runs at its phase's tokenizer setting. Returns the loss and the settings used."""
+        """One epoch; each step runs at its phase's tokenizer setting. Returns the loss and the settings used (each
+        change of setting, in order)."""
         sampler = getattr(self.data.train_loader, 'sampler', None)
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
@@ -624,7 +626,7 @@ class Trainer:
             if (phase.stride, phase.dilation) != (embed.stride, embed.dilation):
                 self.model.set_tokenizer(phase.stride, phase.dilation)
             setting = format_tokenizer(phase.stride, phase.dilation)
-            if setting not in settings_used:
+            if not settings_used or settings_used[-1] != setting:  # the last is the setting the epoch ends on
                 settings_used.append(setting)
             x, y = self.data.prepare(x, True), y.to(self.device)
             if self.mixup is not None:

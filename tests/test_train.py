@@ -256,6 +256,15 @@ def test_compiled_training_steps_match_eager_ones(tmp_path):
     assert all(torch.allclose(weights_compiled[k], weights_eager[k], atol=1e-5) for k in weights_eager)
 
 
+def test_an_epoch_that_returns_to_a_setting_is_scored_on_the_grid_it_ended_on(tmp_path):
+    run = tmp_path / 'run'
+    _train('--output', str(run), '--config', str(REPO_ROOT / 'recipes' / 'fmnist_tiny.json'), '--genotype', TINY,
+           '--train-subset', '256', '--eval-subset', '50', '--epochs', '2', '--batch-size', '64', '--no-progress',
+           '--retokenization', '0.125:8:2,0.25:6:1,0.125:8:2,0.5:4:1', '--stop-after', '1')  # steps: 8:2 6:1 6:1 8:2
+    (first,) = read_metrics(run / METRICS)
+    assert first['tokenizer'] == ['8:2', '6:1', '8:2'] and first['eval_phase_tokenizer'] == '8:2'
+
+
 def test_an_epoch_ending_on_coarse_tokens_is_also_scored_on_that_grid(tmp_path):
     run = tmp_path / 'run'
     args = ['--output', str(run), '--config', str(REPO_ROOT / 'recipes' / 'fmnist_tiny.json'), '--genotype', TINY,
@@ -446,6 +455,8 @@ def test_model_and_genotype(tmp_path):
     cfg = load_config(RECIPES / 'fmnist_tiny.json', model='asvit_seed')  # another model replaces the recipe's
     assert cfg.genotype is None and build_model(cfg, 10, 1).num_classes == 10
     assert load_config(RECIPES / 'fmnist_tiny.json', model='asvit').genotype is not None  # the same model keeps it
+    (tmp_path / 'no_model.json').write_text(json.dumps({'genotype': TINY}))  # the default model, 'asvit'
+    assert load_config(tmp_path / 'no_model.json', model='asvit').genotype == TINY
     with pytest.raises(ValueError, match="model 'asvit_small' has its own genotype; genotype '.*' applies to model "
                                          "'asvit' only"):
         build_model(TrainConfig(model='asvit_small', genotype=TINY), 10, 1)
