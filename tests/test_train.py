@@ -222,7 +222,7 @@ def test_resume_continues_exactly(tmp_path):
     _train('--output', str(straight), *TINY_RUN)
     _train('--output', str(resumed), '--stop-after', '1', *TINY_RUN)
     assert len(read_metrics(resumed / METRICS)) == 1
-    _train('--output', str(resumed), '--resume', *TINY_RUN)
+    _train('--output', str(resumed), '--resume')  # the run's own settings, from its config.json
 
     a, b = read_metrics(straight / METRICS), read_metrics(resumed / METRICS)
     assert [m['epoch'] for m in a] == [m['epoch'] for m in b] == [0, 1]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
+from pathlib import Path
 from typing import Any, Dict
 
 from ..train import TrainConfig, load_config, train
@@ -25,7 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument('--config', help='recipe (JSON or YAML file of training settings), '
                                          'e.g. recipes/fmnist_tiny.json')
     parser.add_argument('--output', required=True, help='run folder')
-    parser.add_argument('--resume', action='store_true', help='continue the run in --output from its last.pth.tar')
+    parser.add_argument('--resume', action='store_true', help='continue the run in --output from its last.pth.tar, '
+                                                              "with its config.json's settings unless --config is given")
     parser.add_argument('--stop-after', type=int, metavar='N',
                         help='stop once N epochs are done (continue later with --resume)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar or per-epoch line')
@@ -46,7 +48,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     overrides: Dict[str, Any] = {k: v for k, v in vars(args).items() if k in fields}
-    cfg = load_config(getattr(args, 'config', None), **overrides)
+    recipe = getattr(args, 'config', None)
+    saved = Path(args.output) / 'config.json'
+    if recipe is None and getattr(args, 'resume', False) and saved.is_file():
+        recipe = saved  # the run's own settings (options given still override them)
+    cfg = load_config(recipe, **overrides)
     progress = not getattr(args, 'no_progress', False)
     result = train(cfg, args.output, resume=getattr(args, 'resume', False), progress=progress,
                    stop_after=getattr(args, 'stop_after', None))
