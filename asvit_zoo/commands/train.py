@@ -26,8 +26,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument('--config', help='recipe (JSON or YAML file of training settings), '
                                          'e.g. recipes/fmnist_tiny.json')
     parser.add_argument('--output', required=True, help='run folder')
-    parser.add_argument('--resume', action='store_true', help='continue the run in --output from its last.pth.tar, '
-                                                              "with its config.json's settings unless --config is given")
+    parser.add_argument('--resume', action='store_true',
+                        help="continue the run in --output from its last.pth.tar, with its config.json's settings "
+                             'unless --config is given')
     parser.add_argument('--stop-after', type=int, metavar='N',
                         help='stop once N epochs are done (continue later with --resume)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar or per-epoch line')
