@@ -25,7 +25,7 @@ from .distributed import DistEnv
 from .hub import CONFIG_FILE, HF_HUB_PREFIX, LOCAL_DIR_PREFIX, WEIGHTS_FILE, checkpoint_model
 from .retokenization import FULL_TOKENS, format_tokenizer, parse_tokenizer
 from .train import FASHION_MNIST, TrainConfig, build_data, evaluate
-from .validation import is_count
+from .validation import check_count
 
 __all__ = ['load_pretrained', 'check_options', 'evaluate_pretrained']
 
@@ -85,8 +85,8 @@ def check_options(batch_size: Any, subset: Any, device: Any, tokenizer: Any = FU
     """Raise ``ValueError`` unless these are valid :func:`evaluate_pretrained` options (the device need not be
     present here, nor the data: it is read when the evaluation runs)."""
     for name, value in (('batch_size', batch_size), ('subset', subset)):
-        if value is not None and not is_count(value):
-            raise ValueError(f'{name} must be an integer >= 1, got {value!r}')
+        if value is not None:
+            check_count(name, value)
     parse_device(device)
     parse_tokenizer(tokenizer)
     if not isinstance(data, str) or not data:

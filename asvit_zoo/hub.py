@@ -25,11 +25,10 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Unio
 import numpy as np
 import torch
 
-from .fileio import atomic_folder, atomic_write, check_folder, read_json, write_json, write_text
+from .fileio import check_folder, read_json
 from .genotype import Genotype
 from .registry import (CONFIG_FILE, DEFAULT_PRETRAINED_CFG, CARD_FILE, HUB_ID_PATTERN, MODEL_NAME_PATTERN, check_tag,
-                       MODEL_NAME_RULE, VariantCard, card_from_config, load_card, load_registry, registry_root,
-                       render_model_card)
+                       MODEL_NAME_RULE, VariantCard, load_card, load_registry, registry_root, write_variant_folder)
 
 __all__ = ['WeightsError', 'HubUnavailableError', 'sha256_file', 'verify_sha256', 'read_metadata', 'check_genotype',
            'hub_file', 'local_dir_weights', 'hub_weights', 'resolve_weights', 'describe_mismatch',
@@ -541,13 +540,7 @@ def export_weights(checkpoint: PathLike, variant: str, tag: str, root: Optional[
     }
     text = description or (f'As-ViT {variant} trained on {train_cfg.get("data", "unknown data")} '
                            f'({img_size}x{img_size}, {num_classes} classes), exported by asvit-zoo.')
-    target = root / f'{variant}.{tag}'
-    card_from_config(config, target)  # before anything is written: errors name the folder, not its staging copy
-    with atomic_folder(target) as folder:
-        atomic_write(folder / WEIGHTS_FILE, lambda f: f.write(data))
-        write_json(folder / CONFIG_FILE, config)
-        write_text(folder / CARD_FILE, render_model_card(config, text))
-    return load_card(target)
+    return write_variant_folder(root / f'{variant}.{tag}', config, text, {WEIGHTS_FILE: data})
 
 
 # --------------------------------------------------------------------------- push

@@ -760,14 +760,15 @@ def measure_genotype(
         if 'patch_embed.proj.weight' in state_dict:
             in_chans = state_dict['patch_embed.proj.weight'].shape[1]
     basis, thetas = curve if curve is not None else default_curve(image_size, in_chans, seed=seed)
-    if inputs is None:
-        inputs = noise_batch(NTK_BATCH, image_size, seed, in_chans)
     if 'ntk' in which:  # the batch is the NTK's alone
+        if inputs is None:
+            inputs = noise_batch(NTK_BATCH, image_size, seed, in_chans)
         _check_inputs(inputs, image_size, in_chans)
+        inputs = inputs.to(dev)
     if in_chans * image_size * image_size != basis.shape[0]:
         raise ValueError(f'curve_basis has {basis.shape[0]} rows; image_size={image_size} needs {in_chans} * '
                          f'{image_size}^2 = {in_chans * image_size * image_size}')
-    inputs, basis, thetas = inputs.to(dev), basis.to(dev), thetas.to(dev)
+    basis, thetas = basis.to(dev), thetas.to(dev)
 
     ranks = group_size() if distributed else 1
     result = Measures()

@@ -20,12 +20,12 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from timm.models import PretrainedCfg
 
-from .fileio import atomic_folder, write_json, write_text
+from .fileio import atomic_folder, atomic_write, write_json, write_text
 from .genotype import Genotype
 from .validation import is_count
 
 __all__ = ['RegistryError', 'VariantCard', 'registry_root', 'load_registry', 'load_card', 'write_card',
-           'render_model_card']
+           'write_variant_folder', 'render_model_card']
 
 CONFIG_FILE = 'config.json'
 CARD_FILE = 'README.md'
@@ -345,9 +345,18 @@ def write_card(root: Path, name: str, genotype: Genotype, description: str,
     }
     if provenance:
         config['provenance'] = dict(provenance)
-    target = Path(root) / name
-    card_from_config(config, target)  # before anything is written: errors name the folder, not its staging copy
+    return write_variant_folder(Path(root) / name, config, description)
+
+
+def write_variant_folder(target: Path, config: Mapping[str, Any], description: str,
+                         files: Optional[Mapping[str, bytes]] = None) -> VariantCard:
+    """Write the variant folder ``target`` whole: ``files`` (name -> bytes: the weights), config.json and the
+    model card. The card is validated before anything is written, so errors name ``target``, not its staging copy;
+    an earlier folder is replaced only once all is written. Returns the card as read back."""
+    card_from_config(config, target)
     with atomic_folder(target) as folder:
+        for name, data in (files or {}).items():
+            atomic_write(folder / name, lambda f: f.write(data))
         write_json(folder / CONFIG_FILE, config)
         write_text(folder / CARD_FILE, render_model_card(config, description))
     return load_card(target)

@@ -79,6 +79,7 @@ SYNTHETIC = 'synthetic'
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
 CHECKPOINT = 'last.pth.tar'
 METRICS = 'metrics.jsonl'
+RUN_CONFIG = 'config.json'  # the settings of a run, in its folder
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 UNSUPPORTED_SCHEDULERS = ('plateau', 'none')  # plateau steps per epoch on a metric; none has no step_update
 _INTERPOLATIONS = ('nearest', 'bilinear', 'bicubic', 'box', 'hamming', 'lanczos')  # str_to_interp_mode's
@@ -227,8 +228,8 @@ def load_config(path: Optional[PathLike] = None, **overrides: Any) -> TrainConfi
         if not isinstance(values, dict):
             raise ValueError(f'{path}: a recipe is a mapping of TrainConfig fields, got {type(values).__name__}')
         values = {k: v for k, v in values.items() if not k.startswith('_')}  # '_comment' etc.
-    recipe_model = values.get('model', next(f.default for f in dataclasses.fields(TrainConfig) if f.name == 'model'))
-    if 'model' in overrides and 'genotype' not in overrides and overrides['model'] != recipe_model:
+    model = values.get('model', TrainConfig.model)  # the recipe's, or the default
+    if 'model' in overrides and 'genotype' not in overrides and overrides['model'] != model:
         values.pop('genotype', None)  # another model replaces the recipe's architecture, genotype included
     values.update(overrides)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -660,7 +661,7 @@ class Trainer:
         if self.env.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
             config_text = json.dumps(self.cfg.to_dict(), indent=2) + '\n'
-            write_text(self.output / 'config.json', config_text)
+            write_text(self.output / RUN_CONFIG, config_text)
             _write_metrics(self.metrics_path, self.metrics)
             plot_schedule(self.cost, self.output / 'schedule.png')
             if self.progress:

@@ -264,14 +264,14 @@ def test_export_refuses_what_it_cannot_do(export_dir: Path, tmp_path: Path, caps
 
 
 def test_failed_export_leaves_the_previous_folder(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    import asvit_zoo.hub as hub
+    import asvit_zoo.registry as registry
 
     folder = export_weights(run_dir / 'last.pth.tar', 'asvit_newarch', 'fmnist', root=tmp_path).path
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
 
     def fail(config, text):  # the card is the last file written: fail after the weights and config.json
         raise RuntimeError('disk full')
-    monkeypatch.setattr(hub, 'render_model_card', fail)
+    monkeypatch.setattr(registry, 'render_model_card', fail)
     with pytest.raises(RuntimeError, match='disk full'):  # config.json would differ: it records the hub id
         export_weights(run_dir / 'last.pth.tar', 'asvit_newarch', 'fmnist', root=tmp_path, hf_hub_id='org/new')
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before

@@ -11,7 +11,7 @@ import typing
 from pathlib import Path
 from typing import Any, Dict
 
-from ..train import TrainConfig, load_config, train
+from ..train import RUN_CONFIG, TrainConfig, load_config, train
 from ..validation import field_type
 
 
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     overrides: Dict[str, Any] = {k: v for k, v in vars(args).items() if k in fields}
     recipe = getattr(args, 'config', None)
-    saved = Path(args.output) / 'config.json'
+    saved = Path(args.output) / RUN_CONFIG
     if recipe is None and getattr(args, 'resume', False) and saved.is_file():
         recipe = saved  # the run's own settings (options given still override them)
     cfg = load_config(recipe, **overrides)
