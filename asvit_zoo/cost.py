@@ -9,6 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 from .asvit import AsViT
 from .genotype import Genotype
+from .modes import kept_modes
 from .validation import is_count
 
 
@@ -46,16 +47,12 @@ def count_macs(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> i
     """
     if len(input_size) != 3 or not all(map(is_count, input_size)):
         raise ValueError(f'input_size must be (C, H, W), three integers >= 1, got {tuple(input_size)!r}')
-    modes = {m: m.training for m in model.modules()}  # each module's, restored as it was
-    model.eval()
-    try:
+    with kept_modes(model):
+        model.eval()
         param = next(model.parameters())
         x = torch.zeros(1, *input_size, device=param.device, dtype=param.dtype)
         with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
             model(x)
-    finally:
-        for m, training in modes.items():
-            m.training = training
     return counter.get_total_flops() // 2
 
 

@@ -93,6 +93,7 @@ from .devices import resolve_device
 from .distributed import gather_objects, group_size, my_share
 from .genotype import Genotype
 from .hub import load_safetensors, read_metadata, state_dict_mismatch
+from .modes import kept_modes
 from .validation import check_count, check_seed, is_count
 from .weights import load_weights
 
@@ -167,16 +168,13 @@ def _measure_mode(model: nn.Module) -> Iterator[nn.Module]:
     (its recomputation would run the forward hooks of the NTK pass twice; the values are the same without it),
     and autograd on even inside a caller's ``torch.inference_mode()``. Every module's settings are restored
     after."""
-    modes = {m: m.training for m in model.modules()}
     checkpointing = {m: m.grad_checkpointing for m in model.modules() if hasattr(m, 'grad_checkpointing')}
     try:
         for m in checkpointing:
             m.grad_checkpointing = False
-        with torch.inference_mode(False):
+        with kept_modes(model), torch.inference_mode(False):
             yield model.train()
     finally:
-        for m, training in modes.items():
-            m.training = training
         for m, enabled in checkpointing.items():
             m.grad_checkpointing = enabled
 

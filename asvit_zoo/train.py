@@ -67,6 +67,7 @@ from .devices import parse_device
 from .distributed import DistEnv, init_distributed, process_group
 from .fileio import check_folder, read_json_lines, save_torch, write_text
 from .hub import load_torch_checkpoint
+from .modes import kept_modes
 from .retokenization import (FULL_TOKENS, SCHEDULES, format_tokenizer, parse_schedule, parse_tokenizer, plot_schedule,
                              schedule_cost)
 from .validation import (COUNT, NON_NEGATIVE, POSITIVE, SEED_RANGE, Range, changed_settings, check_compile_backend,
@@ -446,19 +447,20 @@ def read_metrics(path: PathLike) -> List[Dict[str, Any]]:
 def evaluate(model: nn.Module, data: DataBundle, env: DistEnv, device: torch.device,
              autocast: Callable[[], ContextManager[Any]]) -> Dict[str, float]:
     """Loss, top-1 and top-5 (%) and the number of images scored, over the whole evaluation set (summed over
-    processes), at the model's current tokenizer setting."""
-    model.eval()
+    processes), at the model's current tokenizer setting. The model's modules keep their train/eval modes."""
     top_k = (1, min(5, data.num_classes))
     loss_sum = correct1 = correct5 = count = 0.
-    for x, y in data.eval_loader:
-        x, y = data.prepare(x, False), y.to(device)
-        with autocast():
-            logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction='sum').item()
-        acc1, acc5 = accuracy(logits, y, topk=top_k)
-        correct1 += acc1.item() * len(y) / 100
-        correct5 += acc5.item() * len(y) / 100
-        count += len(y)
+    with kept_modes(model):
+        model.eval()
+        for x, y in data.eval_loader:
+            x, y = data.prepare(x, False), y.to(device)
+            with autocast():
+                logits = model(x)
+            loss_sum += F.cross_entropy(logits.float(), y, reduction='sum').item()
+            acc1, acc5 = accuracy(logits, y, topk=top_k)
+            correct1 += acc1.item() * len(y) / 100
+            correct5 += acc5.item() * len(y) / 100
+            count += len(y)
     loss_sum, correct1, correct5, count = _all_reduce_sum([loss_sum, correct1, correct5, count], env, device)
     return {'loss': loss_sum / count, 'top1': 100 * correct1 / count, 'top5': 100 * correct5 / count,
             'images': int(count)}

@@ -508,3 +508,20 @@ def test_resume_names_a_bad_checkpoint(tmp_path, content, capsys):
     assert main(['train', '--output', str(run), '--resume', *TINY_RUN]) == 2
     err = capsys.readouterr().err
     assert f'asvit train: error: {path}: not a' in err and 'Traceback' not in err
+
+
+def test_evaluation_scores_in_eval_mode_and_keeps_the_models_modes():
+    from contextlib import nullcontext
+
+    from asvit_zoo.distributed import DistEnv
+    from asvit_zoo.train import build_data, evaluate
+
+    cfg = TrainConfig(genotype=TINY, data='synthetic', img_size=32, batch_size=8, train_subset=8, eval_subset=16,
+                      workers=0, device='cpu')
+    data = build_data(cfg, DistEnv(), torch.device('cpu'))
+    model = timm.create_model('asvit', genotype=TINY, num_classes=data.num_classes, in_chans=1, drop_rate=0.5)
+    model.stages[1].eval()  # a tree of mixed modes, as a caller left it
+    first = evaluate(model, data, DistEnv(), torch.device('cpu'), nullcontext)
+    assert model.training and not model.stages[1].training and model.stages[2].training
+    # dropout is off while scoring: a second evaluation gives the same loss
+    assert evaluate(model, data, DistEnv(), torch.device('cpu'), nullcontext) == first and first['images'] == 16
