@@ -88,7 +88,7 @@ class BuildPreset:
         unknown = sorted(set(self.evaluate) - options)
         if unknown:
             raise ValueError(f'preset {self.name}: unknown evaluate setting(s) {unknown}; known: {sorted(options)}')
-        evaluate = {name: self.evaluate.get(name, parameters[name].default) for name in options}
+        evaluate = {name: parameters[name].default for name in options} | self.evaluation_options()
         if 'data' not in self.evaluate and self.train.get('data') == SYNTHETIC:
             defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
             drawn = {k: v for k, v in self.train.items() if (k.startswith(f'{SYNTHETIC}_') or k == 'seed')
@@ -128,6 +128,14 @@ class BuildPreset:
             if key in kwargs:
                 kwargs[key] = number(kwargs[key])
         return kwargs
+
+    def evaluation_options(self) -> Dict[str, Any]:
+        """The settings of the exports' evaluation: ``evaluate``'s, on the test split of the training data unless
+        it names its own."""
+        options = dict(self.evaluate)
+        if 'data' not in options:
+            options.update({key: self.train[key] for key in ('data', 'data_root') if key in self.train})
+        return options
 
     def with_data(self, data: str) -> 'BuildPreset':
         """The preset with every stage on ``data`` (fashion-mnist, or an ImageFolder root)."""
@@ -318,10 +326,7 @@ def _export(preset: BuildPreset, folder: Path, name: str, checkpoint: str) -> Di
 def _evaluate(preset: BuildPreset, export_folder: str) -> Dict[str, Any]:
     from .evaluation import evaluate_pretrained
 
-    options = dict(preset.evaluate)
-    if 'data' not in options:  # the test split of the training data
-        options.update({key: preset.train[key] for key in ('data', 'data_root') if key in preset.train})
-    result = evaluate_pretrained(f'local-dir:{export_folder}', **options)
+    result = evaluate_pretrained(f'local-dir:{export_folder}', **preset.evaluation_options())
     return {k: result[k] for k in ('top1', 'top5', 'loss', 'images')}
 
 

@@ -24,7 +24,7 @@ from .devices import parse_device, resolve_device
 from .distributed import DistEnv
 from .hub import CONFIG_FILE, HF_HUB_PREFIX, LOCAL_DIR_PREFIX, WEIGHTS_FILE, checkpoint_model
 from .retokenization import FULL_TOKENS, format_tokenizer, parse_tokenizer
-from .train import FASHION_MNIST, TrainConfig, build_data, evaluate
+from .train import FASHION_MNIST, TrainConfig, build_data, check_data_root, evaluate
 from .validation import check_count
 
 __all__ = ['load_pretrained', 'check_options', 'evaluate_pretrained']
@@ -93,6 +93,7 @@ def check_options(batch_size: Any, subset: Any, device: Any, tokenizer: Any = FU
         raise ValueError(f"data must be 'fashion-mnist', 'synthetic' or an ImageFolder root, got {data!r}")
     if data_root is not None and not isinstance(data_root, (str, os.PathLike)):
         raise ValueError(f'data_root must be a folder path, got {data_root!r}')
+    check_data_root(data, data_root)
 
 
 def evaluate_pretrained(model: str, data: str = FASHION_MNIST, data_root: Optional[PathLike] = None,

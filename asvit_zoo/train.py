@@ -92,6 +92,13 @@ GENERIC_MODEL = 'asvit'  # the registered model that takes any genotype
 _PROBABILITY, _FRACTION = Range(0, 1), Range(0, 1, high_open=True)
 
 
+def check_data_root(data: str, data_root: Optional[PathLike]) -> None:
+    """Raise ``ValueError`` when ``data_root`` is given for data that does not read it."""
+    if data_root is not None and data != FASHION_MNIST:
+        raise ValueError(f'data_root is the folder of the {FASHION_MNIST} files; data {data!r} does not read '
+                         f'it (an ImageFolder is given by data itself)')
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run (recipes in ``recipes/*.json`` set these fields)."""
@@ -161,9 +168,7 @@ class TrainConfig:
         check_fields(self)
         if self.device != 'auto':
             parse_device(self.device)
-        if self.data_root is not None and self.data != FASHION_MNIST:
-            raise ValueError(f'data_root is the folder of the {FASHION_MNIST} files; data {self.data!r} does not read '
-                             f'it (an ImageFolder is given by data itself)')
+        check_data_root(self.data, self.data_root)
         if self.amp not in ('none', *AMP_DTYPES):
             raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
         if self.sched in UNSUPPORTED_SCHEDULERS:

@@ -281,6 +281,11 @@ def test_preset_errors_name_the_problem(tmp_path: Path):
          r"evaluate: the exports would be scored on synthetic data drawn with the trainer's defaults, but train sets "
          r"\{'synthetic_classes': 4\}"),
         (dict(evaluate={'foo': 1}), r"unknown evaluate setting\(s\) \['foo'\]"),
+        (dict(evaluate={'data': 'synthetic', 'data_root': 'fmnist'}),
+         "evaluate: data_root is the folder of the fashion-mnist files; data 'synthetic' does not read it"),
+        # the evaluation scores the training data, here an ImageFolder, which reads no data_root
+        (dict(train=dict(TINY_PRESET['train'], data=str(tmp_path)), evaluate={'data_root': 'fmnist'}),
+         "evaluate: data_root is the folder of the fashion-mnist files; data '.*' does not read it"),
         (dict(search=None), 'search must be an object of settings, got None'),
         (dict(tag=5), 'tag: tag must be a non-empty name without "." or "/", got 5'),
         (dict(tag='a/b'), 'tag: tag must be a non-empty name without "." or "/", got \'a/b\''),

@@ -91,6 +91,9 @@ def test_errors_name_the_problem(run: Path, tmp_path: Path, capsys: pytest.Captu
     lonely.write_bytes(b'')
     assert cli_main(['eval', str(lonely)]) == 2
     assert 'config.json' in capsys.readouterr().err
+    # checked before the model is looked for
+    with pytest.raises(ValueError, match="data_root is the folder of the fashion-mnist files; data 'synthetic' does"):
+        evaluate_pretrained('asvit_nosuchvariant', data='synthetic', data_root=tmp_path)
     with pytest.raises(ValueError, match='--ema needs a trainer checkpoint'):
         load_pretrained('asvit_seed', ema=True)
     folder = Path(shutil.copytree(registry_root() / 'asvit_tiny.fmnist', tmp_path / 'copy'))
