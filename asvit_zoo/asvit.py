@@ -13,7 +13,8 @@ the model runs at 224, 800x1333 or 28x28 alike. Where the reference would fail (
 on every input the reference accepts, outputs are equal.
 
 The stage-1 tokenizer is elastic: ``set_tokenizer(stride, dilation)`` changes the token grid without
-touching any weight (progressive re-tokenization).
+touching any weight (progressive re-tokenization). A forward pass refuses a setting under which some token
+would read only the padding around the image (a dilation too large for the image side).
 """
 
 import dataclasses
@@ -50,6 +51,7 @@ __all__ = ['AsViT', 'checkpoint_filter_fn', 'unwrap_state_dict', 'register_cards
 
 STEM_STRIDE = 4
 MERGE_STRIDE = 2
+MAX_TOKENIZER_STEP = 2 ** 16  # the largest stride or dilation set_tokenizer takes (torch's conv needs bounded ints)
 DEFAULT_DEPTHS = (1, 1, 1, 1)
 # On CPU, plain matmul-softmax attention beats torch's fused kernel in small windows (5-11x at 1 token, 1.1-2.9x
 # at 4-64 tokens, forward and backward) and loses from about 196 tokens on (3.7-4x slower at 784).
@@ -68,6 +70,19 @@ def _same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> Tup
     needed = eff_kernel + stride * (math.ceil(size / stride) - 1)
     after += max(0, needed - (size + before + after))
     return before, after
+
+
+def _tokenizer_fault(size: int, kernel: int, stride: int, dilation: int) -> str:
+    """Why a (stride, dilation) tokenizer setting does not tokenize an image axis of ``size`` pixels, or '':
+    every token must read at least one pixel of the axis, not only padding."""
+    before, _ = _same_padding(size, kernel, stride, dilation)
+    for i in range((size + stride - 1) // stride):
+        first = i * stride - before  # the token's taps are first + j * dilation, j < kernel
+        j = max(0, (dilation - 1 - first) // dilation)  # the first tap at or after pixel 0
+        if j >= kernel or first + j * dilation >= size:
+            return (f'with kernel {kernel}, token {i} of {(size + stride - 1) // stride} would read only padding '
+                    f'of a side of {size} pixels')
+    return ''
 
 
 def _static_size(size: int) -> int:
@@ -148,9 +163,9 @@ class ElasticPatchEmbed(nn.Module):
         return self.proj.dilation[0]
 
     def set_tokenizer(self, stride: int = STEM_STRIDE, dilation: int = 1) -> None:
-        if not (is_count(stride) and is_count(dilation)):
-            raise ValueError(f'tokenizer stride and dilation must be integers >= 1, got stride={stride!r}, '
-                             f'dilation={dilation!r}')
+        if not (is_count(stride) and is_count(dilation) and max(stride, dilation) <= MAX_TOKENIZER_STEP):
+            raise ValueError(f'tokenizer stride and dilation must be integers in [1, {MAX_TOKENIZER_STEP}], got '
+                             f'stride={stride!r}, dilation={dilation!r}')
         self.proj.stride = (stride, stride)
         self.proj.dilation = (dilation, dilation)
 
@@ -159,8 +174,14 @@ class ElasticPatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stride, dilation = self.proj.stride[0], self.proj.dilation[0]
-        top, bottom = _same_padding(_static_size(x.shape[-2]), self.kernel_size, stride, dilation)
-        left, right = _same_padding(_static_size(x.shape[-1]), self.kernel_size, stride, dilation)
+        height, width = _static_size(x.shape[-2]), _static_size(x.shape[-1])
+        for side in (height, width):
+            fault = _tokenizer_fault(side, self.kernel_size, stride, dilation)
+            if fault:
+                raise ValueError(f'tokenizer stride {stride}, dilation {dilation} on a {height}x{width} image: '
+                                 f'{fault}; use a smaller stride or dilation')
+        top, bottom = _same_padding(height, self.kernel_size, stride, dilation)
+        left, right = _same_padding(width, self.kernel_size, stride, dilation)
         x = self.proj(F.pad(x, (left, right, top, bottom)))
         # contiguous here: LayerNorm would copy the permuted view in its forward and again in its backward
         return self.norm(x.permute(0, 2, 3, 1).contiguous())

@@ -1,7 +1,7 @@
 """Model cost: parameter counts and multiply-accumulates (MACs) counted with torch's FlopCounterMode."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -29,13 +29,19 @@ CPU_ATTENTION_FLOPS = {
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flops,
 }
 
-__all__ = ['CPU_ATTENTION_FLOPS', 'param_count', 'count_macs', 'genotype_params', 'genotype_gmacs']
+__all__ = ['CPU_ATTENTION_FLOPS', 'param_count', 'check_input_size', 'count_macs', 'genotype_params', 'genotype_gmacs']
 
 PAPER_CLASSES = 1000  # the head the paper's parameter and MAC counts include
 
 
 def param_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def check_input_size(input_size: Any) -> None:
+    """Raise ``ValueError`` unless ``input_size`` is one image's (C, H, W), three integers >= 1."""
+    if not (isinstance(input_size, Sequence) and len(input_size) == 3 and all(map(is_count, input_size))):
+        raise ValueError(f'input_size must be (C, H, W), three integers >= 1, got {input_size!r}')
 
 
 @torch.no_grad()
@@ -45,11 +51,10 @@ def count_macs(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> i
     FlopCounterMode counts matmuls, convolutions and attention (2 FLOPs per MAC); elementwise work
     (norms, activations, softmax) is not counted, as in the paper's numbers.
     """
-    if len(input_size) != 3 or not all(map(is_count, input_size)):
-        raise ValueError(f'input_size must be (C, H, W), three integers >= 1, got {tuple(input_size)!r}')
+    check_input_size(input_size)
     with kept_modes(model):
         model.eval()
-        param = next(model.parameters())
+        param = next(model.parameters(), torch.zeros(()))
         x = torch.zeros(1, *input_size, device=param.device, dtype=param.dtype)
         with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
             model(x)

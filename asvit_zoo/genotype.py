@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import operator
-import re
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from .validation import is_count
+from .validation import is_count, plain_int
 
 __all__ = ['NUM_STAGES', 'MAX_WIDTH', 'SEARCH_SPACE', 'PAPER_SEED', 'PAPER_LARGE', 'Genotype']
 
@@ -52,14 +51,11 @@ def _allowed(name: str) -> str:
     return '{' + ', '.join(str(v) for v in SEARCH_SPACE[name]) + '}'
 
 
-_INTEGER = re.compile(r'-?[0-9]+')  # plain ASCII decimal: int() alone would also take '1_6' or non-ASCII digits
-
-
 def _parse_int(field: str, token: str, text: str) -> int:
-    token = token.strip()
-    if not _INTEGER.fullmatch(token):
-        raise ValueError(f'genotype {text!r}: {field} must be an integer, got {token!r}')
-    return int(token)
+    try:
+        return plain_int(token)
+    except ValueError:
+        raise ValueError(f'genotype {text!r}: {field} must be an integer, got {token.strip()!r}') from None
 
 
 @dataclass(frozen=True)
@@ -120,8 +116,9 @@ class Genotype:
 
     def check_width(self, embed_dim: int) -> None:
         """Raise ``ValueError`` unless every stage of width ``embed_dim`` has at least one channel per head."""
-        if not is_count(embed_dim):
-            raise ValueError(f'C (embedding width of stage 1) must be an integer >= 1, got {embed_dim!r}')
+        if not is_count(embed_dim) or embed_dim > MAX_WIDTH:
+            raise ValueError(f'C (embedding width of stage 1) must be an integer in [1, {MAX_WIDTH}] (every stage '
+                             f'width is capped at {MAX_WIDTH} channels), got {embed_dim!r}')
         for i, (width, heads) in enumerate(zip(self.stage_widths(embed_dim), self.stage_heads())):
             if width < heads:
                 raise ValueError(f'C = {embed_dim} is too narrow for H = {self.heads}: stage {i + 1} has {width} '

@@ -18,6 +18,9 @@ Choices where the authors' code is odd (spec, section 5), and what we do:
   that measure (smaller ``ntk``, larger ``exp``): the rule the ranking itself states.
 * A candidate whose NTK condition number is NaN ("bad" network) ranks last on ``ntk`` and is never
   chosen while a good candidate is left.
+* Widths past the cap: every stage width is capped at ``MAX_WIDTH`` (1024) channels, so a real width C above
+  it builds the network of C = 1024. The reference keeps such widths as candidates; we drop them (the
+  genotype string cannot name them). Budgets of the paper's size never reach that width (Large: C = 180).
 
 Variants: for each parameter budget, the first step whose real-size network reaches it. Its real
 width is ``WIDTH_SCALE * C``, in steps of 4 channels, so a step can overshoot a budget by more than a
@@ -44,7 +47,7 @@ from .datasets import search_batch
 from .devices import resolve_device
 from .distributed import DistEnv, barrier, gather_objects, my_share, process_group
 from .fileio import check_folder, check_saved_run, new_figure, read_json, save_figure, write_json
-from .genotype import Genotype
+from .genotype import MAX_WIDTH, Genotype
 from .measures import measure_genotype
 from .validation import COUNT, POSITIVE, SEED_RANGE, Range, changed_settings, check_fields, offset_seed, setting
 
@@ -133,7 +136,7 @@ def _candidates(seed: Genotype, depths: Tuple[int, ...], width: int, upper_limit
     widths: List[int] = []
     for r in WIDTH_RATIOS:
         w = round(width * (1 + r))
-        if not widths or w != widths[-1]:
+        if (not widths or w != widths[-1]) and WIDTH_SCALE * w <= MAX_WIDTH:  # wider: the same capped network
             widths.append(w)
     out = []
     for stage in range(len(depths)):

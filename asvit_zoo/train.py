@@ -66,6 +66,7 @@ from .datasets import DEFAULT_ROOT, load_fashion_mnist
 from .devices import parse_device
 from .distributed import DistEnv, init_distributed, process_group
 from .fileio import check_folder, read_json_lines, save_torch, write_text
+from .genotype import Genotype
 from .hub import load_torch_checkpoint
 from .modes import kept_modes
 from .retokenization import (FULL_TOKENS, SCHEDULES, format_tokenizer, parse_schedule, parse_tokenizer, plot_schedule,
@@ -169,6 +170,9 @@ class TrainConfig:
         if self.device != 'auto':
             parse_device(self.device)
         check_data_root(self.data, self.data_root)
+        if self.genotype is not None and Genotype.parse(self.genotype).is_seed:
+            raise ValueError(f'genotype {self.genotype!r} is a seed genotype; training needs the scaled form '
+                             f"'K,S,E,L|K,S,E,L|K,S,E,L|K,S,E,L|H,C' (each stage's depth L and the width C)")
         if self.amp not in ('none', *AMP_DTYPES):
             raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
         if self.sched in UNSUPPORTED_SCHEDULERS:
@@ -531,6 +535,7 @@ class Trainer:
                                              momentum=cfg.momentum, layer_decay=cfg.layer_decay, **_fused(cfg.opt))
         self.steps_per_epoch = len(self.data.train_loader)
         self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.schedule.check_steps(self.total_steps)
         self.scheduler, _ = create_scheduler_v2(
             self.optimizer, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
             warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, step_on_epochs=False, updates_per_epoch=self.steps_per_epoch)

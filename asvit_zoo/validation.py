@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Iterable, List, Mapping, Optional, Tuple
@@ -14,7 +15,8 @@ from typing import Any, Iterable, List, Mapping, Optional, Tuple
 import torch
 
 __all__ = ['COUNT', 'NON_NEGATIVE', 'POSITIVE', 'SEED_MAX', 'SEED_RANGE', 'Range', 'changed_settings',
-           'check_compile_backend', 'check_fields', 'check_seed', 'field_type', 'is_count', 'offset_seed', 'setting']
+           'check_compile_backend', 'check_fields', 'check_seed', 'field_type', 'is_count', 'offset_seed',
+           'plain_float', 'plain_int', 'setting']
 
 SEED_MAX = 2 ** 32 - 1  # the largest seed every generator we seed (torch, numpy) accepts
 _KIND_WORDS = {bool: 'true or false', int: 'an integer', float: 'a finite number', str: 'a string'}
@@ -102,6 +104,27 @@ def _check(name: str, value: Any, kind: Any, allowed: Optional[Range] = None, op
         unset = ' or unset' if optional else ''
         reason = f' ({why})' if why else ''
         raise ValueError(f'{name} must be {wanted}{limits}{unset}{reason}, got {value!r}')
+
+
+# Plain ASCII decimal notation: int() and float() alone also take '1_6', '+8' and non-ASCII digits such as '٨'.
+_PLAIN_INT = re.compile(r'-?[0-9]+')
+_PLAIN_FLOAT = re.compile(r'-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?')
+
+
+def plain_int(text: str) -> int:
+    """The integer written in ``text`` (surrounding blanks allowed) in plain decimal digits, with an optional
+    minus sign; ``ValueError`` for any other text."""
+    if not _PLAIN_INT.fullmatch(text.strip()):
+        raise ValueError(f'not a plain decimal integer: {text!r}')
+    return int(text)
+
+
+def plain_float(text: str) -> float:
+    """The number written in ``text`` (surrounding blanks allowed) in plain decimal notation (``0.25``, ``.5``,
+    ``1e-3``); ``ValueError`` for any other text, ``nan`` and ``inf`` included."""
+    if not _PLAIN_FLOAT.fullmatch(text.strip()):
+        raise ValueError(f'not a plain decimal number: {text!r}')
+    return float(text)
 
 
 def check_count(name: str, value: Any) -> None:

@@ -17,7 +17,7 @@ from asvit_zoo.genotype import SEARCH_SPACE, Genotype
 SEED = '8,2,3|4,1,2|4,1,4|4,1,6|32'
 LARGE = '8,2,3,5|4,1,2,2|4,1,4,5|4,1,6,2|32,180'
 MAX_DEPTH = 30
-MAX_EMBED_DIM = 2048
+MAX_EMBED_DIM = 1024  # MAX_WIDTH: every stage width is capped there
 
 # The spec's field letters, in the order of a stage's values and of the head's values.
 STAGE_COLUMNS = 'KSEL'
@@ -258,15 +258,20 @@ def test_depth_not_positive(field: str, value: int) -> None:
         Genotype.parse(with_field(LARGE, field, value))
 
 
-@pytest.mark.parametrize('value', [0, -32])
-def test_width_not_positive(value: int) -> None:
-    with pytest.raises(ValueError, match=rf'C \(embedding width of stage 1\) must be an integer >= 1, got {value}$'):
+WIDTH_RULE = (r'C \(embedding width of stage 1\) must be an integer in \[1, 1024\] \(every stage width is capped at '
+              r'1024 channels\)')
+
+
+@pytest.mark.parametrize('value', [0, -32, 1025, 5000])
+def test_width_outside_its_range(value: int) -> None:
+    with pytest.raises(ValueError, match=rf'{WIDTH_RULE}, got {value}$'):
         Genotype.parse(with_field(LARGE, 'C', value))
+    assert Genotype.parse(with_field(LARGE, 'C', 1024)).stage_widths() == (1024,) * 4
 
 
 @pytest.mark.parametrize('embed_dim', [32.7, '32', True])
 def test_a_width_that_is_not_an_integer_is_refused_not_truncated(embed_dim: object) -> None:
-    message = rf'C \(embedding width of stage 1\) must be an integer >= 1, got {re.escape(repr(embed_dim))}$'
+    message = rf'{WIDTH_RULE}, got {re.escape(repr(embed_dim))}$'
     with pytest.raises(ValueError, match=message):
         resolve_genotype(SEED, embed_dim)
     with pytest.raises(ValueError, match=message):
@@ -296,8 +301,7 @@ SEED_FIELDS: Dict[str, Any] = dict(kernels=(8, 4, 4, 4), splits=(2, 1, 1, 1), ex
     (dict(heads=32.0), r'H \(heads of stage 4\) must be an integer, got 32\.0'),
     (dict(depths=(1, 1, 1, 1)), r'depths and embed_dim go together: .* got depths=\(1, 1, 1, 1\), embed_dim=None'),
     (dict(depths=(1, 1, 1, True), embed_dim=32), r'depths\[3\] \(stage 4\) must be an integer, got True'),
-    (dict(depths=(1, 1, 1, 1), embed_dim=32.0), r'C \(embedding width of stage 1\) must be an integer >= 1, '
-                                                r'got 32\.0'),
+    (dict(depths=(1, 1, 1, 1), embed_dim=32.0), rf'{WIDTH_RULE}, got 32\.0'),
 ])
 def test_constructor_errors(changes: Dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -17,6 +17,7 @@ from asvit_zoo.asvit import (CPU_PLAIN_ATTN_MAX_TOKENS, AsViT, AsViTBlock, Windo
                              stage_grid_sides, unfold_nhwc, window_grid)
 from asvit_zoo.cost import count_macs, param_count
 from asvit_zoo.registry import load_registry
+from asvit_zoo.retokenization import schedule_cost
 
 from conftest import GOLDEN_NETWORKS
 
@@ -99,6 +100,9 @@ def test_macs_count_attention_whether_fused_or_not():
     assert model.training and not model.stages[1].training and model.stages[2].training
     with pytest.raises(ValueError, match=re.escape('input_size must be (C, H, W), three integers >= 1, got (96, 80)')):
         count_macs(model, (96, 80))
+    with pytest.raises(ValueError, match=re.escape('input_size must be (C, H, W), three integers >= 1, got (96, 80)')):
+        schedule_cost(model, 'short', (96, 80))
+    assert count_macs(torch.nn.ReLU(), (3, 8, 8)) == 0  # a module without parameters runs on the CPU in float32
 
 
 # --------------------------------------------------------------------------- any input size

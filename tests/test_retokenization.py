@@ -15,6 +15,7 @@ from asvit_zoo.asvit import AsViT
 from asvit_zoo.cost import CPU_ATTENTION_FLOPS
 from asvit_zoo.retokenization import (
     SCHEDULES, Phase, RetokenizationSchedule, parse_schedule, parse_tokenizer, plot_schedule, schedule_cost)
+from asvit_zoo.train import TrainConfig, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = '4,2,2,1|2,1,2,1|2,1,2,1|2,1,2,1|16,8'
@@ -76,10 +77,26 @@ def test_gradients_reach_every_parameter_at_every_setting():
             assert p.grad.abs().sum() > 0, (stride, dilation, name)
 
 
-@pytest.mark.parametrize('stride, dilation', [(0, 1), (4, 0), (-2, 1), (2.7, 1), (4, 1.5), (True, 1)])
+@pytest.mark.parametrize('stride, dilation', [(0, 1), (4, 0), (-2, 1), (2.7, 1), (4, 1.5), (True, 1), (10 ** 20, 1),
+                                              (4, 2 ** 16 + 1)])
 def test_set_tokenizer_rejects_invalid_settings(stride, dilation):
-    with pytest.raises(ValueError, match='stride and dilation must be integers >= 1'):
+    with pytest.raises(ValueError, match=r'stride and dilation must be integers in \[1, 65536\]'):
         _tiny().set_tokenizer(stride, dilation)
+
+
+def test_a_setting_whose_tokens_read_only_padding_is_refused_by_the_forward_pass():
+    model, x = _tiny(in_chans=1), torch.randn(1, 1, 28, 28)
+    model.set_tokenizer(4, 4)  # the dilated kernel spans 29 pixels: each token still reads the image
+    assert model(x).shape == (1, 10)
+    model.set_tokenizer(4, 30)  # a tap every 30 pixels: the middle tokens fall between the image's sides
+    with pytest.raises(ValueError, match='tokenizer stride 4, dilation 30 on a 28x28 image: with kernel 4, token 3 '
+                                         'of 7 would read only padding of a side of 28 pixels'):
+        model(x)
+    model.set_tokenizer(64, 1)  # one token; a stride past the side is allowed
+    assert model.forward_features(x).shape[1:3] == (1, 1)
+    model.set_tokenizer(4, 2 ** 16)  # refused before any padding is allocated
+    with pytest.raises(ValueError, match='token 0 of 7 would read only padding'):
+        model(x)
 
 
 # --------------------------------------------------------------------------- schedules
@@ -106,11 +123,18 @@ def test_parse_schedule_forms_agree():
     ('1:4:2', 'last phase must train on the full token grid'),
     ('0.5:0:1,0.5:4:1', 'phase 1 .*stride must be an integer >= 1'),
     ('0.5:8:0,0.5:4:1', 'phase 1 .*dilation must be an integer >= 1'),
-    ('0:8:1,1:4:1', r'phase 1 .*fraction must be in \(0, 1\]'),
+    ('0:8:1,1:4:1', r'phase 1: fraction must be a number in \(0, 1\]'),
     ('0.5-8-2,0.5:4:1', r'phase 1: expected "fraction:stride\[:dilation\]"'),
     ('0.5:8:2:1,0.5:4:1', 'phase 1: expected'),
     ('0.5:eight:2,0.5:4:1', 'phase 1: expected'),
-    ('', 'empty re-tokenization schedule'),
+    ('', r'expected a name \(full, short, paper\) or "fraction:stride\[:dilation\],...", got \'\''),
+    ('shrot', r'expected a name \(full, short, paper\) or .*, got \'shrot\''),
+    ('0.5:٨:2,0.5:4:1', 'phase 1: expected'),  # plain ASCII digits only, as in genotypes
+    ('0.5:8_0:2,0.5:4:1', 'phase 1: expected'),
+    ('nan:8:2,0.5:4:1', 'phase 1: expected'),
+    ([['0.5', 8, 2], [0.5, 4, 1]], r"phase 1: fraction must be a number in \(0, 1\], got '0.5'"),
+    ([[None, 8, 2], [1, 4, 1]], r'phase 1: fraction must be a number in \(0, 1\], got None'),
+    ([[True, 4, 1]], r'phase 1: fraction must be a number in \(0, 1\], got True'),
     ([], 'at least one phase'),
     ([{'fraction': 1, 'stride': 4, 'dilatation': 1}], 'phase 1: expected keys fraction, stride'),
     (3, 'a name, a string or a list of phases'),
@@ -125,7 +149,8 @@ def test_parse_tokenizer(spec, expected):
     assert parse_tokenizer(spec) == expected
 
 
-@pytest.mark.parametrize('spec', ['', '8:2:1', 'eight:2', '0:1', '8:0', '4.0', (1.5, 2), 8, None])
+@pytest.mark.parametrize('spec', ['', '8:2:1', 'eight:2', '0:1', '8:0', '4.0', (1.5, 2), 8, None, '4_0:1', '٨:2',
+                                  '+8'])
 def test_parse_tokenizer_errors_name_the_setting(spec):
     message = r'expected "stride\[:dilation\]" with integers >= 1 .*got ' + re.escape(repr(spec))
     with pytest.raises(ValueError, match=message):
@@ -139,6 +164,22 @@ def test_phase_of_each_step():
     assert schedule.phase_at(9, 10) == Phase(0.2, 4, 1)
     with pytest.raises(ValueError, match='outside'):
         schedule.phase_index(10, 10)
+    # exact however long the run: half of 2,000,000 steps is 1,000,000 (a float tolerance moved 2 steps)
+    halves = parse_schedule('0.5:8:2,0.5:4:1')
+    assert halves.phase_ends(2_000_000) == (1_000_000, 2_000_000)
+    assert (halves.phase_index(999_999, 2_000_000), halves.phase_index(1_000_000, 2_000_000)) == (0, 1)
+    assert parse_schedule('0.3:16:2,0.4:8:2,0.3:4:1').phase_ends(10) == (3, 7, 10)  # 0.3 + 0.4 is 0.7, not more
+
+
+def test_a_run_too_short_for_every_phase_is_refused(tmp_path):
+    schedule = parse_schedule('0.9:8:2,0.1:4:1')
+    schedule.check_steps(10)
+    assert [schedule.phase_index(i, 10) for i in range(10)] == [0] * 9 + [1]
+    with pytest.raises(ValueError, match=r'phase 2 \(0.1:4:1\) gets none of the 5 training steps'):
+        schedule.check_steps(5)
+    with pytest.raises(ValueError, match=r'phase 2 \(0.2:6:1\) gets none of the 2 training steps'):
+        train(TrainConfig(genotype=TINY, data='synthetic', img_size=16, synthetic_train=8, synthetic_eval=4,
+                          batch_size=4, epochs=1, workers=0, device='cpu', retokenization='short'), tmp_path / 'run')
 
 
 def _macs_counted(model: AsViT, stride: int, dilation: int, input_size: Tuple[int, int, int]) -> int:

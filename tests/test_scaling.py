@@ -25,6 +25,8 @@ def test_candidates_keep_the_noop_width_and_respect_the_upper_limit():
     capped = _candidates(SEED, (1, 1, 1, 1), 8, upper_limit=3.0e6)
     assert capped and all(c.real_params <= 3.0e6 for c in capped) and len(capped) < len(cands)
     assert _candidates(SEED, (1, 1, 1, 1), 8, upper_limit=1e5) == []
+    # real widths past the 1024-channel cap would build the network of 1024: not candidates
+    assert sorted({c.width for c in _candidates(SEED, (1, 1, 1, 1), 240, upper_limit=1e12)}) == [252]
 
 
 def test_dense_ranks():

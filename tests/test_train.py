@@ -469,6 +469,8 @@ def test_model_and_genotype(tmp_path):
     (dict(sched='none'), "sched 'none' is not supported"),
     (dict(mixup=0.5, batch_size=15), 'mixup/cutmix need an even batch_size .* got 15'),
     (dict(synthetic_eval=0), 'synthetic_eval must be an integer >= 1, got 0'),
+    (dict(genotype='4,8,3|4,2,3|4,2,3|4,1,6|16'),
+     r"genotype '4,8,3\|4,2,3\|4,2,3\|4,1,6\|16' is a seed genotype; training needs the scaled form"),
     (dict(synthetic_classes=0), 'synthetic_classes must be an integer >= 1, got 0'),
     (dict(interpolation='foo'), r"interpolation must be one of timm's modes \[.*'bicubic'.*\], got 'foo'"),
     (dict(auto_augment='foo'), "auto_augment 'foo' is not a timm policy"),
