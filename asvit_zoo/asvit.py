@@ -38,10 +38,12 @@ from timm.models import (build_model_with_cfg, generate_default_cfgs, is_model, 
                          split_model_name_tag)
 from timm.models._builder import resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
+from timm.models._features_fx import register_notrace_module
 from timm.models._manipulate import checkpoint_seq, named_apply
 
 from .genotype import NUM_STAGES, Genotype
-from .hub import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, describe_mismatch, hub_file, read_checkpoint, resolve_weights
+from .hub import (HF_HUB_PREFIX, LOCAL_DIR_PREFIX, describe_mismatch, hub_file, read_checkpoint, resolve_weights,
+                  safetensors_shapes)
 from .registry import (CONFIG_FILE, RegistryError, VariantCard, extra_registries, load_card, load_registry,
                        tagged_name)
 from .validation import is_count
@@ -142,6 +144,7 @@ def unfold_nhwc(x: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- modules
+@register_notrace_module  # a leaf for torch.fx (timm's fx features): its padding depend on the input's size
 class ElasticPatchEmbed(nn.Module):
     """Stage-1 tokenizer: zero-pad, Conv2d(kernel K, stride 4), LayerNorm; NCHW image -> NHWC tokens.
 
@@ -187,6 +190,7 @@ class ElasticPatchEmbed(nn.Module):
         return self.norm(x.permute(0, 2, 3, 1).contiguous())
 
 
+@register_notrace_module  # a leaf for torch.fx (timm's fx features): its padding depend on the input's size
 class PatchMerging(nn.Module):
     """Stages 2-4 tokenizer: each new token concatenates a K x K neighbourhood (stride 2, channel-major
     as ``nn.Unfold``), then LayerNorm(K*K*dim) and a bias-free Linear to ``out_dim``. NHWC -> NHWC."""
@@ -250,6 +254,7 @@ class WindowAttention(nn.Module):
         return self.proj_drop(self.proj(x))
 
 
+@register_notrace_module  # a leaf for torch.fx (timm's fx features): its windows depend on the input's size
 class AsViTBlock(nn.Module):
     """Pre-norm block: window attention over an S x S split of the grid, then an MLP. NHWC -> NHWC.
 
@@ -439,8 +444,11 @@ class AsViT(nn.Module):
                         else nn.Identity())
 
     def set_tokenizer(self, stride: int = STEM_STRIDE, dilation: int = 1) -> None:
-        """Change the stage-1 tokenizer's stride and dilation (progressive re-tokenization); weights stay."""
+        """Change the stage-1 tokenizer's stride and dilation (progressive re-tokenization); weights stay, and
+        ``feature_info`` reports the new reductions."""
         self.patch_embed.set_tokenizer(stride, dilation)
+        for i, info in enumerate(self.feature_info):
+            info['reduction'] = stride * MERGE_STRIDE ** i
 
     def set_fused_attn(self, enable: bool = True, cpu_plain_max_tokens: int = CPU_PLAIN_ATTN_MAX_TOKENS) -> None:
         """Use ``scaled_dot_product_attention`` (``enable``, the default), except on CPU in windows of at most
@@ -576,8 +584,9 @@ def unwrap_state_dict(state: Mapping[str, Any]) -> Dict[str, Any]:
     return {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in state.items()}
 
 
-def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: AsViT) -> Dict[str, torch.Tensor]:
-    """Convert a state dict in the authors' layout (``layers.*``, ``mlps.0.*``, ``head.0/2``) to ours.
+def checkpoint_filter_fn(state_dict: Dict[str, Any], model: Optional[AsViT] = None) -> Dict[str, Any]:
+    """Convert a state dict in the authors' layout (``layers.*``, ``mlps.0.*``, ``head.0/2``) to ours (the keys;
+    the values, tensors or anything else, pass unchanged; ``model``, timm's filter argument, is not needed).
 
     State dicts already in our layout pass through; a ``model``/``state_dict`` wrapper and a
     DistributedDataParallel ``module.`` prefix are removed.
@@ -612,10 +621,6 @@ def _create_asvit(variant: str, pretrained: bool = False, **kwargs: Any) -> AsVi
     weights: Optional[Path] = None
     if pretrained:
         overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
-        if variant == 'asvit':
-            # A free-form genotype has no canonical classifier: the weights file must match the model's head.
-            overlay.setdefault('num_classes', kwargs.get('num_classes', 1000))
-            kwargs['pretrained_cfg_overlay'] = overlay
         cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), overlay).to_dict()
         if not _has_weights(cfg):
             tag = cfg.get('tag') or ''
@@ -626,21 +631,41 @@ def _create_asvit(variant: str, pretrained: bool = False, **kwargs: Any) -> AsVi
         # Resolve (hf-hub: through the cache, honouring HF_HUB_OFFLINE) and verify the file before building.
         genotype = resolve_genotype(kwargs['genotype'], kwargs.get('embed_dim'), kwargs.get('depths'))
         weights = resolve_weights(cfg, genotype, _recorded_sha256(variant, cfg))
-        if weights is not None and weights.suffix == '.safetensors':
-            kwargs['pretrained_cfg_overlay'] = dict(overlay, file=str(weights), source='file')
-        elif weights is not None:  # a torch file is read here: timm's own load refuses a trainer checkpoint
-            kwargs['pretrained_cfg_overlay'] = dict(overlay, state_dict=read_checkpoint(weights)[0], source='file')
+        # a torch file is read here: timm's own load refuses a trainer checkpoint
+        state = read_checkpoint(weights)[0] if weights is not None and weights.suffix != '.safetensors' else None
+        if variant == 'asvit' and 'num_classes' not in overlay:
+            # A free-form genotype has no classifier of its own: the pretrained cfg takes the weights' one, so that
+            # timm drops a classifier of another size (as for every variant) instead of failing to load it.
+            known = weights is not None or cfg.get('state_dict') is not None
+            overlay['num_classes'] = (_classifier_classes(weights, state or cfg.get('state_dict')) if known
+                                      else kwargs.get('num_classes', 1000))
+        if weights is not None:
+            overlay.update(file=str(weights), source='file', **({} if state is None else {'state_dict': state}))
+        kwargs['pretrained_cfg_overlay'] = overlay
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
     try:
-        return build_model_with_cfg(
+        model = build_model_with_cfg(
             AsViT, variant, pretrained,
             pretrained_filter_fn=checkpoint_filter_fn,
-            feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+            feature_cfg=dict(out_indices=out_indices, feature_cls='getter', flatten_sequential=True),
             **kwargs)
     except RuntimeError as e:  # torch's load_state_dict: missing keys or size mismatch
         if weights is None:
             raise
         raise describe_mismatch(weights, variant, genotype, e) from None
+    for module in model.modules():  # the loaded state dict is not kept in the cfg (a second copy of the weights)
+        if isinstance(getattr(module, 'pretrained_cfg', None), dict):
+            module.pretrained_cfg.pop('state_dict', None)
+    return model
+
+
+def _classifier_classes(weights: Optional[Path], state: Optional[Mapping[str, Any]]) -> int:
+    """Classes of the classifier in ``state`` (any layout), else in the safetensors file ``weights`` (its header
+    only); 0 without a classifier."""
+    shapes = ({key: tuple(value.shape) for key, value in state.items() if hasattr(value, 'shape')} if state is not None
+              else safetensors_shapes(weights))
+    shape = checkpoint_filter_fn(shapes).get('head.fc.weight')
+    return shape[0] if shape else 0
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:

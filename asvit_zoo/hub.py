@@ -33,8 +33,8 @@ from .registry import (CONFIG_FILE, DEFAULT_PRETRAINED_CFG, CARD_FILE, HUB_ID_PA
 __all__ = ['WeightsError', 'HubUnavailableError', 'sha256_file', 'verify_sha256', 'read_metadata', 'check_genotype',
            'hub_file', 'local_dir_weights', 'hub_weights', 'resolve_weights', 'describe_mismatch',
            'state_dict_mismatch', 'allowed_globals',
-           'load_torch_checkpoint', 'load_safetensors', 'read_checkpoint', 'checkpoint_model', 'export_weights',
-           'push_folder']
+           'load_torch_checkpoint', 'load_safetensors', 'safetensors_shapes', 'read_checkpoint', 'checkpoint_model',
+           'export_weights', 'push_folder']
 
 PathLike = Union[str, os.PathLike]
 WEIGHTS_FILE = 'model.safetensors'  # timm's file name in a Hub repo
@@ -96,6 +96,17 @@ def read_metadata(path: PathLike) -> Dict[str, str]:
     try:
         with safe_open(str(path), framework='pt') as f:
             return dict(f.metadata() or {})
+    except Exception as e:
+        raise _unreadable_safetensors(path, e) from None
+
+
+def safetensors_shapes(path: PathLike) -> Dict[str, Tuple[int, ...]]:
+    """The shape of each tensor of a safetensors file, from its header (no tensor is read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework='pt') as f:
+            return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
     except Exception as e:
         raise _unreadable_safetensors(path, e) from None
 
@@ -219,14 +230,11 @@ def resolve_weights(cfg: Mapping[str, Any], genotype: Genotype, sha256: Optional
 
 def describe_mismatch(path: PathLike, variant: str, genotype: Genotype, error: Exception) -> WeightsError:
     """One clear error for weights that timm could not load into ``variant``: expected vs found shapes."""
-    from safetensors import safe_open
-
     found = ''
     if Path(path).suffix == '.safetensors':
-        with safe_open(str(path), framework='pt') as f:
-            meta = f.metadata() or {}
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in ('patch_embed.proj.weight', 'head.fc.weight')
-                      if k in f.keys()}
+        meta = read_metadata(path)
+        shapes = {k: v for k, v in safetensors_shapes(path).items()
+                  if k in ('patch_embed.proj.weight', 'head.fc.weight')}
         found = f"; found genotype {meta.get('genotype', 'unknown (no metadata)')}, shapes {shapes}"
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     shown = lines[:_ERROR_LINES] + ([f'... ({len(lines) - _ERROR_LINES} more)'] if len(lines) > _ERROR_LINES else [])
@@ -313,10 +321,12 @@ def read_checkpoint(path: PathLike, ema: bool = False) -> Tuple[Dict[str, torch.
         return checkpoint[key], info
     if ema:
         raise ValueError(f'{path}: no EMA weights (the run was trained without --model-ema)')
+    if isinstance(checkpoint.get('state_dict'), dict):  # another trainer's checkpoint (mmengine, Lightning, ...)
+        checkpoint = checkpoint['state_dict']
     if all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         return checkpoint, {}
-    raise ValueError(f'{path}: expected a trainer checkpoint (with "model") or a state dict, found keys '
-                     f'{sorted(checkpoint)[:8]}')
+    raise ValueError(f'{path}: expected a trainer checkpoint (with "model" or "state_dict") or a state dict, found '
+                     f'keys {sorted(checkpoint)[:8]}')
 
 
 def _dataset_cfg(train_cfg: Mapping[str, Any], in_chans: int) -> Dict[str, Any]:

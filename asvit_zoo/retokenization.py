@@ -15,7 +15,7 @@ pass at each phase's setting, counted with torch's FlopCounterMode (:func:`asvit
 and the schedule's training compute relative to full-token training,
 ``sum(fraction_i * macs_i) / macs_full``. The backward pass of every layer costs a fixed multiple of its
 forward pass, except the stage-1 tokenizer's, which computes no gradient for the image, so the ratio of
-forward plus backward is close to this one, not equal (0.568106 against 0.567937 for ``short`` at 28 px).
+forward plus backward is close to this one, not equal.
 """
 from __future__ import annotations
 

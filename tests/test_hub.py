@@ -493,6 +493,26 @@ def test_a_trainer_checkpoint_loads_as_a_file(run_dir: Path, tmp_path: Path):
                           pretrained_cfg_overlay=dict(file=str(truncated)))
 
 
+def test_a_free_form_genotype_takes_the_backbone_of_weights_with_another_classifier(export_dir: Path, tmp_path: Path):
+    """As for every timm model: pretrained weights with a classifier of another size load without it."""
+    source = export_dir / 'model.safetensors'
+    expected = load_file(source)
+    wrapped = tmp_path / 'mmengine.pth'  # another trainer's checkpoint: the weights under 'state_dict'
+    torch.save({'state_dict': expected, 'meta': {'epoch': 3}}, wrapped)
+    for weights in (source, wrapped):
+        for num_classes in (3, 0):
+            model = timm.create_model('asvit', genotype=GENOTYPE, in_chans=1, num_classes=num_classes, pretrained=True,
+                                      pretrained_cfg_overlay=dict(file=str(weights)))
+            state = model.state_dict()
+            assert model.num_classes == num_classes and model.pretrained_cfg['num_classes'] == 10
+            assert all(torch.equal(state[k], v) for k, v in expected.items() if not k.startswith('head.fc.'))
+            # the cfg records the file, not a second copy of the weights it loaded
+            assert 'state_dict' not in model.pretrained_cfg and model.pretrained_cfg['file'] == str(weights)
+    with pytest.raises(WeightsError, match='size mismatch'):  # the cfg's own count is the caller's choice
+        timm.create_model('asvit', genotype=GENOTYPE, in_chans=1, num_classes=3, pretrained=True,
+                          pretrained_cfg_overlay=dict(file=str(source), num_classes=3))
+
+
 def test_unparsable_genotype_metadata_names_the_file(tmp_path: Path):
     path = tmp_path / 'model.safetensors'
     save_file(_trained_state(GENOTYPE, steps=0), str(path), metadata={'genotype': 'garbage'})

@@ -36,6 +36,18 @@ def _golden_model(reference_dir: Path, expected: dict, name: str) -> AsViT:
 
 
 # --------------------------------------------------------------------------- equality with the authors
+@pytest.mark.parametrize('num_classes', [5, 0])
+def test_authors_weights_load_under_another_classifier(reference_dir, reference_expected, num_classes):
+    """The README's recipe for the authors' weights: a model with another head keeps their backbone."""
+    name = GOLDEN_NETWORKS[0]
+    expected = reference_expected[name]
+    golden = _golden_model(reference_dir, expected, name)
+    model = _golden_model(reference_dir, dict(expected, num_classes=num_classes), name)
+    assert model.num_classes == num_classes and model.pretrained_cfg['num_classes'] == expected['num_classes']
+    x = load_file(reference_dir / f'{name}.io.safetensors')['input']
+    with torch.no_grad():
+        assert torch.equal(model.forward_features(x), golden.forward_features(x))
+
 @pytest.mark.parametrize('name', GOLDEN_NETWORKS)
 @pytest.mark.parametrize('attention', [dict(), dict(cpu_plain_max_tokens=0), dict(enable=False)],
                          ids=['default', 'sdpa', 'matmul'])
@@ -362,6 +374,23 @@ def test_features_only(variant):
         assert m.shape == (1, channels, SMALL_INPUT[1] // reduction, SMALL_INPUT[2] // reduction)
     partial = timm.create_model(name, features_only=True, out_indices=(1, 3)).eval()
     assert partial.feature_info.reduction() == [8, 32]
+
+
+@pytest.mark.parametrize('feature_cls', ['list', 'dict', 'hook', 'fx'])
+def test_every_timm_feature_extractor_gives_the_stage_outputs(feature_cls):
+    """timm's other feature extractors (module list, hooks, torch.fx graph) return the stages' NHWC outputs, as
+    for Swin; the default one (NCHW) holds the same values."""
+    x = torch.randn(2, 3, 72, 56)  # odd token grids: padded windows and merges, which torch.fx does not trace
+    torch.manual_seed(0)
+    default = timm.create_model('asvit_seed', features_only=True, out_indices=(1, 3)).eval()
+    torch.manual_seed(0)
+    other = timm.create_model('asvit_seed', features_only=True, out_indices=(1, 3), feature_cls=feature_cls).eval()
+    with torch.no_grad():
+        expected, maps = default(x), other(x)
+    maps = list(maps.values()) if isinstance(maps, dict) else maps
+    assert [tuple(m.shape) for m in maps] == [(2, 9, 7, 64), (2, 3, 2, 256)]
+    for m, e in zip(maps, expected):
+        torch.testing.assert_close(m.permute(0, 3, 1, 2), e, rtol=0, atol=1e-6)
 
 
 def test_forward_intermediates_match_forward_features(variant):

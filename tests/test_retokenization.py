@@ -60,6 +60,7 @@ def test_token_grid_and_output_shapes_at_every_setting(size):
         with torch.no_grad():
             assert model(x).shape == (2, 10)
             intermediates = model.forward_intermediates(x, intermediates_only=True)
+        assert [info['reduction'] for info in model.feature_info] == [stride, 2 * stride, 4 * stride, 8 * stride]
         for info, feat in zip(model.feature_info, intermediates):
             assert feat.shape == (2, info['num_chs'], *grid), (size, stride, dilation)
             grid = _grid(grid, 2)
