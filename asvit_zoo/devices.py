@@ -27,7 +27,7 @@ def resolve_device(name: Union[str, torch.device]) -> torch.device:
         return device
     if not torch.cuda.is_available():
         raise ValueError(f'device {name!r}: no CUDA GPU is available here (torch.cuda.is_available() is False); '
-                         f'use --device cpu')
+                         f"use the device 'cpu'")
     if device.index is not None and device.index >= torch.cuda.device_count():
         raise ValueError(f'device {name!r}: only {torch.cuda.device_count()} CUDA device(s) are visible')
     return device

@@ -126,8 +126,8 @@ class RetokenizationSchedule:
         for i, (p, start, end) in enumerate(zip(self.phases, starts, self.phase_ends(total_steps))):
             if end <= start:
                 raise ValueError(f're-tokenization schedule {self}: phase {i + 1} ({p}) gets none of the '
-                                 f'{total_steps} training steps ({p.fraction:g} of them is less than one); train for '
-                                 f'more steps or use a schedule with fewer, longer phases')
+                                 f'{total_steps} training steps ({p.fraction:g} x {total_steps} is less than one); train '
+                                 f'for more steps or use a schedule with fewer, longer phases')
 
     def phase_index(self, step: int, total_steps: int) -> int:
         """Index of the phase that runs training step ``step`` (0-based) of ``total_steps``."""

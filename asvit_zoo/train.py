@@ -163,12 +163,16 @@ class TrainConfig:
     retokenization: str = setting('full', f"a schedule ({', '.join(SCHEDULES)}) or "
                                           "'fraction:stride:dilation,...'")
     seed: int = setting(0, 'random seed', SEED_RANGE)
-    device: str = setting('auto', "'auto' (cuda:LOCAL_RANK when CUDA is available, else cpu), 'cpu', 'cuda:N'")
+    device: str = setting('auto', "'auto' (cuda:LOCAL_RANK when CUDA is available, else cpu), 'cpu', 'cuda' "
+                                  "(cuda:LOCAL_RANK) or 'cuda:N'")
 
     def __post_init__(self) -> None:
         check_fields(self)
         if self.device != 'auto':
-            parse_device(self.device)
+            try:
+                parse_device(self.device)
+            except ValueError as e:
+                raise ValueError(f"{e} (or 'auto', the default)") from None
         check_data_root(self.data, self.data_root)
         if self.genotype is not None and Genotype.parse(self.genotype).is_seed:
             raise ValueError(f'genotype {self.genotype!r} is a seed genotype; training needs the scaled form '
@@ -466,9 +470,9 @@ def evaluate(model: nn.Module, data: DataBundle, env: DistEnv, device: torch.dev
             with autocast():
                 logits = model(x)
             loss_sum += F.cross_entropy(logits.float(), y, reduction='sum').item()
-            acc1, acc5 = accuracy(logits, y, topk=top_k)
-            correct1 += acc1.item() * len(y) / 100
-            correct5 += acc5.item() * len(y) / 100
+            acc1, acc5 = accuracy(logits, y, topk=top_k)  # float32 percentages: back to whole counts
+            correct1 += round(acc1.item() * len(y) / 100)
+            correct5 += round(acc5.item() * len(y) / 100)
             count += len(y)
     loss_sum, correct1, correct5, count = _all_reduce_sum([loss_sum, correct1, correct5, count], env, device)
     return {'loss': loss_sum / count, 'top1': 100 * correct1 / count, 'top5': 100 * correct5 / count,

@@ -153,8 +153,9 @@ def main(argv: List[str] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--output', default='runs/bench_gpu', help='folder of the runs and results.json '
                         '(default: runs/bench_gpu)')
-    parser.add_argument('--device', default='cuda', help='cuda, cuda:N or cpu (cpu: a quick trial of the script)')
-    parser.add_argument('--parts', default='search,train', help='comma-separated: search, train')
+    parser.add_argument('--device', default='cuda',
+                        help='cuda (default), cuda:N or cpu (cpu: a quick trial of the script)')
+    parser.add_argument('--parts', default='search,train', help='comma-separated: search, train (default: both)')
     parser.add_argument('--search-steps', type=int, default=12,
                         help='search steps to run, at least 2: step 1 is reported apart (default: 12)')
     parser.add_argument('--search-size', type=int, default=224, help='search image size (default: 224)')

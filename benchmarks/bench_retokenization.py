@@ -24,9 +24,10 @@ from typing import Any, Dict, List
 import torch
 
 from asvit_zoo.cost import param_count
+from asvit_zoo.distributed import DistEnv
 from asvit_zoo.fileio import new_figure, read_json, save_figure, write_json
 from asvit_zoo.retokenization import SCHEDULES, parse_schedule, plot_schedule, schedule_cost
-from asvit_zoo.train import METRICS, TrainConfig, build_model, load_config, read_metrics, train
+from asvit_zoo.train import METRICS, TrainConfig, build_data, build_model, load_config, read_metrics, train
 from asvit_zoo.validation import changed_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -132,7 +133,8 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument('--recipe', default=str(REPO_ROOT / 'recipes' / 'fmnist_tiny.json'),
                         help='training recipe both runs follow (default: recipes/fmnist_tiny.json)')
     parser.add_argument('--schedule', default='short',
-                        help=f'progressive schedule: a name ({", ".join(SCHEDULES)}) or "fraction:stride:dilation,..."')
+                        help=f'progressive schedule: a name ({", ".join(SCHEDULES)}; default: short) or '
+                             '"fraction:stride:dilation,..."')
     parser.add_argument('--output', default='runs/bench_retokenization',
                         help='folder of the two runs, the plots and summary.json (default: runs/bench_retokenization)')
     parser.add_argument('--epochs', type=int, help='override the recipe (trial runs)')
@@ -154,6 +156,9 @@ def main(argv: List[str] = None) -> int:
     try:
         base = load_config(args.recipe, **overrides)
         schedule = str(parse_schedule(args.schedule))
+        # every phase needs a training step: known before the full-token run starts, not after its first epoch
+        parse_schedule(schedule).check_steps(base.epochs * len(build_data(base, DistEnv(), torch.device('cpu'))
+                                                               .train_loader))
         configs = {FULL: replace(base, retokenization=SCHEDULES[FULL]),
                    PROGRESSIVE: replace(base, retokenization=schedule)}
         check_earlier_runs(configs, output)

@@ -189,9 +189,10 @@ def make_dataset(out_dir: Path, num_train: int, num_val: int, config: SceneConfi
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--out', type=Path, default=Path('data/fmnist_coco'), help='output folder')
-    parser.add_argument('--train', type=int, default=4000, help='number of train images')
-    parser.add_argument('--val', type=int, default=200, help='number of val images')
+    parser.add_argument('--out', type=Path, default=Path('data/fmnist_coco'),
+                        help='output folder (default: %(default)s)')
+    parser.add_argument('--train', type=int, default=4000, help='number of train images (default: %(default)s)')
+    parser.add_argument('--val', type=int, default=200, help='number of val images (default: %(default)s)')
     parser.add_argument('--canvas', type=int, nargs=2, default=SceneConfig.canvas, metavar=('MIN', 'MAX'),
                         help='range of the canvas sides, inclusive (default: %(default)s)')
     parser.add_argument('--item-side', type=int, nargs=2, default=SceneConfig.item_side, metavar=('MIN', 'MAX'),
@@ -200,7 +201,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--max-items', type=int, default=SceneConfig.max_items,
                         help='at most this many items per image, at least 1 (default: %(default)s)')
     parser.add_argument('--seed', type=int, default=SceneConfig.seed, help='seed of the scenes (default: %(default)s)')
-    parser.add_argument('--fmnist-root', type=Path, default=DEFAULT_ROOT, help='folder of the Fashion-MNIST IDX files')
+    parser.add_argument('--fmnist-root', type=Path, default=DEFAULT_ROOT,
+                        help='folder of the Fashion-MNIST IDX files (default: %(default)s)')
     args = parser.parse_args(argv)
     counts = {'train': args.train, 'val': args.val}
     for split, num_images in counts.items():

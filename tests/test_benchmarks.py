@@ -106,7 +106,9 @@ def test_retokenization_benchmark_refuses_runs_made_with_other_settings(tmp_path
     for args, message in ((['--epochs', '1', '--schedule', 'paper'], f'{tmp_path / "progressive"} holds a run with '
                            "other settings (retokenization: saved '0.6:8:2,0.2:6:1,0.2:4:1', given '0.3:16:2,"),
                           (['--epochs', '2'], 'other settings (epochs: saved 1, given 2)'),
-                          (['--schedule', 'bogus'], "(e.g. 0.5:8:2), got 'bogus'"),
+                          (['--schedule', 'bogus'], "or \"fraction:stride[:dilation],...\", got 'bogus'"),
+                          (['--epochs', '1', '--train-subset', '256'],  # 2 steps: none for the second phase
+                           'phase 2 (0.2:6:1) gets none of the 2 training steps'),
                           (['--epochs', '0'], 'epochs must be an integer >= 1, got 0'),
                           (['--threads', '0'], '--threads must be at least 1, got 0')):
         assert message in refusal(BENCH_RETOKENIZATION, ['--output', str(tmp_path), *args], capsys)

@@ -326,3 +326,16 @@ def test_preset_errors_name_the_problem(tmp_path: Path):
         build(load_preset('fmnist-cpu'), tmp_path / 'file', log=lambda _: None)
     for name in ('fmnist-cpu', 'imagenet-paper'):
         assert load_preset(name).name == name
+
+
+def test_each_preset_builds_into_its_own_default_folder(monkeypatch: pytest.MonkeyPatch):
+    """Without --out, a build goes to builds/<preset name>: an ImageNet build never lands in the CPU build's folder."""
+    from asvit_zoo.cli import main
+    from asvit_zoo.commands import build as build_command
+
+    folders: List[Path] = []
+    monkeypatch.setattr(build_command, 'build', lambda preset, out, **kwargs: folders.append(Path(out)) or {'rows': []})
+    for preset in ('fmnist-cpu', 'imagenet-paper'):
+        assert main(['build', '--preset', preset, '--until', 'search']) == 0
+    assert main(['build', '--preset', 'fmnist-cpu', '--out', 'elsewhere']) == 0
+    assert folders == [Path('builds/fmnist-cpu'), Path('builds/imagenet-paper'), Path('elsewhere')]

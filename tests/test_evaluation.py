@@ -151,6 +151,12 @@ def test_weights_ship_with_the_package():
         assert size <= 10 * 2 ** 20, f'{name}.{tag}: {size} bytes of weights, more than 10 MiB'
 
 
+def test_scores_are_whole_counts_of_images():
+    result = evaluate_pretrained('asvit_tiny.fmnist', subset=500)
+    for key in ('top1', 'top5'):  # not float32 percentages summed back (92.1999985961914 for 461 of 500)
+        assert result[key] == 100 * round(result[key] * 5) / 500
+
+
 @pytest.mark.parametrize('name,tag', _shipped_weights())
 def test_shipped_weights_reproduce_their_card(name: str, tag: str):
     card = next(c for c in load_registry() if c.name == name).folder(tag)

@@ -15,6 +15,7 @@ from mmengine.config import DictAction
 from mmdet.apis import inference_detector, init_detector
 from mmdet.registry import VISUALIZERS
 
+from asvit_zoo.commands.options import device_help
 from asvit_zoo.detection import allow_mmengine_checkpoints, check_checkpoint, load_config
 from asvit_zoo.devices import resolve_device
 from asvit_zoo.fileio import atomic_write
@@ -27,8 +28,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('image', help='input image')
     parser.add_argument('--out', required=True, help='output PNG')
-    parser.add_argument('--score-thr', type=float, default=0.3, help='draw predictions scoring at least this')
-    parser.add_argument('--device', default='cpu', help='cpu (default), cuda or cuda:N')
+    parser.add_argument('--score-thr', type=float, default=0.3,
+                        help='draw predictions scoring at least this (default: 0.3)')
+    parser.add_argument('--device', default='cpu', help=device_help())
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys, key=value')
     args = parser.parse_args(argv)
     allow_mmengine_checkpoints()

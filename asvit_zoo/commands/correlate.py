@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..correlation import CorrelationConfig, correlate
+from .options import device_help
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -16,7 +17,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     '(with parameters and GMACs as baselines). Writes records.json (after every topology; an '
                     'interrupted study continues), correlation.json, correlation.md and one scatter PNG per score.')
     parser.add_argument('--out', required=True, help='study folder (an interrupted study in it continues)')
-    parser.add_argument('-n', '--num-topologies', type=int, default=d.n, help=f'topologies (default: {d.n})')
+    parser.add_argument('-n', '--num-topologies', type=int, default=d.n,
+                        help=f'topologies, at least 3 (default: {d.n})')
     parser.add_argument('--embed-dim', type=int, default=d.embed_dim, help=f'stage-1 width (default: {d.embed_dim})')
     parser.add_argument('--measure-image-size', type=int, default=d.measure_image_size,
                         help=f'resolution of the training-free measures (default: {d.measure_image_size})')
@@ -32,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help=f'first N test images (default: {d.eval_subset})')
     parser.add_argument('--seed', type=int, default=d.seed,
                         help=f'seed of the sampled topologies, their inits and training (default: {d.seed})')
-    parser.add_argument('--device', default=d.device, help=f'cpu, cuda or cuda:N (default: {d.device})')
+    parser.add_argument('--device', default=d.device, help=device_help(d.device))
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     parser.set_defaults(func=run)
 

@@ -7,6 +7,7 @@ import json
 from ..evaluation import evaluate_pretrained
 from ..retokenization import FULL_TOKENS, format_tokenizer
 from ..train import FASHION_MNIST
+from .options import device_help
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -17,11 +18,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     'model.safetensors beside its config.json.')
     parser.add_argument('model', help='variant tag, hf-hub:ORG/NAME, local-dir:PATH or a checkpoint file')
     parser.add_argument('--data', default=FASHION_MNIST,
-                        help='fashion-mnist (default; the test split) or an ImageFolder root with train/ and val/')
+                        help="fashion-mnist (default; the test split), synthetic (the trainer's default draw) or an "
+                             'ImageFolder root with train/ and val/')
     parser.add_argument('--data-root', help='Fashion-MNIST folder (default: the Debian package\'s)')
     parser.add_argument('--batch-size', type=int, default=256, help='images per forward pass (default: 256)')
     parser.add_argument('--subset', type=int, help='the first N test images only')
-    parser.add_argument('--device', default='cpu', help='cpu (default), cuda or cuda:N')
+    parser.add_argument('--device', default='cpu', help=device_help())
     parser.add_argument('--ema', action='store_true', help="a trainer checkpoint's EMA weights")
     parser.add_argument('--tokenizer', default=format_tokenizer(*FULL_TOKENS), metavar='STRIDE[:DILATION]',
                         help='stage-1 tokenizer setting to score at: full tokens (%(default)s) by default; e.g. 8:2, '

@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument('--description', help="the model card's opening paragraph (default: a generated one)")
     export.set_defaults(func=run_export)
     push = subparsers.add_parser('push', help='upload a registry folder VARIANT.TAG to a Hub model repo')
-    push.add_argument('name', help='registry folder name, e.g. asvit_small.fmnist')
+    push.add_argument('name', help='registry folder name, e.g. asvit_tiny.fmnist')
     push.add_argument('--repo', required=True, help='Hub repo ORG/NAME (created if missing)')
     push.add_argument('--private', action='store_true', help='create the repo private')
     push.add_argument('--registry', type=Path, help='registry folder (default: the registered variants: the shipped '

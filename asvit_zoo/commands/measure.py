@@ -7,6 +7,7 @@ import json
 from ..devices import resolve_device
 from ..distributed import process_group
 from ..measures import MEASURES, load_measure_inputs, measure_genotype
+from .options import device_help
 
 DEFAULT_IMAGE_SIZE = 224
 
@@ -27,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument('--weights', default=None, help='weights file to measure (authors\' or our layout)')
     parser.add_argument('--inputs', default=None,
                         help='safetensors file with curve_basis, curve_theta and ntk_inputs (as the golden io files)')
-    parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:N]' (default: cpu)")
+    parser.add_argument('--device', default='cpu', help=device_help())
     parser.add_argument('--which', default=','.join(MEASURES),
                         help=f'comma-separated measures to take (default: {",".join(MEASURES)})')
     parser.add_argument('--json', action='store_true', help='print one JSON object')

@@ -4,10 +4,15 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ['parse_count', 'parse_positive']
+__all__ = ['device_help', 'parse_count', 'parse_positive']
 
 _COUNT = re.compile(r'^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgKMG]?)\s*$')
 _SUFFIXES = {'': 1, 'k': 10 ** 3, 'm': 10 ** 6, 'g': 10 ** 9}
+
+
+def device_help(default: str = 'cpu') -> str:
+    """The help text of a --device option, the same in every command."""
+    return f'cpu, cuda or cuda:N (default: {default})'
 
 
 def parse_count(text: str, option: str) -> int:

@@ -9,7 +9,7 @@ from ..distributed import dist_env
 from ..scaling import (ScalingConfig, check_variant_names, plot_trajectory, run_scaling, select_variants,
                        write_variant_cards)
 from ..fileio import check_folder, write_json
-from .options import parse_count
+from .options import device_help, parse_count
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -20,19 +20,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     'with --registry and --names one registry card per budget. Under torchrun '
                     '(torchrun --nproc_per_node N -m asvit_zoo.cli scale ...) the processes share the candidates '
                     'of each step.')
-    parser.add_argument('--seed', required=True, help="seed genotype K,S,E|...|H, e.g. '8,2,3|4,1,2|4,1,4|4,1,6|32'")
+    parser.add_argument('--seed', required=True,
+                        help="seed genotype K,S,E|...|H, e.g. '8,2,3|4,1,2|4,1,4|4,1,6|32' (the random seed is "
+                             "--random-seed)")
     parser.add_argument('--budgets', default='29.0M,52.6M,88.1M',
                         help='comma-separated parameter budgets of the real-size variants, each at least the seed\'s '
                              'first network (width 32, depths 1,1,1,1; 1.2M to 2.4M parameters) (default: '
                              '29.0M,52.6M,88.1M)')
     parser.add_argument('--names', default=None, help='comma-separated variant names, one per budget')
     parser.add_argument('--upper-limit', default='110M', help='largest real-size network considered (default: 110M)')
-    parser.add_argument('--image-size', type=int, default=224, help='measuring resolution (paper: 224)')
-    parser.add_argument('--repeat', type=int, default=1, help='initialisations averaged per candidate')
-    parser.add_argument('--batch-size', type=int, default=16, help='NTK batch size')
-    parser.add_argument('--data', default='fashion-mnist', help="NTK batch: 'fashion-mnist', 'noise' or an ImageFolder")
-    parser.add_argument('--random-seed', type=int, default=0, help='seed of initialisations and data')
-    parser.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N (default: cpu)')
+    parser.add_argument('--image-size', type=int, default=224, help='measuring resolution (default and paper: 224)')
+    parser.add_argument('--repeat', type=int, default=1, help='initialisations averaged per candidate (default: 1)')
+    parser.add_argument('--batch-size', type=int, default=16, help='NTK batch size (default: 16)')
+    parser.add_argument('--data', default='fashion-mnist',
+                        help="NTK batch: 'fashion-mnist' (default), 'noise' or an ImageFolder")
+    parser.add_argument('--random-seed', type=int, default=0, help='seed of initialisations and data (default: 0)')
+    parser.add_argument('--device', default='cpu', help=device_help())
     parser.add_argument('--out', required=True, help='run folder')
     parser.add_argument('--registry', default=None, help='registry folder to write the variant cards into')
     parser.add_argument('--resume', action='store_true',

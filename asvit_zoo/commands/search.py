@@ -5,7 +5,7 @@ import argparse
 
 from ..distributed import dist_env
 from ..search import SearchConfig, search
-from .options import parse_count, parse_positive
+from .options import device_help, parse_count, parse_positive
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument('--data', default='fashion-mnist',
                         help="NTK images: 'fashion-mnist' (Debian's dataset-fashion-mnist), 'noise' (Gaussian) "
                              "or the path of an ImageFolder tree (default: fashion-mnist)")
-    parser.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N (default: cpu)')
+    parser.add_argument('--device', default='cpu', help=device_help())
     parser.add_argument('--seed', type=int, default=0, help='seed of every random draw of the run (default: 0)')
     parser.add_argument('--max-params',
                         help='soft parameter budget of the networks the search measures (width 32, depths 1,1,1,1; '
