@@ -122,12 +122,12 @@ class RetokenizationSchedule:
     def check_steps(self, total_steps: int) -> None:
         """Raise ``ValueError`` if a phase would run no step of ``total_steps``: its fraction of them is below
         one step."""
-        starts = (0, *self.phase_ends(total_steps)[:-1])
-        for i, (p, start, end) in enumerate(zip(self.phases, starts, self.phase_ends(total_steps))):
+        ends = self.phase_ends(total_steps)
+        for i, (p, start, end) in enumerate(zip(self.phases, (0, *ends[:-1]), ends)):
             if end <= start:
                 raise ValueError(f're-tokenization schedule {self}: phase {i + 1} ({p}) gets none of the '
-                                 f'{total_steps} training steps ({p.fraction:g} x {total_steps} is less than one); train '
-                                 f'for more steps or use a schedule with fewer, longer phases')
+                                 f'{total_steps} training steps ({p.fraction:g} x {total_steps} is less than one); '
+                                 f'train for more steps or use a schedule with fewer, longer phases')
 
     def phase_index(self, step: int, total_steps: int) -> int:
         """Index of the phase that runs training step ``step`` (0-based) of ``total_steps``."""
