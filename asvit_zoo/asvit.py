@@ -19,6 +19,7 @@ would read only the padding around the image (a dilation too large for the image
 
 import dataclasses
 import math
+import operator
 import re
 import warnings
 from collections import OrderedDict
@@ -85,6 +86,17 @@ def _tokenizer_fault(size: int, kernel: int, stride: int, dilation: int) -> str:
             return (f'with kernel {kernel}, token {i} of {(size + stride - 1) // stride} would read only padding '
                     f'of a side of {size} pixels')
     return ''
+
+
+def _integer(value: Any) -> Optional[int]:
+    """``value`` as a Python int when it is an integer of any kind (numpy's and one-element tensors' included),
+    not a bool; else None."""
+    if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 def _static_size(size: int) -> int:
@@ -166,9 +178,11 @@ class ElasticPatchEmbed(nn.Module):
         return self.proj.dilation[0]
 
     def set_tokenizer(self, stride: int = STEM_STRIDE, dilation: int = 1) -> None:
-        if not (is_count(stride) and is_count(dilation) and max(stride, dilation) <= MAX_TOKENIZER_STEP):
+        values = [_integer(stride), _integer(dilation)]
+        if not all(v is not None and 1 <= v <= MAX_TOKENIZER_STEP for v in values):
             raise ValueError(f'tokenizer stride and dilation must be integers in [1, {MAX_TOKENIZER_STEP}], got '
                              f'stride={stride!r}, dilation={dilation!r}')
+        stride, dilation = values
         self.proj.stride = (stride, stride)
         self.proj.dilation = (dilation, dilation)
 
@@ -453,9 +467,10 @@ class AsViT(nn.Module):
     def set_fused_attn(self, enable: bool = True, cpu_plain_max_tokens: int = CPU_PLAIN_ATTN_MAX_TOKENS) -> None:
         """Use ``scaled_dot_product_attention`` (``enable``, the default), except on CPU in windows of at most
         ``cpu_plain_max_tokens`` tokens (0: in every window), or plain matmul-softmax attention everywhere."""
-        if cpu_plain_max_tokens < 0:
-            raise ValueError(f'cpu_plain_max_tokens must be >= 0 (0: SDPA in every window), '
-                             f'got {cpu_plain_max_tokens}')
+        if not (isinstance(cpu_plain_max_tokens, int) and not isinstance(cpu_plain_max_tokens, bool)
+                and cpu_plain_max_tokens >= 0):
+            raise ValueError(f'cpu_plain_max_tokens must be an integer >= 0 (0: SDPA in every window), '
+                             f'got {cpu_plain_max_tokens!r}')
         for m in self.modules():
             if isinstance(m, WindowAttention):
                 m.fused_attn = enable

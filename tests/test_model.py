@@ -188,10 +188,11 @@ def test_cpu_attention_takes_plain_attention_in_small_windows(monkeypatch, token
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_set_fused_attn_refuses_a_negative_window_size():
+def test_set_fused_attn_refuses_a_window_size_that_is_not_a_count():
     model = timm.create_model('asvit_seed')
-    with pytest.raises(ValueError, match=r'cpu_plain_max_tokens must be >= 0 .* got -1'):
-        model.set_fused_attn(cpu_plain_max_tokens=-1)
+    for bad in (-1, None, 2.5, True):
+        with pytest.raises(ValueError, match=rf'cpu_plain_max_tokens must be an integer >= 0 .* got {bad!r}'):
+            model.set_fused_attn(True, bad)
     model.set_fused_attn(False, cpu_plain_max_tokens=0)
     assert {(m.fused_attn, m.cpu_plain_attn_max_tokens) for m in model.modules()
             if isinstance(m, WindowAttention)} == {(False, 0)}

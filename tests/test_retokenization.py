@@ -85,6 +85,17 @@ def test_set_tokenizer_rejects_invalid_settings(stride, dilation):
         _tiny().set_tokenizer(stride, dilation)
 
 
+def test_set_tokenizer_takes_integers_of_any_kind():
+    import numpy as np
+
+    model = _tiny()
+    model.set_tokenizer(np.int64(8), torch.tensor(2))
+    assert (model.patch_embed.proj.stride, model.patch_embed.proj.dilation) == ((8, 8), (2, 2))
+    assert type(model.patch_embed.stride) is int
+    with pytest.raises(ValueError, match='must be integers'):
+        model.set_tokenizer(np.float64(8))
+
+
 def test_a_setting_whose_tokens_read_only_padding_is_refused_by_the_forward_pass():
     model, x = _tiny(in_chans=1), torch.randn(1, 1, 28, 28)
     model.set_tokenizer(4, 4)  # the dilated kernel spans 29 pixels: each token still reads the image
