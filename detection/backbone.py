@@ -6,9 +6,9 @@ The library model pads internally, so padded, non-square mmdet batches of any si
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
-
 import logging
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import timm
@@ -52,9 +52,10 @@ def create_asvit(arch: str, **kwargs: Any) -> nn.Module:
     return timm.create_model(arch, **kwargs)
 
 
-def _check_arguments(arch: Any, out_indices: Any, frozen_stages: Any, with_cp: Any, norm_eval: Any) -> None:
+def _check_arguments(arch: Any, out_indices: Any, frozen_stages: Any, drop_path_rate: Any, with_cp: Any,
+                     norm_eval: Any) -> None:
     """Types and ranges of the constructor's arguments (whether ``arch`` names a variant: :func:`create_asvit`;
-    ``drop_path_rate`` and ``window_img_size``: the model)."""
+    the range of ``drop_path_rate`` and ``window_img_size``: the model)."""
     def is_int(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
 
@@ -77,6 +78,8 @@ def _check_arguments(arch: Any, out_indices: Any, frozen_stages: Any, with_cp: A
                          f'in stage order), got {out_indices}')
     if not is_int(frozen_stages) or not -1 <= frozen_stages <= NUM_STAGES:
         raise ValueError(f'AsViT frozen_stages must be an int in [-1, {NUM_STAGES}], got {frozen_stages!r}')
+    if drop_path_rate is None:  # timm.create_model would drop it, and the model would take its own default
+        raise ValueError('AsViT drop_path_rate must be a number in [0, 1), got None')
     for name, value in (('with_cp', with_cp), ('norm_eval', norm_eval)):
         if not isinstance(value, bool):
             raise ValueError(f'AsViT {name} must be True or False, got {value!r}')
@@ -90,6 +93,11 @@ def _check_init_cfg(init_cfg: Any) -> None:
     unknown = sorted(set(init_cfg) - set(PRETRAINED_KEYS))
     if unknown:
         raise ValueError(f'AsViT init_cfg has unknown keys {unknown}; allowed: {list(PRETRAINED_KEYS)}')
+    if not isinstance(init_cfg['checkpoint'], (str, os.PathLike)) or not str(init_cfg['checkpoint']):
+        raise ValueError(f'AsViT init_cfg.checkpoint must be a weights source (a file, local-dir:PATH, '
+                         f"hf-hub:ORG/NAME or a variant's tag), got {init_cfg['checkpoint']!r}")
+    if not isinstance(init_cfg.get('prefix', ''), str):
+        raise ValueError(f"AsViT init_cfg.prefix must be a string (e.g. 'backbone'), got {init_cfg['prefix']!r}")
 
 
 def _under_prefix(state_dict: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
@@ -111,8 +119,9 @@ class AsViT(BaseModule):
         norm_eval: Keep the normalization layers in eval mode while training (accepted as mmdet configs set
             it; the backbone has only LayerNorms, which have no running statistics, so it changes nothing).
         window_img_size: Image size at which the genotype's S x S attention split fixes each stage's window
-            side (default 224, the pretraining size): detection inputs get more windows of that side, as in
-            Swin. None keeps S x S windows at any input size (attention cost quadratic in the image area).
+            side (default 224, the paper's ImageNet pretraining size; weights pretrained at another size keep
+            their windows with that size): detection inputs get more windows of that side, as in Swin. None
+            keeps S x S windows at any input size (attention cost quadratic in the image area).
         init_cfg: ``dict(type='Pretrained', checkpoint=SOURCE[, prefix=PREFIX])``, SOURCE being a checkpoint
             file (safetensors or torch), ``local-dir:PATH``, ``hf-hub:ORG/NAME`` or a registered variant
             (with tag) that has weights; weights in the authors' layout are converted. With ``prefix``, only
@@ -129,7 +138,7 @@ class AsViT(BaseModule):
                  norm_eval: bool = False,
                  window_img_size: Optional[int] = 224,
                  init_cfg: Optional[Dict[str, Any]] = None) -> None:
-        _check_arguments(arch, out_indices, frozen_stages, with_cp, norm_eval)
+        _check_arguments(arch, out_indices, frozen_stages, drop_path_rate, with_cp, norm_eval)
         _check_init_cfg(init_cfg)
         super().__init__(init_cfg=init_cfg)
         self.arch = arch

@@ -2,6 +2,10 @@
 # shipped Fashion-MNIST classification weights (asvit_tiny.fmnist, grayscale; the tokenizer is adapted to RGB).
 # The scenes' items come from the same dataset, so the backbone starts out knowing them. Images are normalised
 # as the classifier's inputs were (Fashion-MNIST mean and std, on 0-255 values).
+# Attention windows keep the default side of a 224 image (window_img_size=224), not the one of the 28x28 images the
+# weights were trained on (window_img_size=28: windows of 4, 4, 2 and 1 tokens, none in stage 4): at 28 px, stages
+# 2-4 attended over their whole grid, and on the scenes (sides of 112 to 160 px) the 224 windows still cover the
+# whole grid of stages 2-4.
 _base_ = './mask-rcnn_asvit-seed_fpn_fmnist.py'
 
 model = dict(
