@@ -25,7 +25,8 @@ from tqdm import tqdm
 from .cost import count_macs, param_count
 from .datasets import search_batch
 from .devices import resolve_device
-from .fileio import check_folder, check_saved_run, new_figure, read_json, save_figure, write_json, write_text
+from .fileio import (check_folder, check_saved_run, json_number, new_figure, read_json, save_figure, write_json,
+                     write_text)
 from .genotype import HEAD_DIVISORS, NUM_STAGES, SEARCH_SPACE, Genotype
 from .measures import measure_genotype
 from .validation import (COUNT, POSITIVE, SEED_RANGE, Range, changed_settings, check_count, check_fields, check_seed,
@@ -110,12 +111,10 @@ def _study_one(config: CorrelationConfig, index: int, seed_genotype: Genotype, i
     result = train(cfg, run_dir, resume=(run_dir / 'last.pth.tar').is_file(), progress=False)
     model = result.model.cpu()
 
-    def finite(value: Optional[float]) -> Optional[float]:
-        return value if value is not None and math.isfinite(value) else None
-
     return {
-        'index': index, 'genotype': str(genotype), 'exp': finite(m.exp), 'curvature': finite(m.curvature),
-        'combined': finite(m.combined), 'ntk': finite(m.ntk), 'bad': bool(m.bad), 'params': param_count(model),
+        'index': index, 'genotype': str(genotype),
+        **{name: json_number(getattr(m, name)) for name in ('exp', 'curvature', 'combined', 'ntk')},
+        'bad': bool(m.bad), 'params': param_count(model),
         'gmacs': count_macs(model, (1, config.img_size, config.img_size)) / 1e9, 'top1': result.final['eval_top1'],
         'measure_seconds': measured - start, 'train_seconds': result.final['train_time'],
     }
@@ -135,7 +134,8 @@ def kendall_table(records: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
             result = kendalltau([p[0] for p in pairs], [p[1] for p in pairs])
             tau, p = float(result.statistic), float(result.pvalue)
         if not math.isfinite(tau):  # too few records, or a constant side: no ranking to compare
-            rows.append(dict(score=key, label=label, n=len(pairs), tau=None, p_value=None, agrees=None))
+            rows.append(dict(score=key, label=label, n=len(pairs), tau=None, p_value=None, expected_sign=sign,
+                             agrees=None))
             continue
         rows.append(dict(score=key, label=label, n=len(pairs), tau=tau, p_value=p, expected_sign=sign,
                          agrees=bool(tau * sign > 0)))
@@ -147,11 +147,12 @@ def _markdown(rows: Sequence[Dict[str, Any]], config: CorrelationConfig, seconds
              f'{config.n} topologies, {seconds / 60:.1f} min.', '',
              '| score | n | Kendall tau | p-value | expected sign | sign as expected |', '|---|---:|---:|---:|---|---|']
     for r in rows:
-        if r['tau'] is None:
-            lines.append(f"| {r['label']} | {r['n']} | - | - | - | - |")
+        sign = '+' if r['expected_sign'] > 0 else '-'
+        if r['tau'] is None:  # undefined: 'n/a', which a minus sign cannot be mistaken for
+            lines.append(f"| {r['label']} | {r['n']} | n/a | n/a | {sign} | n/a |")
             continue
-        lines.append(f"| {r['label']} | {r['n']} | {r['tau']:+.3f} | {r['p_value']:.3g} | "
-                     f"{'+' if r['expected_sign'] > 0 else '-'} | {'yes' if r['agrees'] else 'no'} |")
+        lines.append(f"| {r['label']} | {r['n']} | {r['tau']:+.3f} | {r['p_value']:.3g} | {sign} | "
+                     f"{'yes' if r['agrees'] else 'no'} |")
     return '\n'.join(lines) + '\n'
 
 
@@ -163,8 +164,9 @@ def _scatter(records: Sequence[Dict[str, Any]], rows: Sequence[Dict[str, Any]], 
         fig = new_figure(figsize=(5, 4))
         ax = fig.subplots()
         ax.scatter([p[0] for p in points], [p[1] for p in points], s=18)
-        if key in ('ntk', 'params', 'gmacs', 'combined') and points and min(p[0] for p in points) > 0:
-            ax.set_xscale('log')
+        xs = [p[0] for p in points]
+        if key in ('ntk', 'params', 'gmacs', 'combined') and xs and min(xs) > 0 and max(xs) >= 10 * min(xs):
+            ax.set_xscale('log')  # over a tenfold range and more; within one, log ticks label as 1.35x10^6
         ax.set_xlabel(row['label'])
         ax.set_ylabel('test top-1 (%)')
         tau = 'n/a' if row['tau'] is None else f"{row['tau']:+.3f}"

@@ -6,6 +6,7 @@ A process killed mid-write leaves the previous file (or none), never a half-writ
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import shutil
@@ -13,12 +14,12 @@ import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, IO, Iterator, List, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, IO, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 __all__ = ['atomic_write', 'atomic_folder', 'check_folder', 'check_saved_run', 'new_figure', 'save_figure',
-           'write_text', 'write_json', 'read_json', 'read_json_lines', 'save_torch']
+           'write_text', 'write_json', 'read_json', 'read_json_lines', 'save_torch', 'json_number']
 
 PathLike = Union[str, os.PathLike]
 TEMP_NAME_KEEP = 200  # characters of a file's name kept in its temporary name (names may have 255)
@@ -86,6 +87,11 @@ def new_figure(**kwargs: Any) -> Any:
 def save_figure(fig: Any, path: PathLike, dpi: int) -> Path:
     """Save the matplotlib figure ``fig`` as a PNG, atomically."""
     return atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=dpi))
+
+
+def json_number(value: Optional[float]) -> Optional[float]:
+    """``value`` as standard JSON holds it: a float, or None (null) for NaN, an infinity or None."""
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def write_json(path: PathLike, obj: Any) -> Path:

@@ -46,7 +46,7 @@ from .cost import genotype_gmacs, genotype_params
 from .datasets import search_batch
 from .devices import resolve_device
 from .distributed import DistEnv, barrier, gather_objects, my_share, process_group
-from .fileio import check_folder, check_saved_run, new_figure, read_json, save_figure, write_json
+from .fileio import check_folder, check_saved_run, json_number, new_figure, read_json, save_figure, write_json
 from .genotype import MAX_WIDTH, Genotype
 from .measures import measure_genotype
 from .validation import COUNT, POSITIVE, SEED_RANGE, Range, changed_settings, check_fields, offset_seed, setting
@@ -58,6 +58,7 @@ START_WIDTH = 8
 START_DEPTHS = (1, 1, 1, 1)
 WIDTH_SCALE = 4  # the code's SCALE_WIDTH: real-size width = WIDTH_SCALE * narrow width
 WIDTH_RATIOS = (0.05, 0.10, 0.15, 0.20)
+MEASURE_FIELDS = ('ntk', 'exp')  # the measures a step and a candidate record (NaN: a bad network, saved as null)
 NTK_BATCH = 16
 SCALING_MEASURES = ('ntk', 'exp')
 TRAJECTORY_FILE = 'trajectory.json'
@@ -125,6 +126,7 @@ class ScalingStep:
     rank_sum: int
     seconds: float
     candidates: List[Candidate] = field(default_factory=list)
+    bad: bool = False  # the step's network has a NaN measure (a trajectory saved before this field: False)
 
 
 def real_size(seed: Genotype, depths: Sequence[int], width: int) -> Genotype:
@@ -180,9 +182,16 @@ def load_trajectory(out_dir: Path) -> Dict[str, Any]:
     return check_saved_run(read_json(path), path, 'a scaling trajectory', ('config', 'done', 'steps'))
 
 
+def _as_json(record: Dict[str, Any]) -> Dict[str, Any]:
+    """A step's or candidate's fields as standard JSON: a NaN measure (a bad network) becomes null."""
+    measures = {k: json_number(record[k]) for k in MEASURE_FIELDS}
+    candidates = {'candidates': [_as_json(c) for c in record['candidates']]} if 'candidates' in record else {}
+    return {**record, **measures, **candidates}
+
+
 def _save(out_dir: Path, config: ScalingConfig, steps: List[ScalingStep], done: bool) -> None:
     write_json(out_dir / TRAJECTORY_FILE, {
-        'config': asdict(config), 'done': done, 'steps': [asdict(s) for s in steps]})
+        'config': asdict(config), 'done': done, 'steps': [_as_json(asdict(s)) for s in steps]})
 
 
 def _record_fields(record: Any, cls: type, what: str) -> Dict[str, Any]:
@@ -199,7 +208,9 @@ def _record_fields(record: Any, cls: type, what: str) -> Dict[str, Any]:
         problems.append(f'has depths {record["depths"]!r}, not a list')
     if problems:
         raise ValueError(f'{what} {" and ".join(problems)}')
-    return {**record, 'depths': tuple(record['depths'])}
+    # a measure saved as null was NaN (a bad network)
+    measures = {k: math.nan for k in MEASURE_FIELDS if k in record and record[k] is None}
+    return {**record, **measures, 'depths': tuple(record['depths'])}
 
 
 def _step_from_dict(record: Any, what: str) -> ScalingStep:
@@ -255,18 +266,18 @@ def _run_scaling(config: ScalingConfig, out_dir: Path, env: DistEnv, resume: boo
         if env.is_main:
             _save(out_dir, config, steps, done=done)
 
-    def record(step_index: int, depths: Tuple[int, ...], width: int, params: int, ntk: float, exp: float,
+    def record(step_index: int, depths: Tuple[int, ...], width: int, params: int, ntk: float, exp: float, bad: bool,
                rank_sum: int, start: float, candidates: List[Candidate]) -> None:
         genotype = real_size(seed, depths, width)
         steps.append(ScalingStep(step_index, depths, width, str(genotype), params, genotype_gmacs(genotype), ntk, exp,
-                                 rank_sum, time.perf_counter() - start, candidates))
+                                 rank_sum, time.perf_counter() - start, candidates, bad))
         save(done=False)
 
     if not steps:  # step 0: the seed at the start width (the processes share its copies)
         start, depths = time.perf_counter(), START_DEPTHS
         m = measure(depths, START_WIDTH, 0, distributed=True)
         params = genotype_params(real_size(seed, depths, START_WIDTH))
-        record(0, depths, START_WIDTH, params, m.ntk, m.exp, 0, start, [])
+        record(0, depths, START_WIDTH, params, m.ntk, m.exp, m.bad, 0, start, [])
     depths, width, params = steps[-1].depths, steps[-1].width, steps[-1].params
     bar = tqdm(desc='scaling', unit='step', initial=len(steps), disable=not progress)
     while params < config.stop_at:
@@ -285,7 +296,8 @@ def _run_scaling(config: ScalingConfig, out_dir: Path, env: DistEnv, resume: boo
                 candidates[i].ntk, candidates[i].exp, candidates[i].bad = ntk, exp, bad
         chosen = _choose(candidates)
         depths, width, params = chosen.depths, chosen.width, chosen.real_params
-        record(step_index, depths, width, params, chosen.ntk, chosen.exp, chosen.rank_sum, start, candidates)
+        record(step_index, depths, width, params, chosen.ntk, chosen.exp, chosen.bad, chosen.rank_sum, start,
+               candidates)
         bar.update(1)
         bar.set_postfix(params=f'{params / 1e6:.1f}M', genotype=steps[-1].genotype)
     bar.close()
@@ -395,7 +407,8 @@ def write_variant_cards(registry: Path, names: Sequence[str], config: ScalingCon
                 f"width {genotype.embed_dim} against {paper_large.embed_dim}.")
         provenance = {
             'seed_genotype': config.seed_genotype, 'budget_params': round(variant['budget']), 'scaling_step': step.step,
-            'step_genotype': step.genotype, 'width_fitted': variant['width_fit'], 'ntk': step.ntk, 'exp': step.exp,
+            'step_genotype': step.genotype, 'width_fitted': variant['width_fit'], 'ntk': json_number(step.ntk),
+            'exp': json_number(step.exp),
             'measure_image_size': config.image_size, 'repeat': config.repeat, 'ntk_batch': config.batch_size,
             'ntk_data': config.data, 'random_seed': config.seed, 'asvit_zoo_version': __version__,
             'torch_version': torch.__version__.split('+')[0], 'command': command,

@@ -69,7 +69,8 @@ from .cost import genotype_gmacs, genotype_params
 from .datasets import search_batch
 from .devices import resolve_device
 from .distributed import DistEnv, barrier, process_group
-from .fileio import check_folder, check_saved_run, new_figure, read_json_lines, save_figure, save_torch, write_json
+from .fileio import (check_folder, check_saved_run, json_number, new_figure, read_json_lines, save_figure, save_torch,
+                     write_json)
 from .hub import load_torch_checkpoint
 from .genotype import SEARCH_SPACE, Genotype
 from .measures import NUM_CLASSES, Measures, measure_genotype
@@ -245,13 +246,9 @@ def budget_penalty(config: SearchConfig, params: int, gmacs: float) -> float:
     return penalty
 
 
-def _finite_or_none(value: Optional[float]) -> Optional[float]:
-    return float(value) if value is not None and math.isfinite(value) else None
-
-
 def _measures_record(m: Measures, names: Sequence[str]) -> Dict[str, Any]:
     """The selected measures as JSON values (NaN and infinities become null) and the bad flag."""
-    return {**{name: _finite_or_none(getattr(m, name)) for name in names}, 'bad': bool(m.bad)}
+    return {**{name: json_number(getattr(m, name)) for name in names}, 'bad': bool(m.bad)}
 
 
 class _SearchState:
@@ -337,7 +334,7 @@ def _run_step(state: _SearchState, scorer: Scorer, inputs: torch.Tensor) -> Dict
         'genotype': str(genotype),
         'derived': str(state.policy.derive()),
         'measures': _measures_record(m, config.measures),
-        'values': {name: _finite_or_none(h.values[-1]) for name, h in state.histories.items()},
+        'values': {name: json_number(h.values[-1]) for name, h in state.histories.items()},
         'changes': changes,
         'penalty': penalty,
         'reward': reward,

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from asvit_zoo.cli import main as cli_main
-from asvit_zoo.correlation import RECORDS_FILE, CorrelationConfig, correlate, kendall_table, sample_topologies
+from asvit_zoo.correlation import (RECORDS_FILE, CorrelationConfig, _markdown, correlate, kendall_table,
+                                  sample_topologies)
 from asvit_zoo.genotype import Genotype
 
 TINY = CorrelationConfig(n=3, measure_image_size=32, ntk_batch=4, train_subset=256, eval_subset=100, batch_size=64)
@@ -36,7 +37,11 @@ def test_kendall_signs():
     assert unmeasured[0]['score'] == 'exp' and unmeasured[0]['n'] == 3 and unmeasured[0]['tau'] == pytest.approx(1.0)
     flat = kendall_table([dict(r, top1=0.) for r in records])  # every network at chance: no ranking either
     assert all(r['tau'] is None and r['p_value'] is None for r in flat)
+    assert [r['expected_sign'] for r in flat] == [1, 1, 1, -1, 1, 1]  # the paper's sign, known without a tau
     json.dumps(flat, allow_nan=False)  # what correlation.json holds is valid JSON
+    table = _markdown(flat, TINY, 60.)
+    assert '| length distortion | 4 | n/a | n/a | + | n/a |' in table
+    assert '| NTK condition number | 4 | n/a | n/a | - | n/a |' in table
 
 
 def _untimed(record):

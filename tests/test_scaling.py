@@ -203,3 +203,32 @@ def test_torchrun_processes_share_the_candidates(tmp_path):
         assert [value for pair in measured for value in pair] == pytest.approx(expected, rel=1e-6)
     saved = load_trajectory(tmp_path / 'two')
     assert saved['done'] and [s['genotype'] for s in saved['steps']] == [s.genotype for s in one]
+
+
+def test_bad_networks_are_saved_as_standard_json_and_resumed(tmp_path):
+    """Two identical images make every NTK Gram matrix singular: each network is bad, its NTK NaN. The trajectory
+    and the cards hold null there (NaN is not JSON), and a resumed run reads it back as NaN."""
+    import math
+
+    from PIL import Image
+
+    from asvit_zoo.scaling import write_variant_cards
+
+    (tmp_path / 'same' / 'a').mkdir(parents=True)
+    for i in range(2):
+        Image.new('RGB', (32, 32), (120, 30, 200)).save(tmp_path / 'same' / 'a' / f'{i}.png')
+    config = ScalingConfig(PAPER_SEED, **{**TINY, 'upper_limit': 3e6, 'data': str(tmp_path / 'same')})
+    steps = run_scaling(config, tmp_path / 'run', progress=False)
+    assert steps and all(s.bad and math.isnan(s.ntk) for s in steps)
+
+    def strict(path):
+        return json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f'{path} holds {name}'))
+
+    saved = strict(tmp_path / 'run' / TRAJECTORY_FILE)
+    assert all(s['ntk'] is None and s['bad'] and all(c['ntk'] is None for c in s['candidates'])
+               for s in saved['steps'])
+    write_variant_cards(tmp_path / 'reg', ['asvit_nantest'], config, steps, 'asvit scale ...')
+    assert strict(tmp_path / 'reg' / 'asvit_nantest' / 'config.json')['provenance']['ntk'] is None
+    resumed = run_scaling(config, tmp_path / 'run', resume=True, progress=False)
+    assert [(s.depths, s.width, s.bad) for s in resumed] == [(s.depths, s.width, s.bad) for s in steps]
+    assert all(math.isnan(s.ntk) and all(math.isnan(c.ntk) for c in s.candidates) for s in resumed)
