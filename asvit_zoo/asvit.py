@@ -156,7 +156,7 @@ def unfold_nhwc(x: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- modules
-@register_notrace_module  # a leaf for torch.fx (timm's fx features): its padding depend on the input's size
+@register_notrace_module  # a leaf for torch.fx (timm's fx features): its padding depends on the input's size
 class ElasticPatchEmbed(nn.Module):
     """Stage-1 tokenizer: zero-pad, Conv2d(kernel K, stride 4), LayerNorm; NCHW image -> NHWC tokens.
 
@@ -204,7 +204,7 @@ class ElasticPatchEmbed(nn.Module):
         return self.norm(x.permute(0, 2, 3, 1).contiguous())
 
 
-@register_notrace_module  # a leaf for torch.fx (timm's fx features): its padding depend on the input's size
+@register_notrace_module  # a leaf for torch.fx (timm's fx features): its padding depends on the input's size
 class PatchMerging(nn.Module):
     """Stages 2-4 tokenizer: each new token concatenates a K x K neighbourhood (stride 2, channel-major
     as ``nn.Unfold``), then LayerNorm(K*K*dim) and a bias-free Linear to ``out_dim``. NHWC -> NHWC."""
@@ -677,9 +677,8 @@ def _create_asvit(variant: str, pretrained: bool = False, **kwargs: Any) -> AsVi
 def _classifier_classes(weights: Optional[Path], state: Optional[Mapping[str, Any]]) -> int:
     """Classes of the classifier in ``state`` (any layout), else in the safetensors file ``weights`` (its header
     only); 0 without a classifier."""
-    shapes = ({key: tuple(value.shape) for key, value in state.items() if hasattr(value, 'shape')} if state is not None
-              else safetensors_shapes(weights))
-    shape = checkpoint_filter_fn(shapes).get('head.fc.weight')
+    classifier = checkpoint_filter_fn(state if state is not None else safetensors_shapes(weights)).get('head.fc.weight')
+    shape = tuple(classifier.shape) if isinstance(classifier, torch.Tensor) else classifier
     return shape[0] if shape else 0
 
 

@@ -508,6 +508,10 @@ def test_a_free_form_genotype_takes_the_backbone_of_weights_with_another_classif
             assert all(torch.equal(state[k], v) for k, v in expected.items() if not k.startswith('head.fc.'))
             # the cfg records the file, not a second copy of the weights it loaded
             assert 'state_dict' not in model.pretrained_cfg and model.pretrained_cfg['file'] == str(weights)
+    # an in-memory state dict, wrapped: its classifier is found under the wrapper, and loaded
+    model = timm.create_model('asvit', genotype=GENOTYPE, in_chans=1, num_classes=10, pretrained=True,
+                              pretrained_cfg_overlay=dict(state_dict={'model': expected}))
+    assert torch.equal(model.head.fc.weight, expected['head.fc.weight'])
     with pytest.raises(WeightsError, match='size mismatch'):  # the cfg's own count is the caller's choice
         timm.create_model('asvit', genotype=GENOTYPE, in_chans=1, num_classes=3, pretrained=True,
                           pretrained_cfg_overlay=dict(file=str(source), num_classes=3))
