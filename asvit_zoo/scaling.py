@@ -88,6 +88,8 @@ class ScalingConfig:
             raise ValueError(f'budgets must be at least {start:,}, the parameters of the first network of the scaling '
                              f'(seed {seed} at depths {list(START_DEPTHS)} and width {WIDTH_SCALE * START_WIDTH}), got '
                              f'{min(self.budgets):,.0f}')
+        if len(set(self.budgets)) < len(self.budgets):
+            raise ValueError(f'budgets must be distinct (equal budgets give the same variant), got {self.budgets}')
         if max(self.budgets) > self.upper_limit:
             raise ValueError(f'the largest budget {max(self.budgets):.4g} exceeds upper_limit {self.upper_limit:.4g}')
         if self.lower_bound is not None and self.lower_bound < max(self.budgets):

@@ -121,6 +121,8 @@ def test_recorded_command_regenerates_the_card(tmp_path, monkeypatch, capsys):
     (dict(budgets=()), r'budgets must be a non-empty list of finite numbers > 0, got \(\)'),
     (dict(budgets=(3e6, -1.0)), r'budgets must be a non-empty list of finite numbers > 0, got \(3000000.0, -1.0\)'),
     (dict(budgets=(float('nan'),)), r'budgets must be a non-empty list of finite numbers > 0, got \(nan,\)'),
+    (dict(budgets=(2.6e6, 2.6e6)), r'budgets must be distinct \(equal budgets give the same variant\), got '
+                                   r'\(2600000.0, 2600000.0\)'),
     (dict(lower_bound=0), 'lower_bound must be a finite number > 0 or unset, got 0'),
     (dict(lower_bound=2e6, budgets=(3e6,)),
      'lower_bound 2e[+]06 is below the largest budget 3e[+]06: scaling would stop before reaching it'),
