@@ -78,6 +78,8 @@ def _same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> Tup
 def _tokenizer_fault(size: int, kernel: int, stride: int, dilation: int) -> str:
     """Why a (stride, dilation) tokenizer setting does not tokenize an image axis of ``size`` pixels, or '':
     every token must read at least one pixel of the axis, not only padding."""
+    if dilation <= size:  # taps at most a side apart reach the image from every token: no per-token loop per forward
+        return ''
     before, _ = _same_padding(size, kernel, stride, dilation)
     for i in range((size + stride - 1) // stride):
         first = i * stride - before  # the token's taps are first + j * dilation, j < kernel

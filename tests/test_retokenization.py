@@ -1,6 +1,7 @@
 """Elastic stage-1 tokenizer and progressive re-tokenization schedules (spec section 6)."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -83,6 +84,17 @@ def test_gradients_reach_every_parameter_at_every_setting():
 def test_set_tokenizer_rejects_invalid_settings(stride, dilation):
     with pytest.raises(ValueError, match=r'stride and dilation must be integers in \[1, 65536\]'):
         _tiny().set_tokenizer(stride, dilation)
+
+
+def test_every_token_reads_the_image_while_the_dilation_is_at_most_the_side():
+    """The premise of the forward pass's shortcut, checked tap by tap (the padding is the model's own)."""
+    from asvit_zoo.asvit import _same_padding
+
+    for size, kernel, stride in itertools.product(range(1, 40), (2, 4, 7, 8), range(1, 45)):
+        for dilation in range(1, size + 1):
+            before, _ = _same_padding(size, kernel, stride, dilation)
+            assert all(any(0 <= i * stride - before + j * dilation < size for j in range(kernel))
+                       for i in range(math.ceil(size / stride))), (size, kernel, stride, dilation)
 
 
 def test_set_tokenizer_takes_integers_of_any_kind():
