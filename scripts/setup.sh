@@ -119,10 +119,17 @@ install_project() {
   echo "$want" > "$stamp"
 }
 
-install_dataset
-make_venv
-install_torch
-install_mmcv
-install_project
-check_mmcv
-log "ready: $VENV"
+main() {
+  install_dataset
+  make_venv
+  install_torch
+  install_mmcv
+  install_project
+  check_mmcv
+  log "ready: $VENV"
+}
+
+# sourced (the tests): the functions only
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  main
+fi
