@@ -145,8 +145,12 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
     """Yield an empty folder named like ``path`` inside a hidden temporary folder beside it; when the block ends
     without an error, it replaces ``path`` (an existing folder is moved aside first, then deleted). On an error,
     or a kill before the moves, ``path`` is left as it was; a partial folder is never seen under its name (a kill
-    between the two moves leaves the previous folder in the hidden one)."""
+    between the two moves leaves the previous folder in the hidden one). A ``path`` that is a file is refused
+    (FileExistsError), before anything is written."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f'{path} exists and is not a folder; it would be replaced by one: move it away or '
+                              f'choose another path')
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f'.{path.name[:TEMP_NAME_KEEP]}.', suffix='.tmp', dir=path.parent))
     try:

@@ -28,7 +28,8 @@ import torch
 from .fileio import check_folder, read_json
 from .genotype import Genotype
 from .registry import (CONFIG_FILE, DEFAULT_PRETRAINED_CFG, CARD_FILE, HUB_ID_PATTERN, MODEL_NAME_PATTERN, check_tag,
-                       MODEL_NAME_RULE, VariantCard, load_card, load_registry, registry_root, write_variant_folder)
+                       MODEL_NAME_RULE, VariantCard, check_folder_files, load_card, load_registry, registry_root,
+                       write_variant_folder)
 
 __all__ = ['WeightsError', 'HubUnavailableError', 'sha256_file', 'verify_sha256', 'read_metadata', 'check_genotype',
            'hub_file', 'local_dir_weights', 'hub_weights', 'resolve_weights', 'describe_mismatch',
@@ -428,7 +429,7 @@ def _exported_info(weights: Path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     config_path = weights.parent / CONFIG_FILE
     if _recorded_sha256(config_path, weights.name) != sha256_file(weights):
         return info, {}
-    provenance = read_json(config_path).get('provenance') or {}
+    provenance = load_card(weights.parent, check_name=False).config.get('provenance', {})
     recorded = {'config': provenance.get('recipe'), 'epoch': provenance.get('epoch'),
                 'schedule': provenance.get('retokenization')}
     info.update({k: v for k, v in recorded.items() if v is not None})
@@ -568,6 +569,7 @@ def push_folder(folder: PathLike, repo_id: str, token: Optional[str] = None, pri
         raise ValueError(f'repo must be a Hub repo id ORG/NAME, got {repo_id!r}')
     folder = Path(folder)
     card = load_card(folder)
+    check_folder_files(card)
     sha256 = card.weights_sha256(card.tag)
     if sha256 is None:
         raise ValueError(f'{folder}: no weights to push (config.json has no "weights" field); run `asvit export`')

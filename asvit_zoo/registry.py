@@ -24,8 +24,8 @@ from .fileio import atomic_folder, atomic_write, write_json, write_text
 from .genotype import Genotype
 from .validation import is_count
 
-__all__ = ['RegistryError', 'VariantCard', 'registry_root', 'load_registry', 'load_card', 'write_card',
-           'write_variant_folder', 'render_model_card']
+__all__ = ['RegistryError', 'VariantCard', 'registry_root', 'load_registry', 'load_card', 'check_folder_files',
+           'write_card', 'write_variant_folder', 'render_model_card']
 
 CONFIG_FILE = 'config.json'
 CARD_FILE = 'README.md'
@@ -200,8 +200,7 @@ def card_from_config(config: Any, folder: Path, check_name: bool = True) -> Vari
     hub_id = config['pretrained_cfg'].get('hf_hub_id')
     if hub_id is not None and not (isinstance(hub_id, str) and HUB_ID_PATTERN.match(hub_id)):
         raise _fail(config_path, f'pretrained_cfg.hf_hub_id must be a Hub repo id ORG/NAME, got {hub_id!r}')
-    if 'weights' in config:
-        _check_weights(config_path, config['weights'])
+    _check_optional_fields(config_path, config)
     return VariantCard(name=config['architecture'], path=folder, genotype=genotype, config=config)
 
 
@@ -217,11 +216,34 @@ def _check_pretrained_cfg(config_path: Path, cfg: Mapping[str, Any]) -> None:
     if not (isinstance(size, list) and len(size) == 3 and all(map(is_count, size))):
         raise _fail(config_path, f'pretrained_cfg.input_size must be [C, H, W], three integers >= 1, got {size!r}')
     for key in ('mean', 'std'):
-        values = cfg.get(key)
+        values, default = cfg.get(key), DEFAULT_PRETRAINED_CFG[key]
+        if values is None and size[0] != len(default):
+            raise _fail(config_path, f'pretrained_cfg.{key} is required for input_size {size}: the default '
+                                     f'{default} is for {len(default)} channels')
         if values is not None and not (isinstance(values, list) and len(values) == size[0] and all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
             raise _fail(config_path, f'pretrained_cfg.{key} must list one number per input channel ({size[0]}, '
                                      f'from input_size {size}), got {values!r}')
+
+
+def _check_optional_fields(config_path: Path, config: Mapping[str, Any]) -> None:
+    """The optional fields of a card, where present: what our loaders and timm read from them."""
+    pool = config.get('global_pool', 'avg')
+    if pool != 'avg':
+        raise _fail(config_path, f"global_pool must be 'avg' (registered variants average their tokens), got {pool!r}")
+    names = config.get('label_names', [])
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)) or \
+            names and len(names) != config['num_classes']:
+        raise _fail(config_path, f"label_names must list one string per class (num_classes "
+                                 f"{config['num_classes']}), got {names!r}")
+    descriptions = config.get('label_descriptions', {})
+    if not (isinstance(descriptions, dict) and all(isinstance(d, str) for d in descriptions.values())):
+        raise _fail(config_path, f'label_descriptions must be an object of strings (label -> description), got '
+                                 f'{descriptions!r}')
+    if not isinstance(config.get('provenance', {}), dict):
+        raise _fail(config_path, f"provenance must be an object, got {config['provenance']!r}")
+    if 'weights' in config:
+        _check_weights(config_path, config['weights'])
 
 
 def _check_weights(config_path: Path, weights: Any) -> None:
@@ -235,6 +257,25 @@ def _check_weights(config_path: Path, weights: Any) -> None:
         raise _fail(config_path, f'weights.file must be a .safetensors file name in the folder, got {file!r}')
     if not isinstance(weights['sha256'], str) or not SHA256_PATTERN.match(weights['sha256']):
         raise _fail(config_path, f"weights.sha256 must be 64 lowercase hex digits, got {weights['sha256']!r}")
+    if 'bytes' in weights and not is_count(weights['bytes']):
+        raise _fail(config_path, f"weights.bytes must be the file's size, an integer >= 1, got {weights['bytes']!r}")
+
+
+def check_folder_files(card: VariantCard) -> None:
+    """The files a registry folder lists are there: its model card and, where the card has a ``weights`` field,
+    the weights file, of the recorded size (the sha256 is checked where the weights are read)."""
+    if not (card.path / CARD_FILE).is_file():
+        raise _fail(card.path, f'missing {CARD_FILE} (every variant folder needs its model card)')
+    weights = card.config.get('weights')
+    if weights is None:
+        return
+    file = card.path / weights['file']
+    if not file.is_file():
+        raise _fail(card.path, f"missing {weights['file']}, the weights its {CONFIG_FILE} lists")
+    size = file.stat().st_size
+    if 'bytes' in weights and size != weights['bytes']:
+        raise _fail(file, f"{size} bytes, but {CONFIG_FILE} records {weights['bytes']}: the file is truncated or "
+                          f'not the one exported; export it again')
 
 
 def load_registry(root: Optional[Path] = None) -> List[VariantCard]:
@@ -243,6 +284,8 @@ def load_registry(root: Optional[Path] = None) -> List[VariantCard]:
     root = registry_root() if root is None else Path(root)
     folders: Iterable[Path] = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(('_', '.')))
     cards = [load_card(folder) for folder in folders]
+    for card in cards:
+        check_folder_files(card)
     architectures = {card.name: card for card in cards if card.path.name == card.name}
     tagged: Dict[str, Dict[str, VariantCard]] = {}
     for card in cards:

@@ -65,9 +65,10 @@ def summarize_variants(image_size: int = 224) -> List[VariantRow]:
         start = time.perf_counter()
         logits = model(x)
         seconds = time.perf_counter() - start
-        if logits.shape != (1, model.num_classes):
+        outputs = model.num_classes or model.num_features  # no classifier: the pooled features
+        if logits.shape != (1, outputs):
             raise RuntimeError(f'{card.name}: forward pass gave logits of shape {tuple(logits.shape)}, expected '
-                               f'(1, {model.num_classes})')
+                               f'(1, {outputs})')
         if not torch.isfinite(logits).all():
             raise RuntimeError(f'{card.name}: forward pass gave non-finite logits')
         rows.append(_row(card, model, image_size, seconds))

@@ -60,6 +60,14 @@ def test_atomic_folder_replaces_a_folder_of_any_name(tmp_path: Path, name: str) 
     assert os.listdir(tmp_path / name) == []
 
 
+def test_atomic_folder_refuses_to_replace_a_file(tmp_path: Path) -> None:
+    path = write_text(tmp_path / 'asvit_tiny.foo', 'important')
+    with pytest.raises(FileExistsError, match='asvit_tiny.foo exists and is not a folder; it would be replaced'):
+        with atomic_folder(path):
+            pass
+    assert path.read_text() == 'important' and os.listdir(tmp_path) == [path.name]
+
+
 def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path) -> None:
     path = write_text(tmp_path / 'a.txt', 'old')
 

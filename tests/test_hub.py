@@ -376,6 +376,7 @@ def test_offline_hf_cache(export_dir: Path, tmp_path: Path, hf_cache):
     config = json.loads((export_dir / 'config.json').read_text())
     del config['weights']
     (hub_only / 'config.json').write_text(json.dumps(dict(config, architecture='asvit_hubonly')))
+    (hub_only / 'README.md').write_text('# asvit_hubonly.fmnist\n')
     env = dict(os.environ, HF_HOME=str(tmp_path / 'hf_home'), HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE='1')
     env.pop('HF_TOKEN', None)
     result = subprocess.run([sys.executable, '-c', OFFLINE_SCRIPT, str(export_dir.parent), str(hub_only.parent),

@@ -82,6 +82,15 @@ def test_valid_copy_loads(card_dir):
                                                    r'>= 1, got \[1, 28\]'),
     (dict(pretrained_cfg={'input_size': [1, 28, 28], 'mean': [0.5, 0.5, 0.5]}),
      r'pretrained_cfg.mean must list one number per input channel \(1, from input_size \[1, 28, 28\]\), got'),
+    (dict(pretrained_cfg={'input_size': [1, 28, 28], 'mean': [0.5]}),
+     r'pretrained_cfg.std is required for input_size \[1, 28, 28\]: the default \[0.229, 0.224, 0.225\] is for 3 '
+     r'channels'),
+    (dict(global_pool='max'), "global_pool must be 'avg' .*, got 'max'"),
+    (dict(label_names='Trouser'), r'label_names must list one string per class \(num_classes 1000\), got '
+                                  r"'Trouser'"),
+    (dict(label_names=['a', 'b']), r'label_names must list one string per class \(num_classes 1000\)'),
+    (dict(label_descriptions=['a']), r'label_descriptions must be an object of strings'),
+    (dict(provenance=['x']), r"provenance must be an object, got \['x'\]"),
 ])
 def test_validation_errors_name_file_and_problem(card_dir, changes, message):
     _edit(card_dir, **changes)
@@ -125,6 +134,7 @@ def tagged_dir(card_dir: Path) -> Path:
     config['pretrained_cfg'].update(tag='fmnist', hf_hub_id='org/asvit_seed-fmnist')
     config.update(num_classes=10, weights={'file': 'model.safetensors', 'sha256': SHA})
     (folder / 'config.json').write_text(json.dumps(config))
+    (folder / 'model.safetensors').write_bytes(b'not read by the registry')
     return folder
 
 
@@ -162,9 +172,26 @@ def test_tagged_folder_with_another_genotype(tagged_dir):
     (dict(weights={'file': '../model.safetensors', 'sha256': SHA}), 'weights.file must be a .safetensors file name'),
     (dict(weights={'file': 'model.bin', 'sha256': SHA}), 'weights.file must be a .safetensors file name'),
     (dict(weights={'file': 'model.safetensors', 'sha256': 'ABC'}), 'weights.sha256 must be 64 lowercase hex digits'),
+    (dict(weights={'file': 'model.safetensors', 'sha256': SHA, 'bytes': -5}),
+     "weights.bytes must be the file's size, an integer >= 1, got -5"),
 ])
 def test_tagged_validation_errors(tagged_dir, changes, message):
     _edit(tagged_dir, **changes)
     with pytest.raises(RegistryError, match=message) as info:
         load_card(tagged_dir)
     assert str(tagged_dir / 'config.json') in str(info.value)
+
+
+@pytest.mark.parametrize('damage, message', [
+    (lambda folder: (folder / 'README.md').unlink(), r'asvit_seed.fmnist: missing README.md \(every variant folder '
+                                                     r'needs its model card\)'),
+    (lambda folder: (folder / 'model.safetensors').unlink(), r'asvit_seed.fmnist: missing model.safetensors, the '
+                                                            r'weights its config.json lists'),
+    (lambda folder: _edit(folder, weights={'file': 'model.safetensors', 'sha256': SHA, 'bytes': 1000}),
+     r'asvit_seed.fmnist/model.safetensors: 24 bytes, but config.json records 1000: the file is truncated'),
+])
+def test_a_registry_folder_must_hold_the_files_its_card_lists(tagged_dir, damage, message):
+    load_registry(tagged_dir.parent)
+    damage(tagged_dir)
+    with pytest.raises(RegistryError, match=message):
+        load_registry(tagged_dir.parent)

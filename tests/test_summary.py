@@ -30,3 +30,11 @@ def test_summary_names_what_is_wrong_with_a_forward_pass(monkeypatch, damage, me
     monkeypatch.setattr(summary.timm, 'create_model', lambda name: model)
     with pytest.raises(RuntimeError, match=message):
         summary.summarize_variants(32)
+
+
+def test_a_variant_without_a_classifier_is_summarized(monkeypatch):
+    model = timm.create_model('asvit_seed', num_classes=0)
+    monkeypatch.setattr(summary, 'registered_cards', lambda: [registered_card('asvit_seed')])
+    monkeypatch.setattr(summary.timm, 'create_model', lambda name: model)
+    row, = summary.summarize_variants(32)
+    assert row.name == 'asvit_seed' and row.forward_seconds > 0
