@@ -49,8 +49,8 @@ from .registry import (CONFIG_FILE, RegistryError, VariantCard, extra_registries
                        tagged_name)
 from .validation import is_count
 
-__all__ = ['AsViT', 'checkpoint_filter_fn', 'unwrap_state_dict', 'register_cards', 'registered_card',
-           'registered_cards', 'registered_folder', 'check_architecture_name']
+__all__ = ['AsViT', 'checkpoint_filter_fn', 'unwrap_state_dict', 'classifier_classes', 'register_cards',
+           'registered_card', 'registered_cards', 'registered_folder', 'check_architecture_name']
 
 STEM_STRIDE = 4
 MERGE_STRIDE = 2
@@ -654,7 +654,7 @@ def _create_asvit(variant: str, pretrained: bool = False, **kwargs: Any) -> AsVi
             # A free-form genotype has no classifier of its own: the pretrained cfg takes the weights' one, so that
             # timm drops a classifier of another size (as for every variant) instead of failing to load it.
             known = weights is not None or cfg.get('state_dict') is not None
-            overlay['num_classes'] = (_classifier_classes(weights, state or cfg.get('state_dict')) if known
+            overlay['num_classes'] = (classifier_classes(weights, state or cfg.get('state_dict')) if known
                                       else kwargs.get('num_classes', 1000))
         if weights is not None:
             overlay.update(file=str(weights), source='file', **({} if state is None else {'state_dict': state}))
@@ -676,7 +676,7 @@ def _create_asvit(variant: str, pretrained: bool = False, **kwargs: Any) -> AsVi
     return model
 
 
-def _classifier_classes(weights: Optional[Path], state: Optional[Mapping[str, Any]]) -> int:
+def classifier_classes(weights: Optional[Path], state: Optional[Mapping[str, Any]]) -> int:
     """Classes of the classifier in ``state`` (any layout), else in the safetensors file ``weights`` (its header
     only); 0 without a classifier."""
     classifier = checkpoint_filter_fn(state if state is not None else safetensors_shapes(weights)).get('head.fc.weight')

@@ -112,7 +112,7 @@ def safetensors_shapes(path: PathLike) -> Dict[str, Tuple[int, ...]]:
         raise _unreadable_safetensors(path, e) from None
 
 
-def _recorded_genotype(path: PathLike, metadata: Mapping[str, str]) -> Optional[Genotype]:
+def recorded_genotype(path: PathLike, metadata: Mapping[str, str]) -> Optional[Genotype]:
     """The genotype a safetensors file's ``metadata`` records (None without one)."""
     found = metadata.get('genotype')
     try:
@@ -125,7 +125,7 @@ def check_genotype(path: PathLike, expected: Genotype) -> None:
     """Raise :class:`WeightsError` if the scaled genotype recorded in the file's metadata is not ``expected``
     (a seed genotype, without widths and depths, is left to the shape check of the load)."""
     metadata = read_metadata(path)
-    stored = _recorded_genotype(path, metadata)
+    stored = recorded_genotype(path, metadata)
     if stored is not None and not stored.is_seed and stored != expected:
         raise WeightsError(f'{path}: weights of another variant: expected genotype {expected}, found genotype '
                            f"{metadata['genotype']} (architecture {metadata.get('architecture', 'unknown')})")
@@ -423,7 +423,7 @@ def _exported_info(weights: Path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     metrics of its provenance, so that a re-export (another tag, a Hub id) keeps its input size, normalisation
     and labels."""
     info: Dict[str, Any] = {}
-    genotype = _recorded_genotype(weights, read_metadata(weights))
+    genotype = recorded_genotype(weights, read_metadata(weights))
     if genotype is not None and not genotype.is_seed:
         info['genotype'] = str(genotype)
     config_path = weights.parent / CONFIG_FILE

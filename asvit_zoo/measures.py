@@ -86,13 +86,13 @@ import torch.nn.functional as F
 from torch.func import jvp
 from torch.overrides import TorchFunctionMode
 
-from .asvit import AsViT, checkpoint_filter_fn, resolve_genotype
+from .asvit import AsViT, checkpoint_filter_fn, classifier_classes, resolve_genotype
 from .cost import PAPER_CLASSES, count_macs, param_count
 from .datasets import noise_batch
 from .devices import resolve_device
 from .distributed import gather_objects, group_size, my_share
 from .genotype import Genotype
-from .hub import load_safetensors, read_metadata, state_dict_mismatch
+from .hub import load_safetensors, read_metadata, recorded_genotype, state_dict_mismatch
 from .modes import kept_modes
 from .validation import check_count, check_seed, is_count
 from .weights import load_weights
@@ -631,20 +631,11 @@ def _load_weights(path: Union[str, Path], genotype: Genotype) -> Dict[str, torch
     if not path.is_file():
         raise FileNotFoundError(f'weights file not found: {path}')
     if path.suffix == '.safetensors':
-        stored = read_metadata(path).get('genotype')
-        if stored is not None:
-            other = Genotype.parse(stored)
-            if (other.seed() if other.is_seed else other) != (genotype.seed() if other.is_seed else genotype):
-                raise ValueError(f'weights file {path} was saved for genotype {stored!r}, not {genotype}')
+        other = recorded_genotype(path, read_metadata(path))
+        if other is not None and (other.seed() if other.is_seed else other) != (
+                genotype.seed() if other.is_seed else genotype):
+            raise ValueError(f"weights file {path} was saved for genotype '{other}', not {genotype}")
     return load_weights(path)
-
-
-def _num_classes(state_dict: Dict[str, torch.Tensor], path: Union[str, Path]) -> int:
-    for key in ('head.fc.weight', 'head.2.weight'):
-        if key in state_dict:
-            return state_dict[key].shape[0]
-    raise ValueError(f'weights file {path} has no classifier (head.fc.weight or head.2.weight): not an As-ViT '
-                     f'state dict')
 
 
 def _fitting(state_dict: Dict[str, torch.Tensor], model: nn.Module, path: Union[str, Path],
@@ -672,6 +663,10 @@ def load_measure_inputs(path: Union[str, Path]) -> Tuple[Tuple[torch.Tensor, tor
     if missing:
         raise ValueError(f'inputs file {path} lacks {missing}; it must hold {list(INPUT_KEYS)} (as the golden '
                          f'*.io.safetensors files), has {sorted(tensors)}')
+    for key in INPUT_KEYS:
+        if not tensors[key].is_floating_point():
+            raise ValueError(f'inputs file {path}: {key} must be a floating-point tensor (normalised images and '
+                             f'angles, as in the golden io files), got {tensors[key].dtype}')
     basis, thetas, batch = (tensors[k] for k in INPUT_KEYS)
     if batch.dim() != 4 or batch.shape[0] < 2 or batch.shape[2] != batch.shape[3]:
         raise ValueError(f'inputs file {path}: ntk_inputs must be a batch of n >= 2 square images (n, C, H, H), got '
@@ -754,7 +749,7 @@ def measure_genotype(
         if repeat != 1:
             raise ValueError(f'repeat={repeat}: with weights there is one network to measure; use repeat=1')
         state_dict = _load_weights(weights, g)
-        num_classes = _num_classes(state_dict, weights)
+        num_classes = classifier_classes(None, state_dict)  # 0: a headless model (a detection backbone's)
         if 'patch_embed.proj.weight' in state_dict:
             in_chans = state_dict['patch_embed.proj.weight'].shape[1]
     basis, thetas = curve if curve is not None else default_curve(image_size, in_chans, seed=seed)

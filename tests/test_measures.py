@@ -414,6 +414,13 @@ def test_cli_inputs_file_needs_its_keys(tmp_path, capsys):
     (dict(curve_basis=torch.zeros(3 * 16 * 16, 2)), 'curve_basis must have shape (C * H * H, 2) = (3072, 2) for the '
                                                     '(3, 32, 32) images of ntk_inputs, got (768, 2)'),
     (dict(curve_theta=torch.zeros(2, 5)), 'curve_theta must be a non-empty 1-d tensor of angles, got shape (2, 5)'),
+    (dict(ntk_inputs=torch.zeros(4, 3, 32, 32, dtype=torch.uint8)),
+     'ntk_inputs must be a floating-point tensor (normalised images and angles, as in the golden io files), got '
+     'torch.uint8'),
+    (dict(ntk_inputs=torch.ones(4, 3, 32, 32, dtype=torch.bool)), 'golden io files), got torch.bool'),
+    (dict(curve_basis=torch.zeros(3 * 32 * 32, 2, dtype=torch.int32)),
+     'curve_basis must be a floating-point tensor (normalised images and angles, as in the golden io files), got '
+     'torch.int32'),
 ])
 def test_cli_inputs_file_shapes_are_named(tensors, message, tmp_path, capsys):
     path = tmp_path / 'io.safetensors'
@@ -456,6 +463,22 @@ def test_cli_weights_of_another_genotype(tmp_path, capsys):
                             r'\d+ tensors of another shape \(first: patch_embed.proj.weight \(weights '
                             r'\(8, 3, 5, 5\), model \(8, 3, 4, 4\)\)\); measure the genotype the weights were '
                             r'trained with\n', err), err
+
+
+def test_cli_measures_headless_weights(tmp_path, capsys):
+    path = tmp_path / 'backbone.safetensors'  # the state dict of AsViT(num_classes=0), as a detection backbone's
+    save_file({k: v.contiguous() for k, v in AsViT(TINY, num_classes=0).state_dict().items()}, str(path),
+              metadata={'genotype': TINY})
+    assert main(['measure', TINY, '--weights', str(path), '--image-size', '16', '--which', 'exp', '--json']) == 0
+    assert json.loads(capsys.readouterr().out)['exp'] > 0
+
+
+def test_cli_weights_whose_genotype_metadata_does_not_parse(tmp_path, capsys):
+    path = tmp_path / 'bad.safetensors'
+    save_file({k: v.contiguous() for k, v in _net(TINY).state_dict().items()}, str(path), metadata={'genotype': 'xx'})
+    assert main(['measure', TINY, '--weights', str(path), '--image-size', '16', '--which', 'exp']) == 2
+    assert capsys.readouterr().err.startswith(f'asvit measure: error: {path}: the genotype in its metadata does not '
+                                              f'parse: ')
 
 
 # --------------------------------------------------------------------------- torchrun
