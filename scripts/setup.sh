@@ -42,6 +42,12 @@ install_dataset() {
 
 make_venv() {
   if [ ! -x "$PY" ]; then
+    # Debian's own python3 has venv and ensurepip in a separate package
+    if ! python3 -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+      log "need python3 >= 3.10 with venv and ensurepip (Debian: apt-get install python3-venv); found:" \
+          "$(python3 --version 2>&1 || echo 'no python3')"
+      exit 1
+    fi
     log "creating $VENV"
     python3 -m venv "$VENV"
     "$PY" -m pip install -q --upgrade pip

@@ -122,3 +122,15 @@ def test_a_complete_dataset_is_left_alone(tmp_path: Path) -> None:
     result = run_setup(tmp_path, 'install_dataset')
     assert result.returncode == 0, result.stderr
     assert actions(tmp_path) == []
+
+
+def test_a_python_that_cannot_make_the_venv_is_named(tmp_path: Path) -> None:
+    bin_dir = tmp_path / 'bin'  # a python3 without venv/ensurepip (Debian without python3-venv) or below 3.10
+    bin_dir.mkdir()
+    (bin_dir / 'python3').write_text('#!/bin/sh\n[ "$1" = --version ] && echo "Python 3.9.2"\nexit 1\n')
+    (bin_dir / 'python3').chmod(0o755)
+    result = run_setup(tmp_path, f'VENV={tmp_path}/venv; PY=$VENV/bin/python; PATH={bin_dir}:$PATH; make_venv')
+    assert result.returncode == 1
+    assert ('need python3 >= 3.10 with venv and ensurepip (Debian: apt-get install python3-venv); found: Python '
+            '3.9.2') in result.stderr
+    assert not (tmp_path / 'venv').exists()
