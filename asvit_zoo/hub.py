@@ -507,7 +507,8 @@ def export_weights(checkpoint: PathLike, variant: str, tag: str, root: Optional[
     if checkpoint.suffix == '.safetensors':
         info, exported_metrics = _exported_info(checkpoint)
     train_cfg = info.get('config') or {}
-    known = {card.name: card for card in load_registry(root)} if root.is_dir() else {}
+    # the cards alone: a folder whose weights are damaged is the one a re-export repairs
+    known = {card.name: card for card in load_registry(root, check_files=False)} if root.is_dir() else {}
     card = known.get(variant) or registered_card(variant)
     trained = _trained_genotype(info)
     text = str(card.genotype) if card is not None else genotype or trained

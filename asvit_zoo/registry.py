@@ -278,13 +278,14 @@ def check_folder_files(card: VariantCard) -> None:
                           f'not the one exported; export it again')
 
 
-def load_registry(root: Optional[Path] = None) -> List[VariantCard]:
+def load_registry(root: Optional[Path] = None, check_files: bool = True) -> List[VariantCard]:
     """All variants under ``root`` (default: the shipped registry), sorted by name; each tagged folder is
-    attached to its architecture's card (and defines the architecture where it has no card of its own)."""
+    attached to its architecture's card (and defines the architecture where it has no card of its own).
+    ``check_files``: each folder holds the files its card lists (:func:`check_folder_files`)."""
     root = registry_root() if root is None else Path(root)
     folders: Iterable[Path] = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(('_', '.')))
     cards = [load_card(folder) for folder in folders]
-    for card in cards:
+    for card in cards if check_files else ():
         check_folder_files(card)
     architectures = {card.name: card for card in cards if card.path.name == card.name}
     tagged: Dict[str, Dict[str, VariantCard]] = {}

@@ -94,20 +94,24 @@ install_mmcv() {
   if mmcv_works; then return; fi
   if ! ls "$MMCV_CACHE"/mmcv-"$MMCV_VERSION"-*.whl >/dev/null 2>&1; then
     build_mmcv_wheel
+    MMCV_BUILT=1
   fi
   install_cached_mmcv
   MMCV_INSTALLED=1
 }
 
 check_mmcv() {
-  # after the project, which brings mmcv's own dependencies: a failure here is the compiled ops. A cached
-  # wheel whose ops do not load (a broken or foreign build) is built again, once.
+  # after the project, which brings mmcv's own dependencies: a failure here is the compiled ops. A wheel from
+  # the cache whose ops do not load (a broken or foreign build) is built again, once; a fresh build is not.
   if [ -z "${MMCV_INSTALLED:-}" ] || mmcv_works; then return; fi
-  log "the cached mmcv wheel in $MMCV_CACHE does not load its ops (from mmcv.ops import nms); rebuilding it"
-  rm -f "$MMCV_CACHE"/mmcv-"$MMCV_VERSION"-*.whl
-  build_mmcv_wheel
-  install_cached_mmcv
+  if [ -z "${MMCV_BUILT:-}" ]; then
+    log "the cached mmcv wheel in $MMCV_CACHE does not load its ops (from mmcv.ops import nms); rebuilding it"
+    rm -f "$MMCV_CACHE"/mmcv-"$MMCV_VERSION"-*.whl
+    build_mmcv_wheel
+    install_cached_mmcv
+  fi
   if ! mmcv_works; then
+    rm -f "$MMCV_CACHE"/mmcv-"$MMCV_VERSION"-*.whl  # not kept for the next set-up
     log "mmcv $MMCV_VERSION built from source does not load its ops with torch $TORCH_VERSION: run" \
         "$PY -c 'from mmcv.ops import nms' to see why"
     exit 1

@@ -21,7 +21,7 @@ from asvit_zoo.cli import main as cli_main
 from asvit_zoo.datasets import FASHION_MNIST_CLASSES
 from asvit_zoo.genotype import Genotype
 from asvit_zoo.hub import HubUnavailableError, WeightsError, export_weights, push_folder, sha256_file
-from asvit_zoo.registry import load_registry, write_card
+from asvit_zoo.registry import RegistryError, load_registry, write_card
 from asvit_zoo.summary import _row
 from asvit_zoo.train import TrainConfig
 from asvit_zoo.weights import load_weights
@@ -226,8 +226,6 @@ def test_cli_tables_list_another_registrys_grayscale_variant(run_dir: Path, tmp_
 
 
 def test_another_registry_must_not_change_a_variants_genotype(tmp_path: Path):
-    from asvit_zoo.registry import RegistryError
-
     write_card(tmp_path, 'asvit_tiny', Genotype.parse(GENOTYPE), 'Not the shipped asvit_tiny.')
     with pytest.raises(RegistryError, match=f'asvit_tiny has genotype {re.escape(GENOTYPE)}, but the registered '
                                             f'asvit_tiny .* has .*; another registry may add pretrained tags'):
@@ -280,6 +278,18 @@ def test_failed_export_leaves_the_previous_folder(run_dir: Path, tmp_path: Path,
     export_weights(run_dir / 'last.pth.tar', 'asvit_newarch', 'fmnist', root=tmp_path, hf_hub_id='org/new')
     assert json.loads((folder / 'config.json').read_text())['pretrained_cfg']['hf_hub_id'] == 'org/new'
     assert "'hf-hub:org/new'" in (folder / 'README.md').read_text()
+
+
+def test_export_again_repairs_a_damaged_folder(run_dir: Path, tmp_path: Path):
+    folder = export_weights(run_dir / 'last.pth.tar', 'asvit_newarch', 'fmnist', root=tmp_path).path
+    good = (folder / 'model.safetensors').read_bytes()
+    (folder / 'model.safetensors').write_bytes(good[:1000])
+    with pytest.raises(RegistryError, match='1000 bytes, but config.json records'):
+        load_registry(tmp_path)
+    export_weights(run_dir / 'last.pth.tar', 'asvit_newarch', 'other', root=tmp_path)  # another tag beside it
+    export_weights(run_dir / 'last.pth.tar', 'asvit_newarch', 'fmnist', root=tmp_path)  # what the error asks for
+    assert (folder / 'model.safetensors').read_bytes() == good
+    assert load_registry(tmp_path)[0].tags() == ['fmnist', 'other']
 
 
 def test_export_records_the_recipes_evaluation_transform(tmp_path: Path):

@@ -96,6 +96,16 @@ def test_a_rebuilt_wheel_that_still_fails_stops_setup_with_a_message(tmp_path: P
     assert 'exit' not in result.stdout
     assert [line.split()[0] for line in actions(tmp_path)].count('build') == 1
     assert "built from source does not load its ops with torch 2.14.1" in result.stderr
+    assert list((tmp_path / 'cache' / 'torch-2.14.1').iterdir()) == []
+
+
+def test_a_fresh_build_whose_ops_do_not_load_is_not_built_twice(tmp_path: Path) -> None:
+    result = run_setup(tmp_path, 'install_mmcv && check_mmcv')
+    assert result.returncode == 1
+    assert [line.split()[0] for line in actions(tmp_path)] == ['build', 'python']
+    assert "built from source does not load its ops with torch 2.14.1" in result.stderr
+    assert 'rebuilding' not in result.stderr
+    assert list((tmp_path / 'cache' / 'torch-2.14.1').iterdir()) == []  # the bad wheel is not kept
 
 
 def test_no_cached_wheel_builds_one(tmp_path: Path) -> None:
