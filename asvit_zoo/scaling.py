@@ -58,8 +58,8 @@ START_WIDTH = 8
 START_DEPTHS = (1, 1, 1, 1)
 WIDTH_SCALE = 4  # the code's SCALE_WIDTH: real-size width = WIDTH_SCALE * narrow width
 WIDTH_RATIOS = (0.05, 0.10, 0.15, 0.20)
-MEASURE_FIELDS = ('ntk', 'exp')  # the measures a step and a candidate record (NaN: a bad network, saved as null)
 NTK_BATCH = 16
+# the measures that rank candidates, and that each step and candidate records (NaN: a bad network, saved as null)
 SCALING_MEASURES = ('ntk', 'exp')
 TRAJECTORY_FILE = 'trajectory.json'
 
@@ -186,7 +186,7 @@ def load_trajectory(out_dir: Path) -> Dict[str, Any]:
 
 def _as_json(record: Dict[str, Any]) -> Dict[str, Any]:
     """A step's or candidate's fields as standard JSON: a NaN measure (a bad network) becomes null."""
-    measures = {k: json_number(record[k]) for k in MEASURE_FIELDS}
+    measures = {k: json_number(record[k]) for k in SCALING_MEASURES}
     candidates = {'candidates': [_as_json(c) for c in record['candidates']]} if 'candidates' in record else {}
     return {**record, **measures, **candidates}
 
@@ -211,7 +211,7 @@ def _record_fields(record: Any, cls: type, what: str) -> Dict[str, Any]:
     if problems:
         raise ValueError(f'{what} {" and ".join(problems)}')
     # a measure saved as null was NaN (a bad network)
-    measures = {k: math.nan for k in MEASURE_FIELDS if k in record and record[k] is None}
+    measures = {k: math.nan for k in SCALING_MEASURES if k in record and record[k] is None}
     return {**record, **measures, 'depths': tuple(record['depths'])}
 
 
