@@ -104,11 +104,11 @@ def test_retokenization_benchmark_refuses_runs_made_with_other_settings(tmp_path
     (tmp_path / 'progressive').mkdir()
     (tmp_path / 'progressive' / 'config.json').write_text(json.dumps(earlier.to_dict()))
     for args, message in ((['--epochs', '1', '--schedule', 'paper'], f'{tmp_path / "progressive"} holds a run with '
-                           "other settings (retokenization: saved '0.6:8:2,0.2:6:1,0.2:4:1', given '0.3:16:2,"),
+                           f"other settings (retokenization: saved '{SCHEDULES['short']}', given '0.3:16:2,"),
                           (['--epochs', '2'], 'other settings (epochs: saved 1, given 2)'),
                           (['--schedule', 'bogus'], "or \"fraction:stride[:dilation],...\", got 'bogus'"),
                           (['--epochs', '1', '--train-subset', '256'],  # 2 steps: none for the second phase
-                           'phase 2 (0.2:6:1) gets none of the 2 training steps'),
+                           'phase 2 (0.34:4:1) gets none of the 2 training steps'),
                           (['--epochs', '0'], 'epochs must be an integer >= 1, got 0'),
                           (['--threads', '0'], '--threads must be at least 1, got 0')):
         assert message in refusal(BENCH_RETOKENIZATION, ['--output', str(tmp_path), *args], capsys)
