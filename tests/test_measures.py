@@ -302,12 +302,25 @@ def test_measure_genotype_is_deterministic_under_a_seed():
 
 def test_measure_genotype_means_over_copies():
     basis, thetas = M.default_curve(32, seed=0)
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     singles = []
-    for r in range(3):
+    for r in range(3):  # copy r is the network of seed r: each measure is the mean of the copies' own values
         torch.manual_seed(r)
-        singles.append(M.length_distortion(AsViT(TINY), basis, thetas))
+        model = AsViT(TINY)
+        bend = M.curvature(model, basis, thetas)
+        cond, eigenvalues = M.ntk_condition(model, images)
+        singles.append((M.length_distortion(model, basis, thetas), bend.total, bend.combined, cond, eigenvalues))
+    exp, total, combined, cond, eigenvalues = zip(*singles)
+    every = M.measure_genotype(TINY, image_size=32, repeat=3, seed=0, which=('exp', 'curvature', 'ntk'),
+                               inputs=images)
+    assert every.exp == pytest.approx(sum(exp) / 3, rel=1e-9)
+    assert every.curvature == pytest.approx(sum(total) / 3, rel=1e-9)
+    assert every.combined == pytest.approx(sum(combined) / 3, rel=1e-9)
+    assert every.ntk == pytest.approx(sum(cond) / 3, rel=1e-6)
+    assert every.ntk_eigenvalues == pytest.approx(torch.stack(eigenvalues).mean(0).tolist(), rel=1e-6)
+    assert len({*exp}) == len({*combined}) == len({*cond}) == 3  # the copies differ: a mean of one would fail
     mean = M.measure_genotype(TINY, image_size=32, repeat=3, seed=0, which='exp').exp  # one name as which
-    assert mean == pytest.approx(sum(singles) / 3, rel=1e-12)
+    assert mean == pytest.approx(sum(exp) / 3, rel=1e-12)
     one_image = torch.randn(1, 3, 32, 32)  # the NTK batch is the NTK's alone: exp takes any
     assert M.measure_genotype(TINY, image_size=32, repeat=3, seed=0, which='exp', inputs=one_image).exp == mean
     with pytest.raises(ValueError, match=r'inputs \(the NTK batch\) must have shape \(n >= 2, 3, 32, 32\)'):
