@@ -154,6 +154,27 @@ def test_run_folder_and_reward_rule(reference_run: Path) -> None:
     assert state['step'] == STEPS and state['log_bytes'] == (reference_run / 'steps.jsonl').stat().st_size
 
 
+def test_a_step_moves_the_policy_towards_a_sample_rewarded_above_the_baseline(tmp_path: Path) -> None:
+    """REINFORCE: the step raises the logit of each sampled choice when its reward beats the baseline (and lowers
+    it otherwise), the other choices moving the other way; the derived genotype is the argmax of the logits."""
+    run = tmp_path / 'run'
+    search(SearchConfig(steps=1, **TINY), run, progress=False)
+    before = torch.load(run / 'state.pt', weights_only=True)['policy']
+    search(SearchConfig(steps=2, **TINY), run, resume=True, progress=False)
+    after = torch.load(run / 'state.pt', weights_only=True)['policy']
+    record = read_records(run)[1]
+    advantage = record['reward'] - record['baseline']
+    assert advantage != 0
+    sampled = Genotype.parse(record['genotype']).decisions()
+    for i, choice in enumerate(sampled):
+        moved = after[f'logits.{i}'] - before[f'logits.{i}']
+        others = [c for c in range(len(moved)) if c != choice]
+        assert math.copysign(1, advantage) * moved[choice] > 0, (i, moved)
+        assert all(math.copysign(1, advantage) * moved[c] < 0 for c in others), (i, moved)
+    derived = Genotype.from_decisions([int(after[f'logits.{i}'].argmax()) for i in range(len(sampled))])
+    assert record['derived'] == str(derived)
+
+
 def test_resume_after_sigkill_matches_uninterrupted(reference_run: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / 'killed'
