@@ -42,6 +42,10 @@ def test_kendall_signs():
     table = _markdown(flat, TINY, 60.)
     assert '| length distortion | 4 | n/a | n/a | + | n/a |' in table
     assert '| NTK condition number | 4 | n/a | n/a | - | n/a |' in table
+    ranked = _markdown(list(rows.values()), TINY, 60.)  # a negative tau agrees where the expected sign is '-'
+    p_ntk, p_curvature = (f"{rows[key]['p_value']:.3g}" for key in ('ntk', 'curvature'))
+    assert f'| NTK condition number | 4 | -1.000 | {p_ntk} | - | yes |' in ranked
+    assert f'| {rows["curvature"]["label"]} | 4 | -1.000 | {p_curvature} | + | no |' in ranked
 
 
 def _untimed(record):
