@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from asvit_zoo.datasets import (
     DEFAULT_ROOT, FASHION_MNIST_CLASSES, FashionMNIST, fashion_mnist_batch, image_folder_batch, load_fashion_mnist,
@@ -182,6 +183,12 @@ def test_image_folder_batch(tmp_path: Path) -> None:
     batch = search_batch(str(tmp_path), 4, 24, seed=0)
     assert batch.shape == (4, 3, 24, 24)
     assert torch.equal(batch, image_folder_batch(tmp_path, 4, 24, seed=0))
+    mean, std = torch.tensor(IMAGENET_DEFAULT_MEAN), torch.tensor(IMAGENET_DEFAULT_STD)
+    normalised = {color: (torch.tensor(color) / 255 - mean) / std for color in ((250, 10, 10), (10, 10, 250))}
+    for image in batch:  # each image is one of the solid colours, normalised with the ImageNet mean and std
+        pixel = image[:, 0, 0]
+        assert torch.equal(image, pixel.view(3, 1, 1).expand_as(image))
+        assert any(torch.allclose(pixel, value, atol=1e-6) for value in normalised.values()), pixel
     with pytest.raises(ValueError, match='has 6 images, fewer than the 7 requested'):
         image_folder_batch(tmp_path, 7, 24)
     for missing in (str(tmp_path / 'missing'), ''):
