@@ -8,6 +8,7 @@ import pytest
 import timm
 import torch
 from safetensors.torch import load_file
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.optim import create_optimizer_v2
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -313,7 +314,8 @@ def test_default_cfg(variant):
     cfg = model.pretrained_cfg
     assert cfg['architecture'] == name
     assert cfg['num_classes'] == model.num_classes == 1000
-    assert len(cfg['mean']) == len(cfg['std']) == cfg['input_size'][0] == 3
+    assert (tuple(cfg['mean']), tuple(cfg['std'])) == (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
+    assert cfg['input_size'][0] == 3
     first_conv = model.get_submodule(cfg['first_conv'])
     assert isinstance(first_conv, torch.nn.Conv2d) and first_conv.in_channels == 3
     assert model.get_submodule(cfg['classifier']) is model.get_classifier()
@@ -323,6 +325,11 @@ def test_default_cfg(variant):
         features = model.forward_features(torch.randn(1, *cfg['input_size']))
         assert features.shape == (1, *cfg['pool_size'], model.num_features)  # NHWC (model.output_fmt)
         assert model.forward_head(features, pre_logits=True).shape == (1, model.head_hidden_size)
+
+
+def test_any_genotype_defaults_to_imagenet_normalisation():
+    cfg = timm.create_model('asvit', genotype=LARGE).pretrained_cfg
+    assert (cfg['mean'], cfg['std'], cfg['input_size']) == (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, (3, 224, 224))
 
 
 def test_pool_size_of_a_tag_is_its_last_grid():
