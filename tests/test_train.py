@@ -165,6 +165,23 @@ def test_augment_batch_crops_and_flips_per_image():
     assert torch.allclose(augment_batch(x, padding=0, hflip=0., scale_range=1.), x)
 
 
+def test_augment_batch_draws_a_window_and_a_flip_for_each_image():
+    """Each output is a window of its own zero-padded input, the same for every channel, flipped or not; the
+    shifts (rows and columns) and the flips differ between images."""
+    torch.manual_seed(0)
+    x = torch.rand(64, 2, 5, 5) + 1  # no zero inside an image: a window is known by its padded pixels
+    out = augment_batch(x, padding=2, hflip=0.5)
+    padded = torch.nn.functional.pad(x, (2,) * 4)
+    draws = []
+    for image, source in zip(out, padded):
+        found = [(dy, dx, flip) for dy in range(5) for dx in range(5) for flip in (False, True)
+                 if torch.equal(image, (lambda w: w.flip(-1) if flip else w)(source[:, dy:dy + 5, dx:dx + 5]))]
+        assert len(found) == 1, found
+        draws.append(found[0])
+    dys, dxs, flips = zip(*draws)
+    assert len(set(dys)) > 1 and len(set(dxs)) > 1 and set(flips) == {False, True}
+
+
 def test_augment_batch_zooms_about_the_centre():
     x = torch.zeros(64, 1, 16, 16)
     x[:, :, 4:12, 4:12] = 1
