@@ -12,10 +12,12 @@ import timm
 import torch
 from safetensors.torch import load_file
 
+from asvit_zoo.asvit import AsViT
 from asvit_zoo.cli import build_parser, main
 from asvit_zoo.distributed import init_distributed
 from asvit_zoo.evaluation import evaluate_pretrained
 from asvit_zoo.hub import checkpoint_model, export_weights
+from asvit_zoo.retokenization import schedule_cost
 from asvit_zoo.train import (
     CHECKPOINT, METRICS, Trainer, TrainConfig, augment_batch, load_config, read_metrics, synthetic_images)
 from conftest import torchrun
@@ -361,7 +363,14 @@ def test_two_process_ddp_run_on_cpu(tmp_path):
     assert state['epoch'] == 1 and len(state['rng']) == 2  # the RNG states of both processes
     assert not any(k.startswith('module.') for k in state['model'])
     assert all(torch.isfinite(v).all() for v in state['model'].values())
-    assert 0 <= metrics[-1]['eval_top1'] <= 100 and metrics[-1]['train_macs'] < metrics[-1]['train_macs_full']
+    assert 0 <= metrics[-1]['eval_top1'] <= 100
+    # the MAC account counts both processes' images: 192 images in steps of 2 x 16 make 6 steps an epoch, 12 in
+    # all, of which the schedule gives 3 to 8:2, 2 to 6:1 and 7 to full tokens
+    cost = schedule_cost(AsViT(TINY, num_classes=10, in_chans=1), '0.2:8:2,0.2:6:1,0.6:4:1', (1, 28, 28))
+    phases = [cost.schedule.phase_at(step, 12) for step in range(12)]
+    assert [(p.stride, p.dilation) for p in phases] == [(8, 2)] * 3 + [(6, 1)] * 2 + [(4, 1)] * 7
+    assert metrics[-1]['train_macs'] == sum(cost.macs_of(p.stride, p.dilation) for p in phases) * 2 * 16
+    assert metrics[-1]['train_macs_full'] == cost.full_macs * 12 * 2 * 16
 
 
 def _image_folder(root: Path, n: int = 48, val_every: int = 4, skip_val_class: Optional[int] = None) -> Path:
