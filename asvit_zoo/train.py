@@ -659,8 +659,8 @@ class Trainer:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
                 self.optimizer.step()
             self.scheduler.step_update(step + 1)
-            if self.ema is not None:
-                self.ema.update(self.model, step=step)
+            if self.ema is not None:  # step: updates done, as timm's train.py counts them (the first one copies)
+                self.ema.update(self.model, step=step + 1)
             loss_value = loss.item()
             loss_sum += loss_value * len(x)
             seen += len(x)

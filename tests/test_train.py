@@ -324,6 +324,29 @@ def test_optimizer_takes_torchs_fused_kernel_where_there_is_one(tmp_path, opt, f
     assert getattr(optimizer, 'base_optimizer', optimizer).defaults.get('fused') is fused
 
 
+def test_ema_is_the_moving_average_of_the_weights_and_what_ema_loading_reads(tmp_path):
+    """As in timm's train.py, the first update copies the weights; each later one moves the EMA by 1 - decay
+    towards them. The checkpoint carries the EMA, and loading with ema=True returns it, not the trained weights."""
+    cfg = load_config(genotype=TINY, data='synthetic', synthetic_train=32, synthetic_eval=32, img_size=28,
+                      batch_size=32, epochs=2, warmup_epochs=0, model_ema=True, model_ema_decay=0.9, device='cpu')
+    trainer = Trainer(cfg, tmp_path / 'run', progress=False)
+    names = [name for name, _ in trainer.model.named_parameters()]
+    trainer.train_epoch(0)  # one step an epoch
+    first = {k: trainer.model.state_dict()[k].clone() for k in names}
+    assert all(torch.equal(trainer.ema.module.state_dict()[k], first[k]) for k in names)
+    trainer.train_epoch(1)
+    second, ema = trainer.model.state_dict(), trainer.ema.module.state_dict()
+    for k in names:
+        assert torch.allclose(ema[k], 0.9 * first[k] + 0.1 * second[k], rtol=1e-5, atol=1e-7), k
+    metrics = trainer.run()  # trains on from here, writing the checkpoint
+    trained, ema = trainer.model.state_dict(), trainer.ema.module.state_dict()
+    assert not torch.equal(ema['head.fc.weight'], trained['head.fc.weight'])
+    checkpoint = tmp_path / 'run' / CHECKPOINT
+    assert all(torch.equal(v, ema[k]) for k, v in checkpoint_model(checkpoint, ema=True).state_dict().items())
+    assert all(torch.equal(v, trained[k]) for k, v in checkpoint_model(checkpoint).state_dict().items())
+    assert 0 <= metrics[-1]['ema_top1'] <= 100
+
+
 def test_resume_refuses_other_settings(tmp_path):
     run = tmp_path / 'run'
     _train('--output', str(run), '--stop-after', '1', *TINY_RUN)
