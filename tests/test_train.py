@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from pathlib import Path
 from typing import Optional
@@ -322,6 +323,19 @@ def test_optimizer_takes_torchs_fused_kernel_where_there_is_one(tmp_path, opt, f
                       batch_size=32, epochs=1, opt=opt, device='cpu')
     optimizer = Trainer(cfg, tmp_path, progress=False).optimizer
     assert getattr(optimizer, 'base_optimizer', optimizer).defaults.get('fused') is fused
+
+
+def test_learning_rate_follows_linear_warmup_then_cosine_per_update(tmp_path):
+    """The recorded lr of each epoch (after its last update t of T = 8, warm-up over 4): warmup_lr + t / 4 x
+    (lr - warmup_lr) while t < 4, then min_lr + (lr - min_lr) (1 + cos(pi t / T)) / 2, and min_lr at the end."""
+    lr, warmup_lr, min_lr = 1e-2, 1e-3, 1e-4
+    cfg = load_config(genotype=TINY, data='synthetic', synthetic_train=64, synthetic_eval=32, img_size=28,
+                      batch_size=32, epochs=4, warmup_epochs=2, lr=lr, warmup_lr=warmup_lr, min_lr=min_lr,
+                      device='cpu')
+    metrics = Trainer(cfg, tmp_path / 'run', progress=False).run()
+    cosine = [min_lr + (lr - min_lr) * (1 + math.cos(math.pi * t / 8)) / 2 for t in (4, 6)]
+    assert [m['lr'] for m in metrics] == pytest.approx([warmup_lr + 2 / 4 * (lr - warmup_lr), *cosine, min_lr],
+                                                       rel=1e-9)
 
 
 def test_ema_is_the_moving_average_of_the_weights_and_what_ema_loading_reads(tmp_path):
