@@ -7,11 +7,12 @@ import shutil
 import pytest
 
 from asvit_zoo.cli import main
+from asvit_zoo.cost import genotype_params
 from asvit_zoo.genotype import PAPER_SEED, Genotype
 from asvit_zoo.registry import load_card
 from asvit_zoo.scaling import (
-    Candidate, ScalingConfig, _candidates, _choose, _dense_ranks, load_trajectory, run_scaling, select_variants,
-    TRAJECTORY_FILE)
+    Candidate, ScalingConfig, _candidates, _choose, _dense_ranks, _fit_width, load_trajectory, run_scaling,
+    select_variants, TRAJECTORY_FILE)
 from conftest import torchrun
 
 SEED = Genotype.parse(PAPER_SEED)
@@ -164,6 +165,16 @@ def test_cli_errors(tmp_path, capsys, argv, message):
     assert main(['scale', *[f'{flag}={value}' for flag, value in base.items()]]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / 'run').exists()  # refused before any work
+
+
+def test_fit_width_takes_the_width_nearest_the_budget():
+    """Against every width from the smallest to the cap: the nearest parameter count wins, on either side."""
+    depths = (1, 1, 2, 1)
+    params = {w: genotype_params(SEED.scaled(depths, w)) for w in range(SEED.heads // 8, 97)}
+    middle = (params[40] + params[41]) / 2
+    for budget in (params[40] + 1, middle - 1, middle + 1, params[41] - 1, params[96] * 2, 1):
+        nearest = min(params, key=lambda w: abs(params[w] - budget))
+        assert _fit_width(SEED, depths, 96, budget) == nearest, budget
 
 
 SHARED_CANDIDATES_SCRIPT = '''
