@@ -586,7 +586,14 @@ class Trainer:
             found = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
             raise ValueError(f'{self.checkpoint_path}: not a checkpoint written by asvit train (it needs '
                              f'{list(RESUME_KEYS)}; found {found}); resume needs the run\'s own last.pth.tar')
-        changed = changed_settings(state['config'], self.cfg)  # a setting it lacks counts as its default
+        # a setting it lacks counts as its default; the schedule counts by its phases, not by its name (a shipped
+        # schedule such as 'short' may mean other phases in another version)
+        changed = changed_settings(state['config'], self.cfg, keep=('retokenization',))
+        saved_name = state['config'].get('retokenization', TrainConfig.retokenization)
+        saved_phases = state.get('schedule') or str(parse_schedule(saved_name))
+        if saved_phases != str(self.schedule):
+            changed.append(f'retokenization: saved {saved_name!r} ({saved_phases}), given {self.cfg.retokenization!r} '
+                           f'({self.schedule})')
         if changed:
             raise ValueError(f'{self.checkpoint_path} was written with other settings ({"; ".join(changed)}); '
                              f'resume with the same config')

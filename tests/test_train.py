@@ -377,6 +377,26 @@ def test_resume_refuses_other_settings(tmp_path):
     assert len(read_metrics(run / METRICS)) == 2
 
 
+def test_resume_compares_the_schedule_by_its_phases_not_its_name(tmp_path, monkeypatch):
+    """A run saved under a shipped name whose phases have changed since is refused, naming both; given as its
+    saved phases, it resumes."""
+    from asvit_zoo.retokenization import SCHEDULES
+    from asvit_zoo.train import train
+
+    old = '0.6:8:2,0.2:6:1,0.2:4:1'
+    settings = dict(genotype=TINY, data='synthetic', synthetic_train=96, synthetic_eval=32, img_size=28,
+                    batch_size=32, epochs=2, device='cpu')
+    run = tmp_path / 'run'
+    with monkeypatch.context() as patch:
+        patch.setitem(SCHEDULES, 'short', old)  # 'short' as an earlier version shipped it
+        train(load_config(**settings, retokenization='short'), run, progress=False, stop_after=1)
+    with pytest.raises(ValueError, match=re.escape(f"retokenization: saved 'short' ({old}), given 'short' "
+                                                   f"({SCHEDULES['short']})")):
+        train(load_config(**settings, retokenization='short'), run, resume=True, progress=False)
+    result = train(load_config(**settings, retokenization=old), run, resume=True, progress=False)
+    assert [m['epoch'] for m in result.metrics] == [0, 1]
+
+
 @pytest.mark.parametrize('device, local_rank, expected', [('cuda', '1', 'cuda:1'), ('cuda:0', '1', 'cuda:0')])
 def test_plain_cuda_device_is_the_local_rank_gpu(monkeypatch, device, local_rank, expected):
     # torch.cuda.set_device refuses an index-less 'cuda' (found on a GPU machine); no GPU is needed to check
