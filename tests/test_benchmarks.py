@@ -108,7 +108,7 @@ def test_retokenization_benchmark_refuses_runs_made_with_other_settings(tmp_path
                           (['--epochs', '2'], 'other settings (epochs: saved 1, given 2)'),
                           (['--schedule', 'bogus'], "or \"fraction:stride[:dilation],...\", got 'bogus'"),
                           (['--epochs', '1', '--train-subset', '256'],  # 2 steps: none for the second phase
-                           'phase 2 (0.34:4:1) gets none of the 2 training steps'),
+                           f"phase 2 ({SCHEDULES['short'].split(',')[-1]}) gets none of the 2 training steps"),
                           (['--epochs', '0'], 'epochs must be an integer >= 1, got 0'),
                           (['--threads', '0'], '--threads must be at least 1, got 0')):
         assert message in refusal(BENCH_RETOKENIZATION, ['--output', str(tmp_path), *args], capsys)

@@ -328,7 +328,7 @@ def test_default_cfg(variant):
 
 
 def test_any_genotype_defaults_to_imagenet_normalisation():
-    cfg = timm.create_model('asvit', genotype=LARGE).pretrained_cfg
+    cfg = timm.create_model('asvit', genotype='4,2,2,1|2,1,2,1|2,1,2,1|2,1,2,1|16,8').pretrained_cfg
     assert (cfg['mean'], cfg['std'], cfg['input_size']) == (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, (3, 224, 224))
 
 

@@ -154,7 +154,7 @@ def test_run_folder_and_reward_rule(reference_run: Path) -> None:
     assert state['step'] == STEPS and state['log_bytes'] == (reference_run / 'steps.jsonl').stat().st_size
 
 
-def test_a_step_moves_the_policy_towards_a_sample_rewarded_above_the_baseline(tmp_path: Path) -> None:
+def test_a_step_moves_the_policy_with_the_sign_of_reward_minus_baseline(tmp_path: Path) -> None:
     """REINFORCE: the step raises the logit of each sampled choice when its reward beats the baseline (and lowers
     it otherwise), the other choices moving the other way; the derived genotype is the argmax of the logits."""
     run = tmp_path / 'run'

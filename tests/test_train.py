@@ -352,7 +352,7 @@ def test_ema_is_the_moving_average_of_the_weights_and_what_ema_loading_reads(tmp
     second, ema = trainer.model.state_dict(), trainer.ema.module.state_dict()
     for k in names:
         assert torch.allclose(ema[k], 0.9 * first[k] + 0.1 * second[k], rtol=1e-5, atol=1e-7), k
-    metrics = trainer.run()  # trains on from here, writing the checkpoint
+    metrics = trainer.run()  # trains both epochs again (start_epoch is 0), writing the checkpoint
     trained, ema = trainer.model.state_dict(), trainer.ema.module.state_dict()
     assert not torch.equal(ema['head.fc.weight'], trained['head.fc.weight'])
     checkpoint = tmp_path / 'run' / CHECKPOINT
