@@ -488,6 +488,10 @@ def test_registered_weights_are_checked(run_dir: Path, tmp_path: Path):
         timm.create_model('asvit_hubdamaged.fmnist', pretrained=True)
     with pytest.raises(WeightsError, match=f'{weights}: sha256 mismatch'):  # the mmdet Pretrained path too
         load_weights('asvit_hubdamaged.fmnist')
+    for untagged in (lambda: timm.create_model('asvit_hubdamaged', pretrained=True),  # its default tag's weights
+                     lambda: load_weights('asvit_hubdamaged')):
+        with pytest.raises(WeightsError, match=f'{weights}: sha256 mismatch'):
+            untagged()
 
 
 def test_a_trainer_checkpoint_loads_as_a_file(run_dir: Path, tmp_path: Path):
