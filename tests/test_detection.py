@@ -110,6 +110,17 @@ def test_backbone_frozen_stages_with_cp_and_norm_eval() -> None:
     assert backbone.model.stages[3].blocks[0].mlp.fc1.weight.grad is not None
 
 
+@pytest.mark.parametrize('frozen_stages, frozen_count', [(-1, 0), (0, 1), (1, 2), (4, 5)])
+def test_frozen_stages_counts_the_tokenizer_as_stage_zero(frozen_stages: int, frozen_count: int) -> None:
+    """As in mmdet's backbones: -1 freezes nothing, 0 the tokenizer (patch_embed), N also the first N stages."""
+    backbone = MODELS.build(dict(type='AsViT', arch=TINY, frozen_stages=frozen_stages))
+    backbone.train()
+    parts = [backbone.model.patch_embed, *backbone.model.stages]
+    assert [any(p.requires_grad for p in m.parameters()) for m in parts] == [False] * frozen_count + [True] * (
+        len(parts) - frozen_count)
+    assert [m.training for m in parts] == [False] * frozen_count + [True] * (len(parts) - frozen_count)
+
+
 @pytest.mark.parametrize('kwargs, match', [
     (dict(arch='resnet50'), 'registered As-ViT variant'),
     (dict(arch=TINY, out_indices=(4,)), 'out_indices'),
