@@ -3,6 +3,7 @@
 the accuracy their cards record."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -116,6 +117,19 @@ def test_errors_name_the_problem(run: Path, tmp_path: Path, capsys: pytest.Captu
     for option in ('--subset', '--batch-size'):
         assert cli_main(['eval', 'asvit_tiny.fmnist', option, '0']) == 2
         assert f"{option[2:].replace('-', '_')} must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_weights_expecting_another_normalisation_are_refused(tmp_path: Path):
+    """A card whose mean and std are not those the data is prepared with would be scored on inputs it was not
+    trained for: refused, naming both."""
+    folder = Path(shutil.copytree(registry_root() / 'asvit_tiny.fmnist', tmp_path / 'asvit_meanprobe.fmnist'))
+    config = json.loads((folder / 'config.json').read_text())
+    config['architecture'] = 'asvit_meanprobe'
+    config['pretrained_cfg'].update(mean=[0.5], std=[0.5])
+    (folder / 'config.json').write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=re.escape('expects inputs normalised with mean [0.5] and std [0.5]; '
+                                                   'fashion-mnist is prepared with mean [0.286')):
+        evaluate_pretrained(f'local-dir:{folder}', subset=10)
 
 
 def _score_imagenet_head_on_fmnist(tmp_path: Path) -> None:
