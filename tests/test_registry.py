@@ -149,6 +149,14 @@ def test_tagged_folder_adds_a_tag_to_its_architecture(tagged_dir):
         card.pretrained_cfg('x')
 
 
+def test_staging_and_cache_folders_are_not_variants(tagged_dir):
+    """What a killed export leaves (a hidden staging folder, half written) and __pycache__ are not read as cards."""
+    (tagged_dir.parent / '.asvit_seed.fmnist.x1y2.tmp').mkdir()
+    (tagged_dir.parent / '__pycache__').mkdir()
+    card, = load_registry(tagged_dir.parent)
+    assert card.name == 'asvit_seed' and card.tags() == ['', 'fmnist']
+
+
 def test_tagged_folder_defines_an_unknown_architecture(tagged_dir, card_dir):
     shutil.rmtree(card_dir)
     card, = load_registry(tagged_dir.parent)
