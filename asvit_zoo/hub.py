@@ -335,13 +335,13 @@ def _dataset_cfg(train_cfg: Mapping[str, Any], in_chans: int) -> Dict[str, Any]:
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
     from .datasets import FASHION_MNIST_CLASSES
-    from .train import FASHION_MNIST, FASHION_MNIST_MEAN, FASHION_MNIST_STD, SYNTHETIC
+    from .train import FASHION_MNIST, FASHION_MNIST_MEAN, FASHION_MNIST_STD, SYNTHETIC, SYNTHETIC_MEAN, SYNTHETIC_STD
 
     data = train_cfg.get('data')
     if data == FASHION_MNIST:
         return dict(mean=list(FASHION_MNIST_MEAN), std=list(FASHION_MNIST_STD), label_names=list(FASHION_MNIST_CLASSES))
     if data == SYNTHETIC:
-        return dict(mean=[0.5] * in_chans, std=[0.25] * in_chans)
+        return dict(mean=list(SYNTHETIC_MEAN) * in_chans, std=list(SYNTHETIC_STD) * in_chans)
     if data:
         return dict(mean=list(IMAGENET_DEFAULT_MEAN), std=list(IMAGENET_DEFAULT_STD))
     return dict(mean=DEFAULT_PRETRAINED_CFG['mean'][:in_chans], std=DEFAULT_PRETRAINED_CFG['std'][:in_chans])

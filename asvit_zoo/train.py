@@ -79,6 +79,7 @@ __all__ = ['TrainConfig', 'TrainResult', 'Trainer', 'load_config', 'train']
 FASHION_MNIST = 'fashion-mnist'
 SYNTHETIC = 'synthetic'
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+SYNTHETIC_MEAN, SYNTHETIC_STD = (0.5,), (0.25,)  # the synthetic source's patterns and noise, per channel
 CHECKPOINT = 'last.pth.tar'
 METRICS = 'metrics.jsonl'
 RUN_CONFIG = 'config.json'  # the settings of a run, in its folder
@@ -335,7 +336,7 @@ def _tensor_data(cfg: TrainConfig, env: DistEnv, device: torch.device) -> DataBu
         n = cfg.synthetic_train
         train = _subset(images[:n], labels[:n], cfg.train_subset)
         evaluation = _subset(images[n:], labels[n:], cfg.eval_subset)
-        num_classes, mean, std = cfg.synthetic_classes, (0.5,), (0.25,)
+        num_classes, mean, std = cfg.synthetic_classes, SYNTHETIC_MEAN, SYNTHETIC_STD
     if len(train[0]) < cfg.batch_size * env.world_size:
         raise ValueError(f'{len(train[0])} training images are fewer than one batch of {cfg.batch_size} x '
                          f'{env.world_size} processes')

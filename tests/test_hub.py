@@ -23,7 +23,7 @@ from asvit_zoo.genotype import Genotype
 from asvit_zoo.hub import HubUnavailableError, WeightsError, export_weights, push_folder, sha256_file
 from asvit_zoo.registry import RegistryError, load_registry, write_card
 from asvit_zoo.summary import _row
-from asvit_zoo.train import TrainConfig
+from asvit_zoo.train import Trainer, TrainConfig
 from asvit_zoo.weights import load_weights
 
 GENOTYPE = '4,2,2,1|2,1,2,1|2,1,2,1|2,1,2,1|16,8'
@@ -56,7 +56,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.save({'epoch': 1, 'config': cfg, 'model': _trained_state(GENOTYPE), 'ema': None, 'schedule': 'short',
                 'rng': [{'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}]},
                folder / 'last.pth.tar')
-    (folder / 'metrics.jsonl').write_text(json.dumps({'epoch': 1, 'eval_top1': 71.25, 'eval_top5': 98.5}) + '\n')
+    (folder / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in (  # the card records the last epoch's
+        {'epoch': 0, 'eval_top1': 40.5, 'eval_top5': 90.0}, {'epoch': 1, 'eval_top1': 71.25, 'eval_top5': 98.5})))
     return folder
 
 
@@ -172,7 +173,21 @@ def test_reexport_keeps_what_the_card_records(export_dir: Path, tmp_path: Path):
     card = export_weights(alone, 'asvit_alone', 'x', root=tmp_path / 'reg')
     config = json.loads((card.path / 'config.json').read_text())
     assert str(card.genotype) == GENOTYPE and config['pretrained_cfg']['input_size'] == [1, 224, 224]
+    assert config['pretrained_cfg']['crop_pct'] == 0.9  # timm's default evaluation crop at 224 px
     assert 'recipe' not in config['provenance'] and 'label_names' not in config
+
+
+def test_synthetic_runs_export_the_normalisation_the_trainer_applied(tmp_path: Path):
+    """The exported mean and std turn the images into exactly the inputs the trainer fed the model."""
+    cfg = TrainConfig(genotype=GENOTYPE, data='synthetic', img_size=28, synthetic_train=32, synthetic_eval=8,
+                      batch_size=32, epochs=1, device='cpu')
+    trainer = Trainer(cfg, tmp_path / 'run', progress=False)
+    trainer.run()
+    card = export_weights(tmp_path / 'run' / 'last.pth.tar', 'asvit_synthetic', 'probe', root=tmp_path / 'reg')
+    pretrained_cfg = json.loads((card.path / 'config.json').read_text())['pretrained_cfg']
+    images = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
+    mean, std = (torch.tensor(pretrained_cfg[k]).view(1, -1, 1, 1) for k in ('mean', 'std'))
+    assert torch.allclose(trainer.data.prepare(images, False), (images / 255 - mean) / std, atol=1e-6)
 
 
 NEW_TAG_SCRIPT = '''
