@@ -5,6 +5,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -74,6 +75,11 @@ def test_build_runs_every_stage(uninterrupted: Path):
     report = (uninterrupted / 'report.md').read_text()
     genotype = outputs['scale']['variants'][0]['genotype'].replace('|', '\\|')
     assert f'| {NAME}.fmnist | `{genotype}` |' in report
+    row = next(line for line in report.splitlines() if line.startswith(f'| {NAME}.fmnist |'))
+    cells = [c.strip() for c in re.split(r'(?<!\\)\|', row)[1:-1]]  # an escaped | inside the genotype cell stays
+    assert cells[2:8] == [f"{trained['params'] / 1e6:.2f}", f"{trained['gmacs']:.4f}", f"{scored['top1']:.2f}",
+                          f"{scored['top5']:.2f}", f"{trained['train_macs'] / 1e12:.2f}",
+                          f"{trained['train_macs'] / trained['train_macs_full']:.1%}"]
     for png in ('accuracy.png', 'search/curves.png', 'scale/trajectory.png', f'train/{NAME}/schedule.png'):
         assert (uninterrupted / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n', png
         assert f']({png})' in report
