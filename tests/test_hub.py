@@ -694,3 +694,4 @@ def test_exported_bytes_do_not_depend_on_header_order():
     assert canonical_safetensors(other) == canonical_safetensors(data)
     loaded = load(canonical_safetensors(data))
     assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
+    assert int.from_bytes(canonical_safetensors(data)[:8], 'little') % 8 == 0  # aligned data, as safetensors writes
