@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import shutil
 from pathlib import Path
 
@@ -57,6 +58,7 @@ def test_real_train_split_and_dataset() -> None:
     image, label = dataset[0]
     assert image.shape == (1, 28, 28) and 0 <= float(image.min()) and float(image.max()) <= 1
     assert label == int(dataset.labels[0]) and dataset.classes == FASHION_MNIST_CLASSES
+    assert torch.equal(image, dataset.images[0].float().div(255).unsqueeze(0))  # bytes 0..255 to [0, 1]
     assert torch.bincount(dataset.labels).tolist() == [6000] * 10
 
 
@@ -143,6 +145,27 @@ def test_label_count_mismatch(test_split_copy: Path) -> None:
     write_idx(test_split_copy / 't10k-labels-idx1-ubyte.gz', idx_header(0x801, 9999), bytes(9999))
     with pytest.raises(ValueError, match='expected 10000 labels, found 9999'):
         load_fashion_mnist('test', root=test_split_copy)
+
+
+@requires_fashion_mnist
+def test_label_out_of_range_and_wrong_image_shape(test_split_copy: Path) -> None:
+    labels = test_split_copy / 't10k-labels-idx1-ubyte.gz'
+    write_idx(labels, idx_header(0x801, 10000), bytes([10]) * 10000)
+    with pytest.raises(ValueError, match=f'{labels}: labels must be below 10, found 10'):
+        load_fashion_mnist('test', root=test_split_copy)
+    images = test_split_copy / 't10k-images-idx3-ubyte.gz'
+    write_idx(images, idx_header(0x803, 10000, 28, 27), bytes(10000 * 28 * 27))
+    with pytest.raises(ValueError, match=re.escape(f'{images}: expected images of shape (10000, 28, 28), found '
+                                                   '(10000, 28, 27)')):
+        load_fashion_mnist('test', root=test_split_copy)
+
+
+@requires_fashion_mnist
+def test_plain_idx_files_are_read_where_no_gzip_is(tmp_path: Path) -> None:
+    for name in TEST_FILES:  # the files as an unpacked download holds them
+        (tmp_path / name.removesuffix('.gz')).write_bytes(gzip.decompress((DEFAULT_ROOT / name).read_bytes()))
+    images, labels = load_fashion_mnist('test', tmp_path)
+    assert labels[:3].tolist() == [9, 2, 1] and torch.equal(images, load_fashion_mnist('test')[0])
 
 
 def test_a_missing_gzip_file_is_not_called_damaged(tmp_path: Path) -> None:
