@@ -103,6 +103,9 @@ def test_damaged_json_files_are_named(tmp_path: Path) -> None:
     lines.write_text('{"a": 1}\n{"a": \n')
     with pytest.raises(ValueError, match=r'b.jsonl: damaged, not valid JSON \(line 2: Expecting value\)'):
         read_json_lines(lines)
+    lines.write_bytes(b'{"a": "\xe9"}\n')  # Latin-1, not UTF-8
+    with pytest.raises(ValueError, match=r'b.jsonl: damaged, not valid JSON .*utf-8'):
+        read_json_lines(lines)
 
 
 def test_text_is_written_as_utf8_whatever_the_locale(tmp_path: Path) -> None:

@@ -94,6 +94,9 @@ def test_checkpoint_filter_passes_our_layout_through():
     converted = checkpoint_filter_fn(wrapped, model)
     assert converted.keys() == ours.keys()
     assert all(converted[k] is ours[k] for k in ours)
+    # the authors' (None) attention-mask buffers of shifted windows are dropped, in their layout and ours
+    masked = checkpoint_filter_fn({**ours, 'layers.0.blocks.0.attn_mask': None, 'stages.0.blocks.0.attn_mask': None})
+    assert masked.keys() == ours.keys()
 
 
 # --------------------------------------------------------------------------- size parity

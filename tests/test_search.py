@@ -282,6 +282,12 @@ def test_budget_parsing() -> None:
     assert [parse_count(t, '--max-params') for t in ('30M', '1.5g', '250k', '30000000')] == [
         30_000_000, 1_500_000_000, 250_000, 30_000_000]
     assert parse_positive('5', '--max-gmacs') == 5.0
+    assert parse_count('1.005M', '--max-params') == 1_005_000  # rounded, not truncated (1004999.99...)
+    for text in ('0.4', '0'):  # below one: refused by the option itself, naming it
+        with pytest.raises(ValueError, match=f"--max-params must be a positive count .*got '{text}'"):
+            parse_count(text, '--max-params')
+    with pytest.raises(ValueError, match="--max-gmacs must be a positive number, got '0'"):
+        parse_positive('0', '--max-gmacs')
 
 
 @pytest.mark.parametrize('values, message', [
