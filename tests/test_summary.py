@@ -19,6 +19,16 @@ def test_a_table_with_some_rows_timed_marks_the_others():
     assert 'forward (s)' not in format_table([first, second], 32)
 
 
+def test_rows_count_the_macs_at_the_tables_image_size():
+    from asvit_zoo.cost import count_macs, param_count
+
+    row = list_variants(32)[0]
+    model = timm.create_model(row.name)
+    assert row.params == param_count(model)
+    assert row.gmacs == pytest.approx(count_macs(model, (3, 32, 32)) / 1e9, rel=1e-9)
+    assert row.gmacs < list_variants(64)[0].gmacs
+
+
 @pytest.mark.parametrize('damage, message', [
     (lambda logits: logits[:, :5], r'asvit_seed: forward pass gave logits of shape \(1, 5\), expected \(1, 1000\)$'),
     (lambda logits: logits * math.nan, 'asvit_seed: forward pass gave non-finite logits$'),
